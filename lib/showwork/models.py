@@ -1,0 +1,321 @@
+"""Models: the only module that knows weights, tokenizers, meshes and LoRA.
+
+Every model is a tunix nnx module plus a SentencePiece tokenizer:
+
+* `gemma3-270m`  real weights from the packaged GGUF (or `path` to a .gguf),
+                 converted once into a cached safetensors directory.
+* `gemma3-1b-it`, `gemma3-1b-pt`, `gemma2-2b-it`
+                 a Hugging Face safetensors directory (`path`), staged to the
+                 bus or a local disk beforehand; we never reach a hub at run time.
+* `tiny`         random weights and a small trained tokenizer, for fast tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from showwork import gguf_weights
+
+MODEL_NAMES = ("gemma3-270m", "gemma3-1b-it", "gemma3-1b-pt", "gemma2-2b-it", "tiny")
+
+BOS_ID, EOS_ID, PAD_ID = 2, 1, 0
+START_OF_TURN, END_OF_TURN = "<start_of_turn>", "<end_of_turn>"
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def cache_dir() -> Path:
+    """Where converted weights live; SHOWWORK_CACHE moves it (read-only images)."""
+    root = os.environ.get("SHOWWORK_CACHE") or Path.home() / ".cache" / "showwork"
+    return Path(root)
+
+
+class Tokenizer:
+    """SentencePiece with Gemma's ids and chat markers.
+
+    A thin wrapper: tunix's samplers accept the underlying processor
+    (`.sp`), our code uses the methods below.
+    """
+
+    def __init__(self, model_proto: bytes):
+        import sentencepiece as spm
+
+        self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
+        self.end_of_turn_id = self.sp.piece_to_id(END_OF_TURN)
+        self.start_of_turn_id = self.sp.piece_to_id(START_OF_TURN)
+        if (self.sp.bos_id(), self.sp.eos_id(), self.sp.pad_id()) != (BOS_ID, EOS_ID, PAD_ID):
+            raise ValueError(
+                "tokenizer must use Gemma ids bos=2 eos=1 pad=0, got "
+                f"bos={self.sp.bos_id()} eos={self.sp.eos_id()} pad={self.sp.pad_id()}"
+            )
+
+    @classmethod
+    def from_file(cls, path: Path) -> "Tokenizer":
+        if not path.exists():
+            raise FileNotFoundError(f"tokenizer model not found: {path}")
+        return cls(path.read_bytes())
+
+    @property
+    def vocab_size(self) -> int:
+        return self.sp.get_piece_size()
+
+    def encode(self, text: str, *, bos: bool = False) -> list[int]:
+        ids = self.sp.encode(text)
+        return [BOS_ID, *ids] if bos else ids
+
+    def decode(self, ids) -> str:
+        return self.sp.decode([int(i) for i in ids])
+
+    def piece(self, token_id: int) -> str:
+        return self.sp.id_to_piece(int(token_id))
+
+
+@dataclass
+class Loaded:
+    """A model ready to use: module, tokenizer, the tunix config it was built from."""
+
+    name: str
+    model: nnx.Module
+    tokenizer: Tokenizer
+    config: Any  # tunix ModelConfig (gemma3 or gemma)
+
+
+def make_mesh(shape: tuple[int, ...], axis_names: tuple[str, ...]) -> jax.sharding.Mesh:
+    """A device mesh from the tier config.
+
+    Axis types must be Auto: tunix's gathers fail under explicit sharding.
+    """
+    if len(shape) != len(axis_names):
+        raise ValueError(f"mesh shape {shape} and axis names {axis_names} differ in length")
+    needed = int(np.prod(shape))
+    devices = jax.devices()
+    if needed > len(devices):
+        raise ValueError(
+            f"mesh {dict(zip(axis_names, shape))} needs {needed} devices, "
+            f"only {len(devices)} {devices[0].platform} device(s) are visible"
+        )
+    return jax.make_mesh(
+        shape,
+        axis_names,
+        axis_types=(jax.sharding.AxisType.Auto,) * len(shape),
+        devices=devices[:needed],
+    )
+
+
+def _gemma3_config(hparams: dict, dtype) -> Any:
+    from tunix.models.gemma3 import model as gemma3
+
+    return gemma3.ModelConfig(
+        num_layers=hparams["num_layers"],
+        num_embed=hparams["num_embed"],
+        embed_dim=hparams["embed_dim"],
+        hidden_dim=hparams["hidden_dim"],
+        num_heads=hparams["num_heads"],
+        head_dim=hparams["head_dim"],
+        num_kv_heads=hparams["num_kv_heads"],
+        sliding_window_size=hparams["sliding_window_size"],
+        local_base_frequency=10_000,
+        global_base_frequency=1_000_000,
+        param_dtype=dtype,
+    )
+
+
+def _hf_config(name: str, dtype) -> Any:
+    if name.startswith("gemma3"):
+        from tunix.models.gemma3 import model as gemma3
+
+        base = gemma3.ModelConfig.gemma3_1b_it() if name.endswith("it") else gemma3.ModelConfig.gemma3_1b_pt()
+        return dataclasses.replace(base, param_dtype=dtype)
+    from tunix.models.gemma import model as gemma
+
+    return gemma.ModelConfig.gemma2_2b_it()
+
+
+def _load_safetensors_dir(name: str, directory: Path, config, dtype, mesh):
+    if not any(directory.glob("*.safetensors")):
+        raise FileNotFoundError(f"no *.safetensors files in {directory} for model {name}")
+    if name == "gemma2-2b-it":
+        from tunix.models.gemma import params_safetensors as loader
+    else:
+        from tunix.models.gemma3 import params_safetensors as loader
+    return loader.create_model_from_safe_tensors(str(directory), config, mesh=mesh, dtype=dtype)
+
+
+def load(name: str, path: str | None = None, dtype: str = "float32", mesh=None, seed: int = 0) -> Loaded:
+    """Load a model by name; `path` overrides where its weights come from."""
+    if name not in MODEL_NAMES:
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(MODEL_NAMES)}")
+    jdtype = _DTYPES[dtype]
+    if name == "tiny":
+        return tiny(dtype=dtype, seed=seed, mesh=mesh)
+    if name == "gemma3-270m":
+        gguf_path = Path(path) if path else gguf_weights.default_gguf_path()
+        if not gguf_path.exists():
+            raise FileNotFoundError(f"GGUF weights for {name} not found at {gguf_path}")
+        directory = gguf_weights.cached_conversion(gguf_path, cache_dir() / "gguf")
+        hparams = json.loads((directory / "hparams.json").read_text())
+        config = _gemma3_config(hparams, jdtype)
+    else:
+        if not path:
+            raise ValueError(
+                f"model {name} needs model.path: a directory with its Hugging Face "
+                "safetensors and tokenizer.model (stage it to the bus once; pods have no hub access)"
+            )
+        directory = Path(path)
+        if not directory.is_dir():
+            raise FileNotFoundError(f"model directory for {name} not found: {directory}")
+        config = _hf_config(name, jdtype)
+    tokenizer = Tokenizer.from_file(directory / "tokenizer.model")
+    model = _load_safetensors_dir(name, directory, config, jdtype, mesh)
+    return Loaded(name=name, model=model, tokenizer=tokenizer, config=config)
+
+
+# ---------------------------------------------------------------- tiny model
+
+_TINY_CORPUS = (
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May.",
+    "How many clips did Natalia sell altogether in April and May?",
+    "Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of babysitting.",
+    "Betty is saving money for a new wallet which costs $100. The answer is 5.",
+    "Let's solve this step by step: 1. First, 48 / 2 = 24. 2. Then 48 + 24 = 72.",
+    "<reasoning>She sold 48 + 24 = 72 clips.</reasoning><answer>72</answer>",
+    "Therefore the total is 10,800 dollars, or 3/4 of the price, minus 5.0 percent.",
+)
+
+
+def tiny_tokenizer() -> Tokenizer:
+    """A 512-piece BPE tokenizer with Gemma's special ids, trained on a fixed text."""
+    path = cache_dir() / "tiny" / "tokenizer-v1.model"
+    if not path.exists():
+        import io
+
+        import sentencepiece as spm
+
+        buf = io.BytesIO()
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(_TINY_CORPUS * 20),
+            model_writer=buf,
+            model_type="bpe",
+            vocab_size=512,
+            byte_fallback=True,
+            split_digits=True,
+            add_dummy_prefix=False,
+            remove_extra_whitespaces=False,
+            normalization_rule_name="identity",
+            pad_id=PAD_ID, eos_id=EOS_ID, bos_id=BOS_ID, unk_id=3,
+            pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>",
+            user_defined_symbols=[START_OF_TURN, END_OF_TURN, "<reasoning>", "</reasoning>", "<answer>", "</answer>"],
+            hard_vocab_limit=False,
+            num_threads=1,
+            minloglevel=2,
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_bytes(buf.getvalue())
+        tmp.replace(path)
+    return Tokenizer.from_file(path)
+
+
+def tiny_config(vocab: int, dtype=jnp.float32):
+    return _gemma3_config(
+        {
+            "num_layers": 2,
+            "num_embed": vocab,
+            "embed_dim": 64,
+            "hidden_dim": 128,
+            "num_heads": 2,
+            "head_dim": 32,
+            "num_kv_heads": 1,
+            "sliding_window_size": 64,
+        },
+        dtype,
+    )
+
+
+def tiny(dtype: str = "float32", seed: int = 0, mesh=None) -> Loaded:
+    from tunix.models.gemma3 import model as gemma3
+
+    tokenizer = tiny_tokenizer()
+    config = tiny_config(tokenizer.vocab_size, _DTYPES[dtype])
+    ctx = jax.set_mesh(mesh) if mesh is not None else _null()
+    with ctx:
+        model = gemma3.Gemma3(config, rngs=nnx.Rngs(params=seed))
+    # tunix initialises MLP kernels to zero; a model that ignores its MLP
+    # would make tests of training blind, so give every weight some noise.
+    key = jax.random.key(seed + 1)
+    state = nnx.state(model, nnx.Param)
+    leaves, treedef = jax.tree.flatten(state)
+    keys = jax.random.split(key, len(leaves))
+    leaves = [
+        leaf if leaf.ndim == 1 else leaf + 0.02 * jax.random.normal(k, leaf.shape, leaf.dtype)
+        for leaf, k in zip(leaves, keys)
+    ]
+    nnx.update(model, jax.tree.unflatten(treedef, leaves))
+    return Loaded(name="tiny", model=model, tokenizer=tokenizer, config=config)
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+# ---------------------------------------------------------------- LoRA
+
+DEFAULT_LORA_TARGETS = ".*q_einsum|.*kv_einsum|.*qkv_einsum|.*attn_vec_einsum|.*gate_proj|.*up_proj|.*down_proj"
+
+
+def apply_lora(model: nnx.Module, rank: int, alpha: float, targets: str = DEFAULT_LORA_TARGETS,
+               quantize: str | None = None) -> nnx.Module:
+    """Wrap `model` with qwix LoRA adapters (QLoRA when `quantize` names a weight dtype).
+
+    qwix initialises B to zero, so the adapted model starts equal to the base.
+    """
+    import qwix
+
+    kwargs = {}
+    if quantize:
+        kwargs = {"weight_qtype": quantize, "tile_size": 128}
+    provider = qwix.LoraProvider(module_path=targets, rank=rank, alpha=alpha, **kwargs)
+    example = _example_inputs(model)
+    return qwix.apply_lora_to_model(model, provider, **example)
+
+
+def _example_inputs(model) -> dict:
+    tokens = jnp.ones((1, 1), dtype=jnp.int32)
+    return {
+        "last_tokens": tokens,
+        "positions": jnp.zeros((1, 1), dtype=jnp.int32),
+        "cache": None,
+        "attention_mask": jnp.ones((1, 1, 1), dtype=jnp.bool_),
+    }
+
+
+# ---------------------------------------------------------------- scoring
+
+@functools.partial(nnx.jit, static_argnames=())
+def _forward(model, tokens, positions, mask):
+    logits, _ = model(tokens, positions, None, mask)
+    return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+
+
+def next_token_logprobs(loaded: Loaded, text: str) -> np.ndarray:
+    """Log-probs of the token after `text` (BOS prepended), as a numpy vector."""
+    ids = loaded.tokenizer.encode(text, bos=True)
+    tokens = jnp.asarray([ids], dtype=jnp.int32)
+    positions = jnp.arange(len(ids), dtype=jnp.int32)[None]
+    causal = jnp.tril(jnp.ones((len(ids), len(ids)), dtype=jnp.bool_))[None]
+    return np.asarray(_forward(loaded.model, tokens, positions, causal)[0, -1])
