@@ -26,11 +26,11 @@ import numpy as np
 from flax import nnx
 
 from showwork import gguf_weights
+from showwork.prompts import END_OF_TURN, START_OF_TURN
 
 MODEL_NAMES = ("gemma3-270m", "gemma3-1b-it", "gemma3-1b-pt", "gemma2-2b-it", "tiny")
 
 BOS_ID, EOS_ID, PAD_ID = 2, 1, 0
-START_OF_TURN, END_OF_TURN = "<start_of_turn>", "<end_of_turn>"
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 

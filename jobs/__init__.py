@@ -1,0 +1,1 @@
+"""Job entrypoints, one per pipeline stage: wiring only, logic lives in showwork."""

@@ -1,0 +1,374 @@
+"""The bus: one run's directory tree, on a local disk or in a GCS bucket.
+
+Stages talk only through the bus. Keys are relative paths (`data/train.jsonl`)
+under the run root (`runs/demo` or `gs://bucket/runs/demo`).
+
+Guarantees, identical on both backends:
+* a reader never sees half a file: local writes go to a temp file and are
+  renamed; a GCS object appears only when its upload completes;
+* `create` is create-if-absent: of two writers racing for one key exactly
+  one wins (a hard link locally, `if_generation_match=0` on GCS);
+* every finished stage leaves a `_SUCCESS` marker (see `Marker`), and a stage
+  with a marker is skipped when its config digest matches and refused with a
+  clear error when it does not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Iterable
+
+MARKER = "_SUCCESS"
+
+
+class BusError(RuntimeError):
+    """The bus cannot be read or written; the message says what and where."""
+
+
+class StageConflict(RuntimeError):
+    """A stage already finished with a different config."""
+
+
+# ---------------------------------------------------------------- backends
+
+
+class _LocalStore:
+    def __init__(self, root: str):
+        self.root = Path(root).absolute()
+
+    def uri(self, key: str) -> str:
+        return str(self.root / key)
+
+    def _path(self, key: str) -> Path:
+        return self.root / key
+
+    def read(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"not on the bus: {self.uri(key)}") from None
+
+    def _temp(self, key: str, data: bytes) -> Path:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        return tmp
+
+    def write(self, key: str, data: bytes) -> None:
+        tmp = self._temp(key, data)
+        os.replace(tmp, self._path(key))
+
+    def create(self, key: str, data: bytes) -> bool:
+        tmp = self._temp(key, data)
+        try:
+            os.link(tmp, self._path(key))  # atomic, fails if the name exists
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list(self, prefix: str) -> list[str]:
+        base = self._path(prefix)
+        if not base.is_dir():
+            return []
+        out = []
+        for path in base.rglob("*"):
+            if path.is_file() and not path.name.endswith(".tmp"):
+                out.append(path.relative_to(self.root).as_posix())
+        return sorted(out)
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+
+class _GcsStore:
+    def __init__(self, root: str):
+        from google.cloud import storage
+
+        rest = root[len("gs://"):]
+        bucket, _, prefix = rest.partition("/")
+        if not bucket:
+            raise BusError(f"bus root {root!r} names no bucket")
+        self.bucket_name = bucket
+        self.prefix = prefix.strip("/")
+        self.client = _gcs_client(storage)
+        self.bucket = self.client.bucket(bucket)
+
+    def _name(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def uri(self, key: str) -> str:
+        return f"gs://{self.bucket_name}/{self._name(key)}"
+
+    def read(self, key: str) -> bytes:
+        from google.api_core import exceptions
+
+        try:
+            return self.bucket.blob(self._name(key)).download_as_bytes()
+        except exceptions.NotFound:
+            raise FileNotFoundError(f"not on the bus: {self.uri(key)}") from None
+        except exceptions.GoogleAPICallError as err:
+            raise BusError(f"cannot read {self.uri(key)}: {err}") from None
+
+    def write(self, key: str, data: bytes) -> None:
+        from google.api_core import exceptions
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
+        # Whole-object uploads are atomic on GCS. Our writes are idempotent
+        # (same key, same bytes on retry), so retrying them is safe.
+        try:
+            self.bucket.blob(self._name(key)).upload_from_string(data, retry=DEFAULT_RETRY)
+        except exceptions.GoogleAPICallError as err:
+            raise BusError(f"cannot write {self.uri(key)}: {err}") from None
+
+    def create(self, key: str, data: bytes) -> bool:
+        from google.api_core import exceptions
+        from google.cloud.storage.retry import DEFAULT_RETRY_IF_GENERATION_SPECIFIED
+
+        try:
+            self.bucket.blob(self._name(key)).upload_from_string(
+                data, if_generation_match=0, retry=DEFAULT_RETRY_IF_GENERATION_SPECIFIED
+            )
+            return True
+        except exceptions.PreconditionFailed:
+            return False
+        except exceptions.GoogleAPICallError as err:
+            raise BusError(f"cannot create {self.uri(key)}: {err}") from None
+
+    def exists(self, key: str) -> bool:
+        return self.bucket.blob(self._name(key)).exists()
+
+    def list(self, prefix: str) -> list[str]:
+        full = self._name(prefix).rstrip("/") + "/"
+        cut = len(self.prefix) + 1 if self.prefix else 0
+        return sorted(b.name[cut:] for b in self.client.list_blobs(self.bucket_name, prefix=full))
+
+    def delete(self, key: str) -> None:
+        from google.api_core import exceptions
+
+        try:
+            self.bucket.blob(self._name(key)).delete()
+        except exceptions.NotFound:
+            pass
+
+
+def _gcs_client(storage):
+    """Workload Identity in the cluster; anonymous against an emulator."""
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        from google.auth.credentials import AnonymousCredentials
+
+        return storage.Client(project="showwork-local", credentials=AnonymousCredentials())
+    try:
+        return storage.Client()
+    except Exception as err:  # google.auth raises several kinds here
+        raise BusError(
+            f"no Google Cloud credentials for the GCS bus ({type(err).__name__}: {err}); "
+            "on GKE bind the job's ServiceAccount with Workload Identity, locally run "
+            "`gcloud auth application-default login`"
+        ) from None
+
+
+# ---------------------------------------------------------------- the bus
+
+
+class Bus:
+    """Read and write one run's files by key, on a local root or `gs://`."""
+
+    def __init__(self, root: str):
+        self.root = str(root).rstrip("/")
+        self.store = _GcsStore(self.root) if self.root.startswith("gs://") else _LocalStore(self.root)
+
+    def __repr__(self) -> str:
+        return f"Bus({self.root!r})"
+
+    def uri(self, key: str) -> str:
+        return self.store.uri(key)
+
+    def read_bytes(self, key: str) -> bytes:
+        return self.store.read(key)
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        self.store.write(key, data)
+
+    def create(self, key: str, data: bytes) -> bool:
+        """Create-if-absent; True when this call created it."""
+        return self.store.create(key, data)
+
+    def read_text(self, key: str) -> str:
+        return self.read_bytes(key).decode("utf-8")
+
+    def write_text(self, key: str, text: str) -> None:
+        self.write_bytes(key, text.encode("utf-8"))
+
+    def read_json(self, key: str):
+        data = self.read_bytes(key)
+        try:
+            return json.loads(data)
+        except json.JSONDecodeError as err:
+            raise BusError(f"{self.uri(key)} is not valid JSON ({err}); was it truncated?") from None
+
+    def write_json(self, key: str, value) -> None:
+        self.write_bytes(key, _json_bytes(value))
+
+    def read_jsonl(self, key: str) -> list[dict]:
+        text = self.read_text(key)
+        if text and not text.endswith("\n"):
+            raise BusError(f"{self.uri(key)} does not end with a newline: truncated JSONL")
+        rows = []
+        for n, line in enumerate(text.splitlines(), 1):
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise BusError(f"{self.uri(key)} line {n} is not valid JSON: {err}") from None
+        return rows
+
+    def write_jsonl(self, key: str, rows: Iterable[dict]) -> int:
+        lines = [json.dumps(row, ensure_ascii=False, sort_keys=True) for row in rows]
+        self.write_text(key, "".join(line + "\n" for line in lines))
+        return len(lines)
+
+    def exists(self, key: str) -> bool:
+        return self.store.exists(key)
+
+    def list(self, prefix: str = "") -> list[str]:
+        return self.store.list(prefix)
+
+    def delete(self, key: str) -> None:
+        self.store.delete(key)
+
+
+def _json_bytes(value) -> bytes:
+    return (json.dumps(value, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+# ---------------------------------------------------------------- markers
+
+
+@dataclass
+class Marker:
+    """What a finished stage leaves behind in `<stage>/_SUCCESS`."""
+
+    stage: str
+    digest: str
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+    versions: dict = field(default_factory=dict)
+    started: float = 0.0
+    finished: float = 0.0
+    host: str = ""
+
+
+_VERSIONED = ("showwork", "jax", "flax", "google-tunix", "qwix", "optax", "orbax-checkpoint")
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for name in _VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def marker_key(stage: str) -> str:
+    return f"{stage}/{MARKER}"
+
+
+def read_marker(bus: Bus, stage: str) -> Marker | None:
+    try:
+        data = bus.read_json(marker_key(stage))
+    except FileNotFoundError:
+        return None
+    try:
+        return Marker(**data)
+    except TypeError as err:
+        raise BusError(f"{bus.uri(marker_key(stage))} is not a showwork marker: {err}") from None
+
+
+def stage_done(bus: Bus, stage: str, digest: str) -> Marker | None:
+    """The stage's marker if it finished with this digest; None if it has not run.
+
+    Raises StageConflict if it finished with another config, and BusError if
+    the marker names outputs that are gone (never trust a marker blindly).
+    """
+    marker = read_marker(bus, stage)
+    if marker is None:
+        return None
+    if marker.digest != digest:
+        raise StageConflict(
+            f"stage {stage!r} in {bus.root} already finished with config digest {marker.digest}, "
+            f"but this config has digest {digest}. Use a new run id (--run-id) for a changed "
+            f"config, or delete {bus.uri(marker_key(stage))} to redo the stage."
+        )
+    missing = [key for key in marker.outputs if not bus.exists(key)]
+    if missing:
+        raise BusError(
+            f"stage {stage!r} has a marker but its outputs are missing: "
+            + ", ".join(bus.uri(k) for k in missing)
+            + f". Delete {bus.uri(marker_key(stage))} to redo the stage."
+        )
+    return marker
+
+
+def write_marker(bus: Bus, marker: Marker) -> bool:
+    """Create the marker; False if another writer's marker got there first."""
+    marker.finished = marker.finished or time.time()
+    marker.versions = marker.versions or package_versions()
+    marker.host = marker.host or platform.node()
+    return bus.create(marker_key(marker.stage), _json_bytes(asdict(marker)))
+
+
+
+@dataclass
+class StageResult:
+    """What a stage body returns: the keys it wrote, what it read, its numbers."""
+
+    outputs: list[str]
+    inputs: list[str] = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+
+
+def run_once(bus: Bus, stage: str, digest: str, body, log=None) -> tuple[Marker, bool]:
+    """Run `body()` unless the stage is done; returns (marker, ran).
+
+    If another process finished the same stage meanwhile (a retried pod racing
+    its predecessor), its marker stands and ours is dropped: exactly one wins.
+    """
+    done = stage_done(bus, stage, digest)
+    if done is not None:
+        if log:
+            log.info("stage already done, skipping", stage=stage, marker=bus.uri(marker_key(stage)))
+        return done, False
+    started = time.time()
+    result = body()
+    marker = Marker(stage=stage, digest=digest, inputs=result.inputs, outputs=result.outputs,
+                    metrics=result.metrics, started=started)
+    if not write_marker(bus, marker):
+        winner = stage_done(bus, stage, digest)
+        if log:
+            log.warning("another writer finished this stage first; keeping its marker", stage=stage)
+        return winner, False
+    if log:
+        log.info("stage done", stage=stage, seconds=round(marker.finished - started, 1), **_scalars(result.metrics))
+    return marker, True
+
+
+def _scalars(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}

@@ -1,0 +1,47 @@
+"""Command-line wiring shared by the job entrypoints: config files in, a Bus out."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from showwork import config as config_lib
+from showwork import log as log_lib
+from showwork.bus import Bus
+
+
+def parser(doc: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("configs", nargs="+", help="recipe YAML then tier YAML (later files override earlier)")
+    p.add_argument("--root", default=os.environ.get("SHOWWORK_ROOT", "runs"),
+                   help="bus root holding runs: a directory or gs://bucket/prefix (env SHOWWORK_ROOT)")
+    p.add_argument("--run-id", default=os.environ.get("SHOWWORK_RUN_ID"),
+                   help="names this run's directory under the root (env SHOWWORK_RUN_ID; default: the recipe name)")
+    return p
+
+
+def setup(args: argparse.Namespace) -> tuple[config_lib.Config, Bus]:
+    """Load config and open the bus, or exit with one clear line."""
+    log_lib.configure()
+    try:
+        cfg = config_lib.load(*args.configs)
+    except config_lib.ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    run_id = args.run_id or cfg.recipe
+    bus = Bus(f"{args.root.rstrip('/')}/{run_id}")
+    return cfg, bus
+
+
+def run(doc: str, main, argv: list[str] | None = None):
+    """Parse argv, load config, call `main(cfg, bus)`; known failures exit with one line."""
+    from showwork.bus import BusError, StageConflict
+
+    cfg, bus = setup(parser(doc).parse_args(sys.argv[1:] if argv is None else argv))
+    try:
+        return main(cfg, bus)
+    except (StageConflict, BusError, FileNotFoundError) as err:
+        log_lib.get("showwork").error(str(err), error=type(err).__name__)
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None

@@ -1,0 +1,388 @@
+"""Config: recipe YAML + tier YAML, loaded in one step into frozen dataclasses.
+
+Recipes say *what* (model, data, prompts, training, rewards, evaluation);
+tiers say *where* (mesh, batch sizes, shard counts, dtype). Later files
+override earlier ones key by key. The dataclasses below are the
+documentation of every option: an unknown key, a wrong type or a missing
+required value is an error naming the key and the file it came from.
+
+Sections shaped like a library's own arguments keep that library's names:
+`optimizer` holds optax.adamw's arguments, `schedule` those of
+optax.warmup_cosine_decay_schedule (as ratios of the peak), `grpo` those of
+tunix's GRPOConfig, `rollout` those of tunix's RolloutConfig.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file is wrong; the message names the key and the file."""
+
+
+# ---------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    rank: int
+    alpha: float
+    # Regex over module paths (qwix); default: attention and MLP projections.
+    targets: str = ".*q_einsum|.*kv_einsum|.*qkv_einsum|.*attn_vec_einsum|.*gate_proj|.*up_proj|.*down_proj"
+    # QLoRA: quantise the frozen base weights to this dtype (qwix), e.g. "nf4", "int8".
+    quantize: Optional[Literal["nf4", "int4", "int8"]] = None
+
+    def problems(self):
+        if self.rank <= 0:
+            yield "rank", f"must be positive, got {self.rank}"
+        if self.alpha <= 0:
+            yield "alpha", f"must be positive, got {self.alpha}"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: Literal["gemma3-270m", "gemma3-1b-it", "gemma3-1b-pt", "gemma2-2b-it", "tiny"]
+    # A local .gguf (gemma3-270m) or Hugging Face safetensors directory; None = packaged default.
+    path: Optional[str] = None
+    # No `lora` section means full fine-tuning.
+    lora: Optional[LoraConfig] = None
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: Literal["gsm8k", "reasoning-gym", "glaive"]
+    # gsm8k/glaive: a local .jsonl/.csv/.parquet file; None reads the Hugging Face dataset.
+    path: Optional[str] = None
+    # A separate eval file (e.g. GSM8K test.jsonl); None carves eval rows from the source.
+    eval_path: Optional[str] = None
+    task: str = "gsm_symbolic"  # reasoning-gym task name
+    train_size: int = 1000
+    eval_size: int = 100
+    seed: int = 0
+    # GSM8K's `<<48/2=24>>` calculator annotations: readable math, dropped, or kept.
+    calculator_annotations: Literal["readable", "drop", "keep"] = "readable"
+    max_question_chars: int = 2000
+    max_solution_chars: int = 8000
+
+    def problems(self):
+        for key in ("train_size", "eval_size", "max_question_chars", "max_solution_chars"):
+            if getattr(self, key) < 0:
+                yield key, f"must be >= 0, got {getattr(self, key)}"
+        if self.train_size + self.eval_size == 0:
+            yield "train_size", "train_size and eval_size are both 0: nothing to prepare"
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    system: str = (
+        "You are given a problem. Think about it step by step and show your work. "
+        "Put your reasoning between <reasoning> and </reasoning>, then the final "
+        "answer, a number only, between <answer> and </answer>."
+    )
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """optax.adamw arguments (learning_rate is the schedule's peak)."""
+
+    learning_rate: float = 2e-5
+    b1: float = 0.9
+    b2: float = 0.999
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """optax.warmup_cosine_decay_schedule: linear warmup, cosine to a floor."""
+
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.0  # used when warmup_steps is 0
+    end_value_ratio: float = 0.1  # floor as a fraction of the peak
+
+
+@dataclass(frozen=True)
+class SftConfig:
+    epochs: int = 1
+    max_steps: Optional[int] = None
+    max_seq_len: int = 512
+    gradient_accumulation: int = 1
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    eval_every: int = 0
+
+    def problems(self):
+        if self.epochs <= 0 and self.max_steps is None:
+            yield "epochs", "must be positive when max_steps is not set"
+        if self.gradient_accumulation <= 0:
+            yield "gradient_accumulation", f"must be positive, got {self.gradient_accumulation}"
+        if self.max_seq_len <= 0:
+            yield "max_seq_len", f"must be positive, got {self.max_seq_len}"
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    """tunix RolloutConfig: how completions are sampled during GRPO."""
+
+    max_prompt_length: int = 256
+    max_tokens_to_generate: int = 256
+    temperature: float = 0.9
+    top_k: Optional[int] = 50
+    top_p: Optional[float] = 1.0
+
+
+@dataclass(frozen=True)
+class GrpoConfig:
+    """tunix GRPOConfig names, plus session bookkeeping."""
+
+    num_generations: int = 4
+    num_iterations: int = 1
+    beta: float = 0.08
+    epsilon: float = 0.2
+    sessions: int = 1
+    prompts_per_session: int = 64
+    # Active review: replayed old prompts per new prompt in sessions after the first.
+    review_ratio: float = 1.0
+    steps_per_session: Optional[int] = None
+    optimizer: OptimizerConfig = OptimizerConfig(learning_rate=3e-6, weight_decay=0.1, max_grad_norm=0.1)
+    schedule: ScheduleConfig = ScheduleConfig(warmup_ratio=0.1, end_value_ratio=0.0)
+    rollout: RolloutConfig = RolloutConfig()
+    # Reward name -> weight; names come from showwork.rewards.REWARDS.
+    rewards: dict[str, float] = field(default_factory=lambda: {"format_exact": 1.0, "answer": 1.0})
+    checkpoint_every: int = 20
+    keep_checkpoints: int = 2
+
+    def problems(self):
+        if self.num_generations < 2:
+            yield "num_generations", f"GRPO needs at least 2 generations per prompt, got {self.num_generations}"
+        if self.sessions <= 0:
+            yield "sessions", f"must be positive, got {self.sessions}"
+        if self.review_ratio < 0:
+            yield "review_ratio", f"must be >= 0, got {self.review_ratio}"
+        if not self.rewards:
+            yield "rewards", "at least one reward is needed"
+
+
+@dataclass(frozen=True)
+class SelfTeachConfig:
+    samples_per_question: int = 4
+    temperature: float = 0.8
+    questions: int = 200
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    # Which models to evaluate, in report order; names of pipeline stages.
+    models: tuple[Literal["base", "sft", "grpo"], ...] = ("base",)
+    methods: tuple[Literal["greedy", "majority", "consensus"], ...] = ("greedy",)
+    samples: int = 4  # k for maj@k
+    temperature: float = 0.7
+    consensus_temperatures: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8, 1.0)
+    max_tokens: int = 256
+    questions: Optional[int] = None  # None: the whole eval split
+
+    def problems(self):
+        if self.samples <= 0:
+            yield "samples", f"must be positive, got {self.samples}"
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    shape: tuple[int, ...] = (1, 1)
+    axes: tuple[str, ...] = ("fsdp", "tp")
+
+    def problems(self):
+        if len(self.shape) != len(self.axes):
+            yield "shape", f"has {len(self.shape)} dims but axes names {len(self.axes)}"
+        if any(d <= 0 for d in self.shape):
+            yield "shape", f"every dimension must be positive, got {list(self.shape)}"
+
+
+@dataclass(frozen=True)
+class TierConfig:
+    name: str
+    platform: Literal["cpu", "tpu", "gpu"] = "cpu"
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    mesh: MeshConfig = MeshConfig()
+    hosts: int = 1
+    train_batch: int = 4  # prompts (GRPO) or sequences (SFT) per step, per replica
+    eval_batch: int = 8
+    eval_shards: int = 1
+
+    def problems(self):
+        for key in ("hosts", "train_batch", "eval_batch", "eval_shards"):
+            if getattr(self, key) <= 0:
+                yield key, f"must be positive, got {getattr(self, key)}"
+
+
+@dataclass(frozen=True)
+class Config:
+    recipe: str
+    model: ModelConfig
+    data: DataConfig
+    tier: TierConfig
+    description: str = ""
+    prompt: PromptConfig = PromptConfig()
+    sft: Optional[SftConfig] = None
+    grpo: Optional[GrpoConfig] = None
+    self_teach: Optional[SelfTeachConfig] = None
+    eval: EvalConfig = EvalConfig()
+    # Where the files came from, for messages; not part of any digest.
+    sources: tuple[str, ...] = ()
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load(*paths: str | Path) -> Config:
+    """Load recipe and tier files (later override earlier) into a Config."""
+    if not paths:
+        raise ConfigError("no config files given: pass a recipe and a tier file")
+    merged: dict = {}
+    origin: dict[tuple, str] = {}
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        if doc is None:
+            continue
+        if not isinstance(doc, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping, got {type(doc).__name__}")
+        _merge(merged, doc, origin, str(path), ())
+    merged["sources"] = [str(p) for p in paths]
+    return _build(Config, merged, origin, (), "/".join(str(p) for p in paths))
+
+
+def _merge(into: dict, new: dict, origin: dict, source: str, prefix: tuple) -> None:
+    for key, value in new.items():
+        keypath = prefix + (str(key),)
+        origin[keypath] = source
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value, origin, source, keypath)
+        else:
+            into[key] = value
+            if isinstance(value, dict):
+                _note_origin(value, origin, source, keypath)
+
+
+def _note_origin(value: dict, origin: dict, source: str, prefix: tuple) -> None:
+    for key, sub in value.items():
+        origin[prefix + (str(key),)] = source
+        if isinstance(sub, dict):
+            _note_origin(sub, origin, source, prefix + (str(key),))
+
+
+def _where(origin: dict, keypath: tuple, fallback: str) -> str:
+    for n in range(len(keypath), 0, -1):
+        if keypath[:n] in origin:
+            return origin[keypath[:n]]
+    return fallback
+
+
+def _fail(origin, keypath, fallback, message):
+    key = ".".join(keypath) or "<top level>"
+    raise ConfigError(f"{_where(origin, keypath, fallback)}: {key}: {message}")
+
+
+def _build(cls, data, origin, keypath, files):
+    if not isinstance(data, dict):
+        _fail(origin, keypath, files, f"expected a mapping, got {_describe(data)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(map(str, data)) - set(fields))
+    if unknown:
+        _fail(origin, keypath + (unknown[0],), files,
+              f"unknown key (known keys here: {', '.join(sorted(fields))})")
+    values = {}
+    for name, f in fields.items():
+        if name in data:
+            values[name] = _convert(hints[name], data[name], origin, keypath + (name,), files)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            _fail(origin, keypath + (name,), files, "missing required key")
+    obj = cls(**values)
+    for key, message in getattr(obj, "problems", lambda: ())():
+        _fail(origin, keypath + (key,), files, message)
+    return obj
+
+
+def _describe(value) -> str:
+    return f"{type(value).__name__} {value!r}"[:80]
+
+
+def _convert(tp, value, origin, keypath, files):
+    args = typing.get_args(tp)
+    kind = typing.get_origin(tp)
+    if kind in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(inner, value, origin, keypath, files)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, origin, keypath, files)
+    if kind is Literal:
+        if value not in args:
+            _fail(origin, keypath, files, f"must be one of {', '.join(map(repr, args))}; got {value!r}")
+        return value
+    if kind is tuple:
+        if not isinstance(value, list):
+            _fail(origin, keypath, files, f"expected a list, got {_describe(value)}")
+        inner = args[0]
+        return tuple(_convert(inner, v, origin, keypath + (str(i),), files) for i, v in enumerate(value))
+    if kind is dict:
+        if not isinstance(value, dict):
+            _fail(origin, keypath, files, f"expected a mapping, got {_describe(value)}")
+        key_type, value_type = args
+        return {str(k): _convert(value_type, v, origin, keypath + (str(k),), files) for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            _fail(origin, keypath, files, f"expected true or false, got {_describe(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            _fail(origin, keypath, files, f"expected an integer, got {_describe(value)}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            _fail(origin, keypath, files, f"expected a number, got {_describe(value)}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            _fail(origin, keypath, files, f"expected a string, got {_describe(value)}")
+        return value
+    raise TypeError(f"config type {tp} at {'.'.join(keypath)} is not supported")  # our bug, not the user's
+
+
+# ---------------------------------------------------------------- digests
+
+
+def as_data(section) -> object:
+    """A JSON-ready view of a config section (dataclass, tuple, dict, scalar)."""
+    if dataclasses.is_dataclass(section):
+        return {f.name: as_data(getattr(section, f.name)) for f in dataclasses.fields(section)}
+    if isinstance(section, (tuple, list)):
+        return [as_data(v) for v in section]
+    if isinstance(section, dict):
+        return {k: as_data(v) for k, v in section.items()}
+    return section
+
+
+def digest(**sections) -> str:
+    """A stable hash of the config sections a stage depends on."""
+    blob = json.dumps(as_data(sections), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

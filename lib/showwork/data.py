@@ -1,0 +1,324 @@
+"""Data preparation: sources -> clean rows -> prompts and targets -> train/eval split.
+
+Every source yields raw records; `to_row` turns one into
+`Row(id, question, answer, solution)` or a rejection reason. Rejected
+records are counted by reason in `stats.json` and skipped, never silently.
+
+Sources:
+* `gsm8k`: a local GSM8K-format `.jsonl` (`{"question", "answer"}` where the
+  answer is the worked solution ending `#### 72`), the Kaggle CSV layout
+  (same two columns), a `.parquet`, or Hugging Face `openai/gsm8k` when no
+  path is given (needs the `hub` extra and network).
+* `reasoning-gym`: a procedurally generated task (default `gsm_symbolic`,
+  which ships worked solutions in `metadata.answer_cot`); train and eval come
+  from disjoint seeds, and eval questions seen in train are dropped.
+* `glaive`: reasoning traces (`{"prompt", "response"}`, with `<think>…</think>`
+  before the final answer), from a local file or `glaiveai/reasoning-v1-20m`.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from showwork import answers, prompts
+
+# Answers are numbers for math sources; glaive traces end in free text.
+NUMERIC_SOURCES = ("gsm8k", "reasoning-gym")
+REASONING_GYM_EVAL_SEED_OFFSET = 1_000_003
+
+
+@dataclass(frozen=True)
+class Row:
+    id: str
+    question: str
+    answer: str  # canonical gold answer ("72") for numeric sources
+    solution: str  # worked solution, calculator annotations handled
+    source: str
+
+
+@dataclass(frozen=True)
+class Rejected:
+    reason: str
+    detail: str = ""
+
+
+# ---------------------------------------------------------------- cleaning
+
+_CALC = re.compile(r"<<([^<>]{0,200}?)=([^<>=]{0,60})>>")
+
+
+def clean_calculator(text: str, mode: str) -> str:
+    """GSM8K's `<<48/2=24>>24` annotations: readable, dropped, or kept.
+
+    GSM8K usually writes the expression before the annotation ("48/2 =
+    <<48/2=24>>24"), so dropping it reads well there; where the text gives
+    only the result ("sold <<48/2=24>>24 clips"), `readable` writes the
+    expression out ("sold 48/2 = 24 clips") so the step is still shown.
+    """
+    if mode == "keep":
+        return text
+    if mode == "drop":
+        return _CALC.sub("", text).replace("<<", "").replace(">>", "")
+
+    def readable(match: re.Match) -> str:
+        expr, result = match.group(1).strip(), match.group(2).strip()
+        before = text[max(0, match.start() - len(expr) - 8):match.start()]
+        compact_before = before.replace(" ", "")
+        if compact_before.endswith(expr.replace(" ", "") + "=") or compact_before.endswith("="):
+            return ""
+        # The annotation is followed by the result itself; keep just one copy.
+        after = text[match.end():match.end() + len(result)]
+        return f"{expr} = " if after == result else f"{expr} = {result}"
+
+    return _CALC.sub(readable, text).replace("<<", "").replace(">>", "")
+
+
+def split_solution(text: str) -> tuple[str, str | None]:
+    """`"steps\\n#### 72"` -> ("steps", "72"); no `####` -> (text, None)."""
+    head, sep, tail = text.rpartition("####")
+    if not sep:
+        return text.strip(), None
+    return head.strip(), tail.strip() or None
+
+
+def _think_split(response: str) -> tuple[str, str]:
+    """Glaive: `<think>trace</think> final` -> (trace, final)."""
+    start, end = response.find("<think>"), response.rfind("</think>")
+    if start < 0 or end < start:
+        return "", response.strip()
+    return response[start + len("<think>"):end].strip(), response[end + len("</think>"):].strip()
+
+
+def stable_id(source: str, question: str) -> str:
+    return f"{source}-{hashlib.sha256(question.strip().encode()).hexdigest()[:12]}"
+
+
+# ---------------------------------------------------------------- raw readers
+
+
+def read_records(path: str) -> Iterator[dict | Rejected]:
+    """Records from a local .jsonl, .json, .csv or .parquet file.
+
+    Undecodable or unparsable lines come out as `Rejected`, so one bad line
+    costs one row, not the job.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"data file not found: {path}")
+    suffix = p.suffix.lower()
+    if suffix == ".jsonl":
+        with p.open("rb") as f:
+            for n, raw in enumerate(f, 1):
+                if not raw.strip():
+                    continue
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    yield Rejected("bad_encoding", f"line {n}")
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    yield Rejected("bad_json", f"line {n}")
+                    continue
+                yield record if isinstance(record, dict) else Rejected("bad_json", f"line {n}: not an object")
+    elif suffix == ".json":
+        records = json.loads(p.read_text(encoding="utf-8"))
+        if not isinstance(records, list):
+            raise ValueError(f"{path}: expected a JSON list of records")
+        yield from (r if isinstance(r, dict) else Rejected("bad_json", "not an object") for r in records)
+    elif suffix == ".csv":
+        text = p.read_bytes().decode("utf-8", errors="replace")
+        for record in csv.DictReader(io.StringIO(text)):
+            if any("\ufffd" in (v or "") for v in record.values()):
+                yield Rejected("bad_encoding", (record.get("question") or "")[:40])
+            else:
+                yield record
+    elif suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        yield from pq.read_table(p).to_pylist()
+    else:
+        raise ValueError(f"{path}: unsupported data file type {suffix!r} (use .jsonl, .json, .csv or .parquet)")
+
+
+def read_hub(dataset: str, config: str | None, split: str) -> Iterator[dict]:
+    """A Hugging Face dataset split; needs network and the `hub` extra."""
+    try:
+        import datasets
+    except ImportError:
+        raise RuntimeError(
+            f"reading {dataset} from the Hugging Face Hub needs `pip install showwork[hub]`; "
+            "offline, set data.path to a local file"
+        ) from None
+    yield from datasets.load_dataset(dataset, config, split=split)
+
+
+def reasoning_gym_records(task: str, size: int, seed: int) -> Iterator[dict]:
+    import reasoning_gym
+
+    for item in reasoning_gym.create_dataset(task, size=size, seed=seed):
+        meta = item.get("metadata", {})
+        # answer_cot ends with its own "#### N"; keep the steps, take the gold from `answer`.
+        solution, _ = split_solution(meta.get("answer_cot") or "")
+        yield {"question": item["question"], "answer": f"{solution}\n#### {item['answer']}"}
+
+
+# ---------------------------------------------------------------- rows
+
+
+def to_row(record: dict | Rejected, source: str, calculator: str, max_question: int, max_solution: int) -> Row | Rejected:
+    """One raw record -> a clean Row, or the reason it was rejected."""
+    if isinstance(record, Rejected):
+        return record
+    if source == "glaive":
+        question = record.get("prompt") or record.get("question")
+        response = record.get("response")
+        if not isinstance(question, str) or not question.strip():
+            return Rejected("missing_question")
+        if not isinstance(response, str) or not response.strip():
+            return Rejected("missing_answer")
+        solution, gold = _think_split(response)
+        if not solution or not gold:
+            return Rejected("no_reasoning_trace")
+    else:
+        question = record.get("question")
+        full = record.get("answer")
+        if not isinstance(question, str) or not question.strip():
+            return Rejected("missing_question")
+        if full is None or (isinstance(full, str) and not full.strip()):
+            return Rejected("missing_answer")
+        solution, gold = split_solution(str(full))
+        if gold is None:
+            return Rejected("missing_final_answer", question[:60])
+        canonical = answers.normalize(gold)
+        if canonical is None:
+            return Rejected("non_numeric_answer", gold[:60])
+        gold = canonical
+        solution = clean_calculator(solution, calculator)
+        if not solution:
+            return Rejected("missing_solution")
+    question = question.strip()
+    if len(question) > max_question:
+        return Rejected("question_too_long", f"{len(question)} chars")
+    if len(solution) > max_solution:
+        return Rejected("solution_too_long", f"{len(solution)} chars")
+    return Row(id=stable_id(source, question), question=question, answer=gold, solution=solution, source=source)
+
+
+def clean_rows(records: Iterable[dict | Rejected], source: str, calculator: str,
+               max_question: int, max_solution: int, dropped: Counter) -> list[Row]:
+    """Rows in input order, duplicates (same question) and rejects counted in `dropped`."""
+    rows, seen = [], set()
+    for record in records:
+        row = to_row(record, source, calculator, max_question, max_solution)
+        if isinstance(row, Rejected):
+            dropped[row.reason] += 1
+        elif row.id in seen:
+            dropped["duplicate"] += 1
+        else:
+            seen.add(row.id)
+            rows.append(row)
+    return rows
+
+
+def shuffled(rows: list[Row], seed: int) -> list[Row]:
+    """A deterministic order that depends on row ids and seed, not on file order."""
+    return sorted(rows, key=lambda r: hashlib.sha256(f"{seed}:{r.id}".encode()).hexdigest())
+
+
+def formatted(row: Row, system: str) -> dict:
+    """A row as written to the bus: the fields plus prompt and target text."""
+    out = asdict(row)
+    out["prompt"] = prompts.chat_prompt(system, row.question)
+    out["target"] = prompts.target(row.solution, row.answer)
+    return out
+
+
+# ---------------------------------------------------------------- splits
+
+_HUB = {"gsm8k": ("openai/gsm8k", "main"), "glaive": ("glaiveai/reasoning-v1-20m", None)}
+
+
+def _counted(records: Iterable, counter: Counter, key: str) -> Iterator:
+    for record in records:
+        counter[key] += 1
+        yield record
+
+
+def _source_records(source: str, path: str | None, split: str, limit: int) -> Iterable:
+    if path:
+        return read_records(path)
+    import itertools
+
+    dataset, config = _HUB[source]
+    # Streaming keeps a 20M-row corpus from being downloaded whole; we read
+    # a generous multiple of what we keep so the hash shuffle still mixes.
+    return itertools.islice(read_hub(dataset, config, split), limit)
+
+
+def build_splits(source: str, path: str | None, eval_path: str | None, task: str,
+                 train_size: int, eval_size: int, seed: int, calculator: str,
+                 max_question: int, max_solution: int) -> tuple[list[Row], list[Row], dict]:
+    """Train and eval rows (disjoint by question) and the stats of the cleaning."""
+    rows_in: Counter = Counter()
+    dropped: Counter = Counter()
+    clean = lambda recs, key: clean_rows(_counted(recs, rows_in, key), source, calculator,  # noqa: E731
+                                         max_question, max_solution, dropped)
+    limit = 4 * (train_size + eval_size) + 1000
+    if source == "reasoning-gym":
+        train = clean(reasoning_gym_records(task, train_size, seed), "train")
+        evals = clean(reasoning_gym_records(task, eval_size, seed + REASONING_GYM_EVAL_SEED_OFFSET), "eval")
+    elif eval_path or (source == "gsm8k" and not path):
+        train = shuffled(clean(_source_records(source, path, "train", limit), "train"), seed)[:train_size]
+        eval_records = read_records(eval_path) if eval_path else _source_records(source, None, "test", limit)
+        evals = shuffled(clean(eval_records, "eval"), seed)[:eval_size]
+    else:
+        both = shuffled(clean(_source_records(source, path, "train", limit), "all"), seed)
+        evals, train = both[:eval_size], both[eval_size:eval_size + train_size]
+    train_ids = {row.id for row in train}
+    kept_evals = [row for row in evals if row.id not in train_ids]
+    if len(kept_evals) < len(evals):
+        dropped["eval_seen_in_train"] += len(evals) - len(kept_evals)
+    stats = {
+        "source": source,
+        "rows_in": dict(rows_in),
+        "rows_out": {"train": len(train), "eval": len(kept_evals)},
+        "dropped": dict(sorted(dropped.items())),
+        "dropped_total": sum(dropped.values()),
+    }
+    return train, kept_evals, stats
+
+
+def prepare(bus, data, system: str, log=None):
+    """The data stage: clean, split and format onto the bus; skipped if done."""
+    from showwork import config as config_lib
+    from showwork.bus import StageResult, run_once
+
+    def body() -> StageResult:
+        train, evals, stats = build_splits(
+            data.source, data.path, data.eval_path, data.task, data.train_size, data.eval_size,
+            data.seed, data.calculator_annotations, data.max_question_chars, data.max_solution_chars,
+        )
+        if not train and data.train_size > 0:
+            raise ValueError(f"no usable training rows from {data.source} ({stats['dropped']}): see the data config")
+        bus.write_jsonl("data/train.jsonl", (formatted(r, system) for r in train))
+        bus.write_jsonl("data/eval.jsonl", (formatted(r, system) for r in evals))
+        bus.write_json("data/stats.json", stats)
+        inputs = [p for p in (data.path, data.eval_path) if p] or [f"{data.source}:{data.task if data.source == 'reasoning-gym' else 'hub'}"]
+        return StageResult(
+            outputs=["data/train.jsonl", "data/eval.jsonl", "data/stats.json"],
+            inputs=inputs,
+            metrics={"train_rows": len(train), "eval_rows": len(evals), "dropped": stats["dropped_total"]},
+        )
+
+    digest = config_lib.digest(data=data, system=system)
+    return run_once(bus, "data", digest, body, log)
