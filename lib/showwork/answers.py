@@ -224,8 +224,8 @@ def is_correct(completion: str, gold: str) -> bool:
 
 @dataclass(frozen=True)
 class FormatFlags:
-    has_reasoning: bool  # at least one complete reasoning block
-    has_answer: bool  # at least one complete answer block
+    has_reasoning: bool  # a complete, non-empty reasoning block
+    has_answer: bool  # a complete, non-empty answer block
     well_formed: bool  # exactly one reasoning then one answer, nothing else around
     reasoning_words: int  # words in the (last) reasoning block
 
@@ -254,4 +254,4 @@ def check_format(text: str) -> FormatFlags:
             and between.strip() == ""
         )
     words = len(reasoning.split()) if reasoning else 0
-    return FormatFlags(reasoning is not None, answer is not None, well, words)
+    return FormatFlags(bool(reasoning), bool(answer), well, words)

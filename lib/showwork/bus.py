@@ -190,8 +190,13 @@ class Bus:
     """Read and write one run's files by key, on a local root or `gs://`."""
 
     def __init__(self, root: str):
-        self.root = str(root).rstrip("/")
-        self.store = _GcsStore(self.root) if self.root.startswith("gs://") else _LocalStore(self.root)
+        root = str(root)
+        if root.startswith("gs://"):
+            self.root = "gs://" + root[len("gs://"):].rstrip("/")
+            self.store = _GcsStore(self.root)
+        else:
+            self.root = root.rstrip("/") or "/"
+            self.store = _LocalStore(self.root)
 
     def __repr__(self) -> str:
         return f"Bus({self.root!r})"

@@ -70,9 +70,8 @@ def clean_calculator(text: str, mode: str) -> str:
 
     def readable(match: re.Match) -> str:
         expr, result = match.group(1).strip(), match.group(2).strip()
-        before = text[max(0, match.start() - len(expr) - 8):match.start()]
-        compact_before = before.replace(" ", "")
-        if compact_before.endswith(expr.replace(" ", "") + "=") or compact_before.endswith("="):
+        # "48/2 = <<48/2=24>>24" or "= $<<…>>": the expression is already written out.
+        if text[max(0, match.start() - 16):match.start()].rstrip(" $€£").endswith("="):
             return ""
         # The annotation is followed by the result itself; keep just one copy.
         after = text[match.end():match.end() + len(result)]

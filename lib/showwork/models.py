@@ -131,21 +131,56 @@ def _gemma3_config(hparams: dict, dtype) -> Any:
     )
 
 
-def _hf_config(name: str, dtype) -> Any:
+def _hf_config(name: str, directory: Path, dtype) -> Any:
+    """The tunix config for a Hugging Face checkpoint, read from its config.json.
+
+    Reading the checkpoint's own config (rather than assuming the published
+    size) lets the same code load any Gemma 3 / Gemma 2 size and our tests'
+    small synthetic checkpoints.
+    """
+    path = directory / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{directory} has no config.json (a Hugging Face checkpoint directory has one)")
+    hf = json.loads(path.read_text())
+    hf = hf.get("text_config", hf)  # multimodal Gemma 3 nests the text config
+    common = {
+        "num_layers": hf["num_hidden_layers"],
+        "num_embed": hf["vocab_size"],
+        "embed_dim": hf["hidden_size"],
+        "hidden_dim": hf["intermediate_size"],
+        "num_heads": hf["num_attention_heads"],
+        "head_dim": hf.get("head_dim", hf["hidden_size"] // hf["num_attention_heads"]),
+        "num_kv_heads": hf["num_key_value_heads"],
+        "sliding_window_size": hf.get("sliding_window"),
+    }
     if name.startswith("gemma3"):
         from tunix.models.gemma3 import model as gemma3
 
-        base = gemma3.ModelConfig.gemma3_1b_it() if name.endswith("it") else gemma3.ModelConfig.gemma3_1b_pt()
-        return dataclasses.replace(base, param_dtype=dtype)
+        scaling = hf.get("rope_scaling") or {}
+        return gemma3.ModelConfig(
+            **common,
+            local_base_frequency=int(hf.get("rope_local_base_freq", 10_000)),
+            global_base_frequency=int(hf.get("rope_theta", 1_000_000)),
+            global_scale_factor=float(scaling.get("factor", 1.0)),
+            param_dtype=dtype,
+        )
     from tunix.models.gemma import model as gemma
 
-    return gemma.ModelConfig.gemma2_2b_it()
+    kinds = (gemma.AttentionType.LOCAL_SLIDING, gemma.AttentionType.GLOBAL)
+    return gemma.ModelConfig(
+        **common,
+        final_logit_softcap=hf.get("final_logit_softcapping"),
+        attn_logits_soft_cap=hf.get("attn_logit_softcapping"),
+        use_post_attn_norm=True,
+        use_post_ffw_norm=True,
+        attention_types=tuple(kinds[i % 2] for i in range(hf["num_hidden_layers"])),
+    )
 
 
 def _load_safetensors_dir(name: str, directory: Path, config, dtype, mesh):
     if not any(directory.glob("*.safetensors")):
         raise FileNotFoundError(f"no *.safetensors files in {directory} for model {name}")
-    if name == "gemma2-2b-it":
+    if name.startswith("gemma2"):
         from tunix.models.gemma import params_safetensors as loader
     else:
         from tunix.models.gemma3 import params_safetensors as loader
@@ -175,7 +210,7 @@ def load(name: str, path: str | None = None, dtype: str = "float32", mesh=None, 
         directory = Path(path)
         if not directory.is_dir():
             raise FileNotFoundError(f"model directory for {name} not found: {directory}")
-        config = _hf_config(name, jdtype)
+        config = _hf_config(name, directory, jdtype)
     tokenizer = Tokenizer.from_file(directory / "tokenizer.model")
     model = _load_safetensors_dir(name, directory, config, jdtype, mesh)
     return Loaded(name=name, model=model, tokenizer=tokenizer, config=config)
@@ -279,7 +314,7 @@ DEFAULT_LORA_TARGETS = ".*q_einsum|.*kv_einsum|.*qkv_einsum|.*attn_vec_einsum|.*
 
 
 def apply_lora(model: nnx.Module, rank: int, alpha: float, targets: str = DEFAULT_LORA_TARGETS,
-               quantize: str | None = None) -> nnx.Module:
+               quantize: str | None = None, seed: int = 0) -> nnx.Module:
     """Wrap `model` with qwix LoRA adapters (QLoRA when `quantize` names a weight dtype).
 
     qwix initialises B to zero, so the adapted model starts equal to the base.
@@ -291,7 +326,7 @@ def apply_lora(model: nnx.Module, rank: int, alpha: float, targets: str = DEFAUL
         kwargs = {"weight_qtype": quantize, "tile_size": 128}
     provider = qwix.LoraProvider(module_path=targets, rank=rank, alpha=alpha, **kwargs)
     example = _example_inputs(model)
-    return qwix.apply_lora_to_model(model, provider, **example)
+    return qwix.apply_lora_to_model(model, provider, rngs=nnx.Rngs(seed), **example)
 
 
 def _example_inputs(model) -> dict:
@@ -319,3 +354,75 @@ def next_token_logprobs(loaded: Loaded, text: str) -> np.ndarray:
     positions = jnp.arange(len(ids), dtype=jnp.int32)[None]
     causal = jnp.tril(jnp.ones((len(ids), len(ids)), dtype=jnp.bool_))[None]
     return np.asarray(_forward(loaded.model, tokens, positions, causal)[0, -1])
+
+
+# ---------------------------------------------------------------- export
+
+
+def hf_tensors(model: nnx.Module, config) -> dict[str, np.ndarray]:
+    """A Gemma 3 tunix model's weights under Hugging Face names and layouts.
+
+    The exact inverse of tunix's safetensors mapping, so an export loads back
+    through `load` unchanged (tested), and into Hugging Face transformers.
+    """
+    state = nnx.state(model, nnx.Param).to_pure_dict()
+    n, k, h, d = config.num_heads, config.num_kv_heads, config.head_dim, config.embed_dim
+
+    def heads_in(w):  # (heads, D, H) -> [heads*H, D]
+        return np.asarray(w).transpose(0, 2, 1).reshape(-1, d)
+
+    out = {"model.embed_tokens.weight": np.asarray(state["embedder"]["input_embedding"]),
+           "model.norm.weight": np.asarray(state["final_norm"]["scale"])}
+    for i, layer in state["layers"].items():
+        p = f"model.layers.{i}."
+        attn = layer["attn"]
+        if "qkv_einsum" in attn:
+            q, kk, v = np.asarray(attn["qkv_einsum"]["w"])
+        else:
+            q = np.asarray(attn["q_einsum"]["w"])
+            kk, v = np.asarray(attn["kv_einsum"]["w"])
+        out[p + "self_attn.q_proj.weight"] = heads_in(q)
+        out[p + "self_attn.k_proj.weight"] = heads_in(kk)
+        out[p + "self_attn.v_proj.weight"] = heads_in(v)
+        out[p + "self_attn.o_proj.weight"] = np.asarray(attn["attn_vec_einsum"]["w"]).reshape(n * h, d).T
+        out[p + "self_attn.q_norm.weight"] = np.asarray(attn["_query_norm"]["scale"])
+        out[p + "self_attn.k_norm.weight"] = np.asarray(attn["_key_norm"]["scale"])
+        for ours, theirs in (("gate_proj", "gate_proj"), ("up_proj", "up_proj"), ("down_proj", "down_proj")):
+            out[p + f"mlp.{theirs}.weight"] = np.asarray(layer["mlp"][ours]["kernel"]).T
+        for ours, theirs in (("pre_attention_norm", "input_layernorm"), ("post_attention_norm", "post_attention_layernorm"),
+                             ("pre_ffw_norm", "pre_feedforward_layernorm"), ("post_ffw_norm", "post_feedforward_layernorm")):
+            out[p + f"{theirs}.weight"] = np.asarray(layer[ours]["scale"])
+    del k
+    return {name: np.ascontiguousarray(t, dtype=np.float32) for name, t in out.items()}
+
+
+def hf_config_json(config) -> dict:
+    return {
+        "architectures": ["Gemma3ForCausalLM"],
+        "model_type": "gemma3_text",
+        "num_hidden_layers": config.num_layers,
+        "vocab_size": config.num_embed,
+        "hidden_size": config.embed_dim,
+        "intermediate_size": config.hidden_dim,
+        "num_attention_heads": config.num_heads,
+        "num_key_value_heads": config.num_kv_heads,
+        "head_dim": config.head_dim,
+        "sliding_window": config.sliding_window_size,
+        "rope_theta": float(config.global_base_frequency),
+        "rope_local_base_freq": float(config.local_base_frequency),
+        "query_pre_attn_scalar": config.head_dim,
+        "bos_token_id": BOS_ID, "eos_token_id": EOS_ID, "pad_token_id": PAD_ID,
+        "torch_dtype": "float32",
+    }
+
+
+def export_hf(loaded: Loaded, out_dir: Path) -> Path:
+    """Write a Hugging Face style directory: model.safetensors, config.json, tokenizer.model."""
+    from safetensors.numpy import save_file
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file(hf_tensors(loaded.model, loaded.config), str(out_dir / "model.safetensors"))
+    (out_dir / "config.json").write_text(json.dumps(hf_config_json(loaded.config), indent=1))
+    (out_dir / "tokenizer.model").write_bytes(loaded.tokenizer.sp.serialized_model_proto())
+    return out_dir

@@ -1,0 +1,38 @@
+# showwork: the two commands a new user needs are `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+RECIPE ?= quickstart
+TIER ?= cpu
+
+.PHONY: install demo test test-fast lock clean
+
+install: $(VENV)/.installed
+
+# Install exactly the lock, then our package without touching its pins.
+$(VENV)/.installed: lib/requirements.lock lib/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r lib/requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e lib
+	touch $@
+
+demo: install
+	$(BIN)/python -m jobs.prepare_data k8s/base/recipes/$(RECIPE).yaml k8s/components/$(TIER)/tier.yaml
+
+test: install
+	$(BIN)/python -m pytest
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow"
+
+# Re-resolve the lock from lib/pyproject.toml in a throwaway virtualenv.
+lock:
+	rm -rf $(VENV)-lock && $(PYTHON) -m venv $(VENV)-lock
+	$(VENV)-lock/bin/pip install --quiet --upgrade pip
+	$(VENV)-lock/bin/pip install --quiet -e "lib[cpu,dev]"
+	$(VENV)-lock/bin/pip freeze --exclude-editable | grep -v '^showwork' > lib/requirements.lock
+	rm -rf $(VENV)-lock
+
+clean:
+	rm -rf $(VENV) runs

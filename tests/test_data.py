@@ -1,0 +1,224 @@
+"""data.py and jobs/prepare_data.py: cleaning, malformed rows, splits, the job on the bus."""
+
+import csv
+import json
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+
+from conftest import REPO, RECIPES, TIERS, job_env
+from showwork import answers, data
+from showwork.bus import Bus
+
+GSM8K_ROWS = [
+    {"question": "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+                 "How many clips did Natalia sell altogether in April and May?",
+     "answer": "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n"
+               "Natalia sold 48+24 = <<48+24=72>>72 clips altogether in April and May.\n#### 72"},
+    {"question": "Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of babysitting. "
+                 "How much did she earn?",
+     "answer": "Weng earns 12/60 = $<<12/60=0.2>>0.2 per minute.\n"
+               "Working 50 minutes, she earned 0.2 x 50 = $<<0.2*50=10>>10.\n#### 10"},
+    {"question": "A company pays each of its 30 employees $360 a month. How much does it pay in total?",
+     "answer": "It pays <<30*360=10800>>10800 dollars.\n#### 10,800"},
+]
+
+
+@pytest.mark.parametrize("text, mode, expected", [
+    ("Natalia sold 48/2 = <<48/2=24>>24 clips.", "readable", "Natalia sold 48/2 = 24 clips."),
+    ("Natalia sold 48/2 = <<48/2=24>>24 clips.", "drop", "Natalia sold 48/2 = 24 clips."),
+    ("It pays <<30*360=10800>>10800 dollars.", "readable", "It pays 30*360 = 10800 dollars."),
+    ("It pays <<30*360=10800>>10800 dollars.", "drop", "It pays 10800 dollars."),
+    ("It pays <<30*360=10800>>10800 dollars.", "keep", "It pays <<30*360=10800>>10800 dollars."),
+    ("earned 0.2 x 50 = $<<0.2*50=10>>10.", "readable", "earned 0.2 x 50 = $10."),
+    ("Total <<2+3=5>>", "readable", "Total 2+3 = 5"),
+    ("a <<broken annotation", "readable", "a broken annotation"),
+    ("no annotations here", "readable", "no annotations here"),
+])
+def test_clean_calculator(text, mode, expected):
+    assert data.clean_calculator(text, mode) == expected
+
+
+@pytest.mark.parametrize("text, steps, gold", [
+    ("a\nb\n#### 72", "a\nb", "72"),
+    ("#### 5", "", "5"),
+    ("steps only", "steps only", None),
+    ("x #### 1 #### 2", "x #### 1", "2"),
+    ("x\n####   ", "x", None),
+])
+def test_split_solution(text, steps, gold):
+    assert data.split_solution(text) == (steps, gold)
+
+
+@pytest.mark.parametrize("record, reason", [
+    ({"answer": "x\n#### 1"}, "missing_question"),
+    ({"question": "   ", "answer": "x\n#### 1"}, "missing_question"),
+    ({"question": "q?"}, "missing_answer"),
+    ({"question": "q?", "answer": ""}, "missing_answer"),
+    ({"question": "q?", "answer": "no final line"}, "missing_final_answer"),
+    ({"question": "q?", "answer": "x\n#### about seven"}, "non_numeric_answer"),
+    ({"question": "q?", "answer": "#### 7"}, "missing_solution"),
+    ({"question": "q" * 3000, "answer": "x\n#### 7"}, "question_too_long"),
+    ({"question": "q?", "answer": "x" * 9000 + "\n#### 7"}, "solution_too_long"),
+    ({"question": 5, "answer": "x\n#### 7"}, "missing_question"),
+])
+def test_malformed_records_are_rejected_with_a_reason(record, reason):
+    row = data.to_row(record, "gsm8k", "readable", 2000, 8000)
+    assert isinstance(row, data.Rejected) and row.reason == reason
+
+
+def test_good_record_becomes_a_clean_row():
+    row = data.to_row(GSM8K_ROWS[2], "gsm8k", "readable", 2000, 8000)
+    assert row.answer == "10800"
+    assert row.solution == "It pays 30*360 = 10800 dollars."
+    assert row.id == data.stable_id("gsm8k", GSM8K_ROWS[2]["question"])
+
+
+def test_formatted_row_has_chat_prompt_and_well_formed_target():
+    row = data.to_row(GSM8K_ROWS[0], "gsm8k", "readable", 2000, 8000)
+    out = data.formatted(row, "Show your work.")
+    assert out["prompt"].startswith("<start_of_turn>user\nShow your work.\n\nNatalia")
+    assert out["prompt"].endswith("<end_of_turn>\n<start_of_turn>model\n")
+    assert out["target"].endswith("<end_of_turn>")
+    body = out["target"][: -len("<end_of_turn>")]
+    assert answers.check_format(body).well_formed
+    assert answers.is_correct(body, "72")
+
+
+def test_glaive_rows():
+    good = {"prompt": "Why is the sky blue?", "response": "<think>Rayleigh scattering...</think>Because of scattering."}
+    row = data.to_row(good, "glaive", "readable", 2000, 8000)
+    assert (row.solution, row.answer) == ("Rayleigh scattering...", "Because of scattering.")
+    bad = data.to_row({"prompt": "q", "response": "no trace"}, "glaive", "readable", 2000, 8000)
+    assert bad.reason == "no_reasoning_trace"
+
+
+def write_jsonl(path, rows, extra_lines=()):
+    with open(path, "wb") as f:
+        for row in rows:
+            f.write((json.dumps(row) + "\n").encode())
+        for line in extra_lines:
+            f.write(line)
+
+
+def make_gsm8k_file(path, n=40):
+    rows = []
+    for i in range(n):
+        rows.append({"question": f"Tom has {i + 3} apples and buys {i + 5} more. How many apples does he have?",
+                     "answer": f"He has {i + 3}+{i + 5} = <<{i + 3}+{i + 5}={2 * i + 8}>>{2 * i + 8} apples.\n#### {2 * i + 8}"})
+    bad = [b'{"question": "broken json"\n', b"\xff\xfe not utf-8\n", b'{"question": "q", "answer": "x\\n#### seven"}\n',
+           (json.dumps(rows[0]) + "\n").encode()]  # a duplicate
+    write_jsonl(path, rows, bad)
+    return rows
+
+
+def test_build_splits_from_local_jsonl_counts_every_drop(tmp_path):
+    path = tmp_path / "gsm8k.jsonl"
+    make_gsm8k_file(path)
+    train, evals, stats = data.build_splits("gsm8k", str(path), None, "", 30, 5, 0, "readable", 2000, 8000)
+    assert (len(train), len(evals)) == (30, 5)
+    assert not {r.id for r in train} & {r.id for r in evals}
+    assert stats["rows_in"] == {"all": 44}
+    assert stats["dropped"] == {"bad_encoding": 1, "bad_json": 1, "duplicate": 1, "non_numeric_answer": 1}
+    # The split depends on content and seed, not on file order.
+    rows = [json.loads(line) for line in path.read_bytes().splitlines()[:40]]
+    write_jsonl(tmp_path / "reversed.jsonl", rows[::-1])
+    train2, evals2, _ = data.build_splits("gsm8k", str(tmp_path / "reversed.jsonl"), None, "", 30, 5, 0, "readable", 2000, 8000)
+    assert [r.id for r in evals2] == [r.id for r in evals]
+
+
+def test_kaggle_csv_layout(tmp_path):
+    path = tmp_path / "main_train.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["question", "answer"])
+        writer.writeheader()
+        writer.writerows(GSM8K_ROWS)
+    train, evals, stats = data.build_splits("gsm8k", str(path), None, "", 10, 1, 0, "drop", 2000, 8000)
+    assert len(train) + len(evals) == 3 and stats["dropped_total"] == 0
+    assert sorted(r.answer for r in train + evals) == ["10", "10800", "72"]
+
+
+def test_separate_eval_file_and_overlap_removed(tmp_path):
+    make_gsm8k_file(tmp_path / "train.jsonl", 20)
+    write_jsonl(tmp_path / "test.jsonl", GSM8K_ROWS)
+    train, evals, stats = data.build_splits("gsm8k", str(tmp_path / "train.jsonl"), str(tmp_path / "test.jsonl"),
+                                            "", 100, 100, 0, "readable", 2000, 8000)
+    assert len(train) == 20 and len(evals) == 3
+
+
+def test_reasoning_gym_offline_with_disjoint_eval():
+    train, evals, stats = data.build_splits("reasoning-gym", None, None, "gsm_symbolic", 20, 10, 3, "readable", 2000, 8000)
+    assert len(train) == 20 and 0 < len(evals) <= 10
+    assert not {r.question for r in train} & {r.question for r in evals}
+    for row in train + evals:
+        assert answers.normalize(row.answer) == row.answer
+        assert "####" not in row.solution and row.solution
+
+
+def test_unsupported_file_type(tmp_path):
+    (tmp_path / "x.txt").write_text("hi")
+    with pytest.raises(ValueError, match="unsupported data file type"):
+        list(data.read_records(str(tmp_path / "x.txt")))
+
+
+def run_job(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "jobs.prepare_data", *map(str, args)], cwd=REPO,
+                          env=env or job_env(), capture_output=True, text=True, timeout=300)
+
+
+def test_job_on_reasoning_gym_writes_layout_skips_and_refuses(tmp_path):
+    recipe = RECIPES / "quickstart.yaml"
+    tier = TIERS / "cpu" / "tier.yaml"
+    first = run_job(recipe, tier, "--root", tmp_path, "--run-id", "r1")
+    assert first.returncode == 0, first.stderr
+    bus = Bus(str(tmp_path / "r1"))
+    assert bus.list("data") == ["data/_SUCCESS", "data/eval.jsonl", "data/stats.json", "data/train.jsonl"]
+    marker = bus.read_json("data/_SUCCESS")
+    assert marker["stage"] == "data" and marker["metrics"]["train_rows"] == 200
+    assert set(marker["versions"]) >= {"jax", "google-tunix"} and marker["finished"] >= marker["started"]
+    train = bus.read_jsonl("data/train.jsonl")
+    assert len(train) == 200 and set(train[0]) == {"id", "question", "answer", "solution", "source", "prompt", "target"}
+    mtime = (tmp_path / "r1" / "data" / "train.jsonl").stat().st_mtime_ns
+
+    second = run_job(recipe, tier, "--root", tmp_path, "--run-id", "r1")
+    assert second.returncode == 0 and "skipping" in second.stderr
+    assert (tmp_path / "r1" / "data" / "train.jsonl").stat().st_mtime_ns == mtime
+
+    changed = tmp_path / "changed.yaml"
+    changed.write_text("data: {source: reasoning-gym, train_size: 10, eval_size: 5}\n")
+    third = run_job(recipe, tier, changed, "--root", tmp_path, "--run-id", "r1")
+    assert third.returncode == 1
+    assert "already finished with config digest" in third.stderr and "--run-id" in third.stderr
+
+
+def test_job_on_local_gsm8k_jsonl_reports_bad_rows(tmp_path):
+    path = tmp_path / "gsm8k.jsonl"
+    make_gsm8k_file(path)
+    recipe = tmp_path / "local.yaml"
+    recipe.write_text(f"recipe: local\nmodel: {{name: tiny}}\n"
+                      f"data: {{source: gsm8k, path: {path}, train_size: 30, eval_size: 5}}\n")
+    done = run_job(recipe, TIERS / "cpu" / "tier.yaml", "--root", tmp_path)
+    assert done.returncode == 0, done.stderr
+    stats = json.loads((tmp_path / "local" / "data" / "stats.json").read_text())
+    assert stats["rows_out"] == {"train": 30, "eval": 5}
+    assert Counter(stats["dropped"]) == Counter({"bad_encoding": 1, "bad_json": 1, "duplicate": 1, "non_numeric_answer": 1})
+
+
+def test_job_config_error_is_one_clear_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("recipe: x\nmodel: {name: tiny}\ndata: {source: reasonning-gym}\n")
+    done = run_job(bad, TIERS / "cpu" / "tier.yaml", "--root", tmp_path)
+    assert done.returncode == 2
+    assert f"config error: {bad}: data.source: must be one of" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_job_on_gcs_bus(tmp_path, gcs_server):
+    env = job_env(STORAGE_EMULATOR_HOST=gcs_server.url)
+    done = run_job(RECIPES / "quickstart.yaml", TIERS / "cpu" / "tier.yaml", "--root", "gs://showwork-test/jobs",
+                   "--run-id", "q", env=env)
+    assert done.returncode == 0, done.stderr
+    bus = Bus("gs://showwork-test/jobs/q")
+    assert len(bus.read_jsonl("data/eval.jsonl")) == 50
