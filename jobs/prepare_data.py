@@ -13,7 +13,7 @@ import json
 from showwork import cli, data, log
 
 
-def main(cfg, bus):
+def main(cfg, bus, args=None):
     logger = log.get("prepare_data", run=bus.root)
     marker, _ = data.prepare(bus, cfg.data, cfg.prompt.system, logger)
     stats = bus.read_json("data/stats.json")

@@ -371,7 +371,7 @@ def run_once(bus: Bus, stage: str, digest: str, body, log=None) -> tuple[Marker,
             log.warning("another writer finished this stage first; keeping its marker", stage=stage)
         return winner, False
     if log:
-        log.info("stage done", stage=stage, seconds=round(marker.finished - started, 1), **_scalars(result.metrics))
+        log.info("stage done", **{**_scalars(result.metrics), "stage": stage, "stage_seconds": round(marker.finished - started, 1)})
     return marker, True
 
 

@@ -34,13 +34,20 @@ def setup(args: argparse.Namespace) -> tuple[config_lib.Config, Bus]:
     return cfg, bus
 
 
-def run(doc: str, main, argv: list[str] | None = None):
-    """Parse argv, load config, call `main(cfg, bus)`; known failures exit with one line."""
+def run(doc: str, main, argv: list[str] | None = None, add_arguments=None):
+    """Parse argv, load config, call `main(cfg, bus, args)`; known failures exit with one line.
+
+    `add_arguments(parser)` lets a job add its own flags.
+    """
     from showwork.bus import BusError, StageConflict
 
-    cfg, bus = setup(parser(doc).parse_args(sys.argv[1:] if argv is None else argv))
+    p = parser(doc)
+    if add_arguments:
+        add_arguments(p)
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    cfg, bus = setup(args)
     try:
-        return main(cfg, bus)
+        return main(cfg, bus, args)
     except (StageConflict, BusError, FileNotFoundError) as err:
         log_lib.get("showwork").error(str(err), error=type(err).__name__)
         print(f"error: {err}", file=sys.stderr)

@@ -113,6 +113,7 @@ class ScheduleConfig:
 
 @dataclass(frozen=True)
 class SftConfig:
+    seed: int = 0  # data order and LoRA init
     epochs: int = 1
     max_steps: Optional[int] = None
     max_seq_len: int = 512
@@ -147,6 +148,7 @@ class RolloutConfig:
 class GrpoConfig:
     """tunix GRPOConfig names, plus session bookkeeping."""
 
+    seed: int = 0  # prompt order, sampling keys, LoRA init
     num_generations: int = 4
     num_iterations: int = 1
     beta: float = 0.08
@@ -173,6 +175,11 @@ class GrpoConfig:
             yield "review_ratio", f"must be >= 0, got {self.review_ratio}"
         if not self.rewards:
             yield "rewards", "at least one reward is needed"
+        from showwork.rewards import REWARDS
+
+        for name in self.rewards:
+            if name not in REWARDS:
+                yield "rewards", f"unknown reward {name!r}; known: {', '.join(REWARDS)}"
 
 
 @dataclass(frozen=True)

@@ -216,6 +216,17 @@ def load(name: str, path: str | None = None, dtype: str = "float32", mesh=None, 
     return Loaded(name=name, model=model, tokenizer=tokenizer, config=config)
 
 
+def load_dir(directory: str, dtype: str = "float32", mesh=None) -> Loaded:
+    """Load an exported (Hugging Face layout) directory; its config.json names the family."""
+    path = Path(directory)
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"no exported model at {directory} (config.json missing)")
+    family = "gemma2-2b-it" if json.loads((path / "config.json").read_text()).get("model_type") == "gemma2" else "gemma3-1b-it"
+    loaded = load(family, path=str(path), dtype=dtype, mesh=mesh)
+    loaded.name = str(directory)
+    return loaded
+
+
 # ---------------------------------------------------------------- tiny model
 
 _TINY_CORPUS = (

@@ -1,0 +1,340 @@
+"""What SFT and GRPO share: trainable state, the optimizer, completion log-probs,
+checkpoints on the bus, preemption, metrics, and the merged export.
+
+We run our own small step loop rather than tunix's PeftTrainer/GRPOLearner
+loops. Those loops reset the data-shuffle RNG on resume (google/tunix#2288)
+and skip unconsumed data with several iterations (google/tunix#2290); here
+the data order and every random key are pure functions of (seed, step), and
+a checkpoint holds the trainable parameters, the optimizer state and the
+step, so a resumed run is bit-for-bit the uninterrupted one. The maths
+(advantages, KL, loss aggregation) comes from tunix's `algo_core`/`common`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from showwork.bus import Bus
+from showwork.models import PAD_ID
+from showwork.sampling import final_hidden, project
+
+# ---------------------------------------------------------------- state
+
+
+def trainable_filter(model: nnx.Module):
+    """LoRA params when the model has adapters, else every param (full fine-tuning)."""
+    has_lora = any(True for _ in jax.tree.leaves(nnx.state(model, nnx.LoRAParam)))
+    return nnx.LoRAParam if has_lora else nnx.Param
+
+
+def split(model: nnx.Module):
+    """(graphdef, trainable, frozen) for a functional train step."""
+    graphdef, trainable, frozen = nnx.split(model, trainable_filter(model), ...)
+    return graphdef, trainable, frozen
+
+
+def optimizer(learning_rate: float, b1: float, b2: float, weight_decay: float, max_grad_norm: float,
+              total_steps: int, warmup_steps: int, end_value_ratio: float) -> optax.GradientTransformation:
+    """AdamW on a linear-warmup, cosine-to-a-floor schedule, after global-norm clipping."""
+    warmup = min(warmup_steps, max(total_steps - 1, 0))
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0 if warmup else learning_rate,
+        peak_value=learning_rate,
+        warmup_steps=warmup,
+        decay_steps=max(total_steps, warmup + 1),
+        end_value=learning_rate * end_value_ratio,
+    )
+    return optax.chain(
+        optax.clip_by_global_norm(max_grad_norm),
+        optax.inject_hyperparams(optax.adamw)(learning_rate=schedule, b1=b1, b2=b2, weight_decay=weight_decay),
+    )
+
+
+def warmup_steps(steps: int, ratio: float, total: int) -> int:
+    return steps if steps else int(round(ratio * total))
+
+
+def current_lr(opt_state) -> float:
+    return float(opt_state[1].hyperparams["learning_rate"])
+
+
+# ---------------------------------------------------------------- batches and log-probs
+
+
+def bucket_len(n: int, size: int) -> int:
+    return max(size, -(-n // size) * size)
+
+
+def pack(prompts: list[list[int]], completions: list[list[int]], prompt_bucket: int = 32,
+         completion_bucket: int = 32, prompt_len: int | None = None,
+         completion_len: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Left-pad prompts to P, right-pad completions to C.
+
+    P and C are bucketed (multiples of the bucket sizes) to limit
+    recompiles, or fixed by `prompt_len` / `completion_len` (GRPO, where
+    the rollout limits are known) to compile once.
+    Returns (prompt [B, P], completion [B, C], completion_mask [B, C]).
+    """
+    plen = prompt_len or bucket_len(max(len(p) for p in prompts), prompt_bucket)
+    clen = completion_len or bucket_len(max(max(len(c) for c in completions), 1), completion_bucket)
+    if max(len(p) for p in prompts) > plen or max(len(c) for c in completions) > clen:
+        raise ValueError(f"sequence longer than the fixed pack length ({plen}, {clen})")
+    prompt = np.full((len(prompts), plen), PAD_ID, np.int32)
+    completion = np.full((len(prompts), clen), PAD_ID, np.int32)
+    mask = np.zeros((len(prompts), clen), np.float32)
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        prompt[i, plen - len(p):] = p
+        completion[i, :len(c)] = c
+        mask[i, :len(c)] = 1.0
+    return prompt, completion, mask
+
+
+def completion_logps(graphdef, states: tuple, prompt, completion, completion_mask, temperature: float = 1.0):
+    """Per-token log-probs [B, C] of `completion` given left-padded `prompt`.
+
+    Logits are computed only for the C positions that predict completion
+    tokens: the output projection is most of the model's FLOPs.
+    """
+    tokens = jnp.concatenate([prompt, completion], axis=1)
+    valid = jnp.concatenate([prompt != PAD_ID, completion_mask > 0], axis=1)
+    positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0).astype(jnp.int32)
+    n = tokens.shape[1]
+    causal = jnp.tril(jnp.ones((n, n), jnp.bool_))[None]
+    attn = causal & valid[:, None, :]
+    plen, clen = prompt.shape[1], completion.shape[1]
+    hidden, _ = final_hidden(graphdef, _merged(states), tokens, positions, None, attn)
+    model = nnx.merge(graphdef, *states)
+    logits = project(model, hidden[:, plen - 1:plen + clen - 1]) / temperature
+    logps = jax.nn.log_softmax(logits, axis=-1)
+    return jnp.take_along_axis(logps, completion[..., None], axis=-1)[..., 0]
+
+
+def _merged(states: tuple):
+    return nnx.merge_state(*states) if len(states) > 1 else states[0]
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+class Checkpoints:
+    """Orbax checkpoints of (trainable params, optimizer state) + JSON metadata.
+
+    The arrays are stored as a flat, numbered list: their tree structure is
+    rebuilt from the live model and optimizer, which are constructed the same
+    way on every run, and restore checks count and shapes. Orbax writes into
+    a temporary directory and commits by rename (commit_success.txt on GCS),
+    so a checkpoint cut short by a kill is never restored.
+    """
+
+    def __init__(self, directory: str, keep: int, every: int):
+        import orbax.checkpoint as ocp
+
+        self.ocp = ocp
+        self.every = max(1, every)
+        self.directory = directory
+        self.manager = ocp.CheckpointManager(
+            directory, options=ocp.CheckpointManagerOptions(max_to_keep=max(1, keep), create=True),
+            item_names=("state", "meta"),
+        )
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, tree, meta: dict, force: bool = False) -> bool:
+        if step in self.manager.all_steps():
+            return True
+        if not force and step % self.every:
+            return False
+        leaves = {f"{i:05d}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(tree))}
+        self.manager.save(step, args=self.ocp.args.Composite(
+            state=self.ocp.args.StandardSave(leaves), meta=self.ocp.args.JsonSave(meta)), force=True)
+        self.manager.wait_until_finished()
+        return True
+
+    def restore(self, step: int, like):
+        """(tree shaped like `like`, meta) from checkpoint `step`."""
+        leaves, treedef = jax.tree.flatten(like)
+        abstract = {f"{i:05d}": jax.ShapeDtypeStruct(np.shape(x), x.dtype) for i, x in enumerate(leaves)}
+        restored = self.manager.restore(step, args=self.ocp.args.Composite(
+            state=self.ocp.args.StandardRestore(abstract), meta=self.ocp.args.JsonRestore()))
+        arrays = restored["state"]
+        if len(arrays) != len(leaves):
+            raise ValueError(f"checkpoint {self.directory}/{step} holds {len(arrays)} arrays, the model needs {len(leaves)}")
+        new = [jnp.asarray(arrays[f"{i:05d}"], dtype=x.dtype) for i, x in enumerate(leaves)]
+        return jax.tree.unflatten(treedef, new), dict(restored["meta"])
+
+    def close(self):
+        self.manager.close()
+
+
+# ---------------------------------------------------------------- preemption
+
+
+class Preempted(Exception):
+    """Raised after a checkpoint was saved because SIGTERM arrived."""
+
+
+class PreemptionGuard:
+    """Turns SIGTERM into a flag the step loop checks between steps.
+
+    GKE sends SIGTERM and waits terminationGracePeriodSeconds before SIGKILL;
+    the loop saves a checkpoint at the next step boundary and the job exits 0.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGTERM, self._previous or signal.SIG_DFL)
+        return False
+
+
+# ---------------------------------------------------------------- metrics
+
+
+class Metrics:
+    """TensorBoard scalars under `<stage>/tensorboard` on the bus, plus a JSONL copy.
+
+    Event files are written locally (tensorboardX cannot write gs:// without
+    TensorFlow) and copied to the bus on `flush`.
+    """
+
+    def __init__(self, bus: Bus, prefix: str):
+        from tensorboardX import SummaryWriter
+
+        self.bus, self.prefix = bus, prefix
+        self.local = Path(tempfile.mkdtemp(prefix="showwork-tb-"))
+        self.writer = SummaryWriter(str(self.local))
+        self.rows: list[dict] = []
+
+    def log(self, step: int, **scalars):
+        for name, value in scalars.items():
+            self.writer.add_scalar(name, float(value), step)
+        self.rows.append({"step": step, **{k: float(v) for k, v in scalars.items()}})
+
+    def flush(self):
+        self.writer.flush()
+        for path in self.local.rglob("*"):
+            if path.is_file():
+                self.bus.write_bytes(f"{self.prefix}/tensorboard/{path.relative_to(self.local).as_posix()}",
+                                     path.read_bytes())
+
+    def close(self):
+        self.flush()
+        self.writer.close()
+
+
+@dataclass
+class StepTimer:
+    start: float = 0.0
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.start
+        return False
+
+
+# ---------------------------------------------------------------- export
+
+
+def merged_params(model: nnx.Module) -> nnx.Module:
+    """Fold LoRA adapters into the base weights in place (W += A·B·alpha/rank).
+
+    qwix stores `<w>_lora_a` / `<w>_lora_b` next to each adapted weight; for
+    einsum weights it also records the einsum it used, from which we read
+    how A and B contract back to the weight's layout.
+    """
+    for _, module in model.iter_modules():
+        for name in list(vars(module)):
+            if not name.endswith("_lora_a"):
+                continue
+            base = name[: -len("_lora_a")]
+            a = getattr(module, name).value
+            b = getattr(module, base + "_lora_b").value
+            weight = getattr(module, base)
+            scale = _lora_scale(module, base)
+            einsum_str = getattr(module, base + "_lora_einsum_str", None)
+            if einsum_str:
+                inputs = einsum_str.split("->")[0].split(",")
+                rhs = module.einsum_str.split("->")[0].split(",")[1]
+                delta = jnp.einsum(f"{inputs[1]},{inputs[2]}->{rhs}", a, b)
+            else:
+                delta = (a @ b).reshape(weight.value.shape)
+            weight.value = weight.value + (scale * delta).astype(weight.value.dtype)
+            setattr(module, name, None)
+            setattr(module, base + "_lora_b", None)
+    return model
+
+
+def _lora_scale(module, base: str) -> float:
+    scale = getattr(module, f"_showwork_{base}_lora_scale", None)
+    if scale is None:
+        raise ValueError("LoRA scale unknown: apply adapters with training.add_lora so export can merge them")
+    return scale
+
+
+def add_lora(model: nnx.Module, rank: int, alpha: float, targets: str, quantize: str | None = None, seed: int = 0):
+    """models.apply_lora, recording alpha/rank on each adapted module for the merge."""
+    from showwork import models
+
+    model = models.apply_lora(model, rank=rank, alpha=alpha, targets=targets, quantize=quantize, seed=seed)
+    for _, module in model.iter_modules():
+        for name in list(vars(module)):
+            if name.endswith("_lora_a"):
+                setattr(module, f"_showwork_{name[:-len('_lora_a')]}_lora_scale", alpha / rank)
+    return model
+
+
+def export(bus: Bus, key_prefix: str, loaded) -> list[str]:
+    """Write the model (LoRA merged) as a Hugging Face directory on the bus."""
+    from showwork import models
+
+    with tempfile.TemporaryDirectory(prefix="showwork-export-") as tmp:
+        models.export_hf(loaded, Path(tmp))
+        keys = []
+        for path in sorted(Path(tmp).iterdir()):
+            key = f"{key_prefix}/{path.name}"
+            bus.write_bytes(key, path.read_bytes())
+            keys.append(key)
+    return keys
+
+
+def local_model_dir(bus: Bus, key_prefix: str) -> str:
+    """A local directory holding the exported model at `key_prefix` (downloaded from GCS if needed)."""
+    if not bus.root.startswith("gs://"):
+        return bus.uri(key_prefix)
+    from showwork.models import cache_dir
+
+    import hashlib
+
+    stamp = bus.read_bytes(f"{key_prefix}/config.json") + bus.uri(key_prefix).encode()
+    target = cache_dir() / "bus" / hashlib.sha256(stamp).hexdigest()[:16]
+    if not (target / "model.safetensors").exists():
+        tmp = Path(tempfile.mkdtemp(dir=cache_dir()))
+        for key in bus.list(key_prefix):
+            (tmp / Path(key).name).write_bytes(bus.read_bytes(key))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, target)
+    return str(target)
