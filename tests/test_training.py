@@ -1,0 +1,228 @@
+"""SFT and GRPO through their job entrypoints on the tiny model: outputs, skip, and
+exact resume after a real SIGTERM (parameters identical to an uninterrupted run)."""
+
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from conftest import REPO, TIERS, job_env
+from showwork import config, grpo, sft, training
+from showwork.bus import Bus
+
+CPU = TIERS / "cpu" / "tier.yaml"
+
+TINY_SFT = """recipe: tiny-sft
+model: {name: tiny, lora: {rank: 4, alpha: 8}}
+data: {source: reasoning-gym, train_size: 24, eval_size: 4, seed: 5}
+sft: {max_steps: 14, max_seq_len: 1024, gradient_accumulation: 2, checkpoint_every: 3,
+      optimizer: {learning_rate: 1.0e-3}, schedule: {warmup_steps: 2}}
+"""
+
+TINY_FULL_SFT = TINY_SFT.replace("model: {name: tiny, lora: {rank: 4, alpha: 8}}", "model: {name: tiny}")
+
+TINY_GRPO = """recipe: tiny-grpo
+model: {name: tiny, lora: {rank: 4, alpha: 8}}
+data: {source: reasoning-gym, train_size: 24, eval_size: 4, seed: 5}
+grpo:
+  sessions: 2
+  prompts_per_session: 6
+  steps_per_session: 6
+  num_generations: 2
+  beta: 0.04
+  checkpoint_every: 2
+  rollout: {max_prompt_length: 512, max_tokens_to_generate: 12, temperature: 1.0, top_k: 30}
+  optimizer: {learning_rate: 1.0e-3}
+  rewards: {format_approx: 1.0, numbers: 1.0}
+"""
+
+
+def recipe(tmp_path, text, name="recipe.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def job(module, *args):
+    return [sys.executable, "-m", module, *map(str, args)]
+
+
+def run(module, *args, timeout=600):
+    done = subprocess.run(job(module, *args), cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def interrupted(module, *args, after_step: int, event: str):
+    """Start the job, SIGTERM it once it logs step >= after_step; return (rc, stderr)."""
+    proc = subprocess.Popen(job(module, *args), cwd=REPO, env=job_env(SHOWWORK_LOG_FORMAT="json"),
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if f'"event": "{event}"' in line and f'"step": {after_step},' in line:
+            # Freeze it first so the signal lands mid-run however fast the steps are.
+            proc.send_signal(signal.SIGSTOP)
+            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signal.SIGCONT)
+            break
+    lines.extend(proc.stderr)
+    return proc.wait(timeout=600), "".join(lines)
+
+
+def weights(bus_root, key):
+    return load_file(str(bus_root / key))
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-6, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("text", [TINY_SFT, TINY_FULL_SFT], ids=["lora", "full"])
+def test_sft_resume_after_sigterm_equals_uninterrupted(tmp_path, text):
+    path = recipe(tmp_path, text)
+    for root in ("a", "b"):
+        run("jobs.prepare_data", path, CPU, "--root", tmp_path / root)
+    run("jobs.sft", path, CPU, "--root", tmp_path / "a")
+
+    rc, log = interrupted("jobs.sft", path, CPU, "--root", tmp_path / "b", after_step=4, event="sft step")
+    assert rc == 0, log[-2000:]
+    assert "preempted" in log
+    bus_b = Bus(str(tmp_path / "b" / "tiny-sft"))
+    assert not bus_b.exists("sft/_SUCCESS")
+    saved = training.Checkpoints(bus_b.uri("sft/checkpoints"), 2, 3).latest_step()
+    assert saved is not None and 4 <= saved < 14
+
+    again = run("jobs.sft", path, CPU, "--root", tmp_path / "b")
+    assert "resuming from checkpoint" in again.stderr
+    a = weights(tmp_path / "a" / "tiny-sft", "sft/model/model.safetensors")
+    b = weights(tmp_path / "b" / "tiny-sft", "sft/model/model.safetensors")
+    assert_same_weights(a, b)
+    metrics_a = Bus(str(tmp_path / "a" / "tiny-sft")).read_jsonl("sft/metrics.jsonl")
+    assert [m["step"] for m in metrics_a] == list(range(1, 15))
+    assert Bus(str(tmp_path / "a" / "tiny-sft")).read_json("sft/_SUCCESS")["metrics"]["steps"] == 14
+
+    skipped = run("jobs.sft", path, CPU, "--root", tmp_path / "b")
+    assert "skipping" in skipped.stderr
+
+
+def test_grpo_sessions_resume_after_sigterm_equals_uninterrupted(tmp_path):
+    path = recipe(tmp_path, TINY_GRPO)
+    for root in ("a", "b"):
+        run("jobs.prepare_data", path, CPU, "--root", tmp_path / root)
+    run("jobs.grpo_session", path, CPU, "--root", tmp_path / "a")  # both sessions in order
+
+    run("jobs.grpo_session", path, CPU, "--root", tmp_path / "b", "--session", "0")
+    rc, log = interrupted("jobs.grpo_session", path, CPU, "--root", tmp_path / "b", "--session", "1",
+                          after_step=8, event="grpo step")
+    assert rc == 0 and "preempted" in log, log[-2000:]
+    bus_b = Bus(str(tmp_path / "b" / "tiny-grpo"))
+    assert bus_b.exists("grpo/s-0/_SUCCESS") and not bus_b.exists("grpo/s-1/_SUCCESS")
+    run("jobs.grpo_session", path, CPU, "--root", tmp_path / "b", "--session", "1")
+
+    for key in ("grpo/s-0/model/model.safetensors", "grpo/s-1/model/model.safetensors"):
+        assert_same_weights(weights(tmp_path / "a" / "tiny-grpo", key), weights(tmp_path / "b" / "tiny-grpo", key))
+    bus_a = Bus(str(tmp_path / "a" / "tiny-grpo"))
+    s1 = bus_a.read_jsonl("grpo/s-1/metrics.jsonl")
+    assert [m["step"] for m in s1] == list(range(7, 13))
+    assert {"reward", "correct", "kl", "loss", "reward_format_approx", "reward_numbers"} <= set(s1[0])
+    # A changed session-0 model would show: session 1 must differ from session 0.
+    s0w = weights(tmp_path / "a" / "tiny-grpo", "grpo/s-0/model/model.safetensors")
+    s1w = weights(tmp_path / "a" / "tiny-grpo", "grpo/s-1/model/model.safetensors")
+    assert any(not np.allclose(s0w[k], s1w[k]) for k in s0w)
+
+
+def test_grpo_session_needs_the_previous_one(tmp_path):
+    path = recipe(tmp_path, TINY_GRPO)
+    run("jobs.prepare_data", path, CPU, "--root", tmp_path)
+    done = subprocess.run(job("jobs.grpo_session", path, CPU, "--root", tmp_path, "--session", "1"), cwd=REPO,
+                          env=job_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0 and "needs session 0's final checkpoint" in done.stderr
+
+
+@pytest.mark.parametrize("n, session, per, ratio", [(20, 0, 5, 1.0), (20, 2, 5, 1.0), (20, 3, 5, 0.5), (7, 4, 5, 1.0)])
+def test_session_prompts_mix_new_and_review(n, session, per, ratio):
+    picked = grpo.session_prompts(n, session, per, ratio, seed=3)
+    assert picked == grpo.session_prompts(n, session, per, ratio, seed=3)  # deterministic
+    base = np.random.default_rng([3, 0xA11]).permutation(n)
+    new = {int(base[(session * per + i) % n]) for i in range(per)}
+    assert new <= set(picked)
+    replay = len(picked) - per
+    assert replay == (0 if session == 0 else min(int(round(per * ratio)), len({int(base[i % n]) for i in range(session * per)})))
+    earlier = {int(base[i % n]) for i in range(session * per)}
+    assert set(picked[per:]) <= set(picked) and all(p in earlier or p in new for p in picked)
+
+
+def test_sft_order_is_a_pure_function_of_position():
+    first = sft.order(10, seed=1, start=0, count=25)
+    assert sorted(first[:10]) == list(range(10)) and sorted(first[10:20]) == list(range(10))
+    assert first[10:20] != first[:10]  # a new permutation each epoch
+    assert sft.order(10, seed=1, start=13, count=5) == first[13:18]
+
+
+def test_tokenize_truncates_and_drops(tiny):
+    rows = [{"prompt": "short question", "target": "x " * 400}, {"prompt": "p " * 600, "target": "t"},
+            {"prompt": "q", "target": "a"}]
+    seqs = sft.tokenize(rows, tiny.tokenizer, 128)
+    assert (len(seqs.prompts), seqs.truncated, seqs.dropped) == (2, 1, 1)
+    assert all(len(p) + len(c) <= 128 for p, c in zip(seqs.prompts, seqs.completions))
+
+
+def test_grpo_objective_matches_hand_computation():
+    import jax.numpy as jnp
+
+    logps = jnp.log(jnp.array([[0.5, 0.25], [0.5, 0.5]]))
+    old = jnp.log(jnp.array([[0.25, 0.25], [0.5, 0.5]]))
+    ref = old
+    adv = jnp.array([1.0, -1.0])
+    mask = jnp.array([[1.0, 1.0], [1.0, 0.0]])
+    loss, aux = grpo.objective(logps, old, ref, adv, mask, beta=0.0, epsilon=0.2)
+    # row 0: ratios 2.0 (clipped to 1.2) and 1.0 -> per-token -1.2, -1.0 -> mean -1.1
+    # row 1: ratio 1.0 on its one token, advantage -1 -> +1.0
+    assert float(loss) == pytest.approx((-1.1 + 1.0) / 2)
+    assert float(aux["clip_fraction"]) == pytest.approx(1 / 3)
+    loss_kl, aux_kl = grpo.objective(logps, old, ref, adv, mask, beta=0.5, epsilon=0.2)
+    assert float(aux_kl["kl"]) > 0 and float(loss_kl) > float(loss)
+
+
+def test_lora_merge_matches_adapted_forward(tiny):
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from showwork import models
+
+    loaded = models.tiny(seed=4)
+    loaded.model = training.add_lora(loaded.model, 4, 8.0, models.DEFAULT_LORA_TARGETS)
+    state = nnx.state(loaded.model, nnx.LoRAParam)
+    leaves, tree = jax.tree.flatten(state)
+    nnx.update(loaded.model, jax.tree.unflatten(tree, [x + 0.05 * jax.random.normal(jax.random.key(i), x.shape)
+                                                        for i, x in enumerate(leaves)]))
+    ids = jnp.asarray([[2, 40, 41, 42, 43, 44]])
+    pos = jnp.arange(6)[None]
+    mask = jnp.tril(jnp.ones((6, 6), bool))[None]
+    adapted, _ = loaded.model(ids, pos, None, mask)
+    training.merged_params(loaded.model)
+    tensors = models.hf_tensors(loaded.model, loaded.config)
+    with tempfile.TemporaryDirectory() as tmp:
+        models.export_hf(loaded, Path(tmp))
+        reloaded = models.load_dir(tmp)
+        merged, _ = reloaded.model(ids, pos, None, mask)
+    assert not any("lora" in name for name in tensors)
+    assert np.abs(np.asarray(adapted) - np.asarray(merged)).max() < 1e-4
+
+
+def test_config_for_training_sections(tmp_path):
+    cfg = config.load(recipe(tmp_path, TINY_GRPO), CPU)
+    assert cfg.grpo.sessions == 2 and cfg.grpo.rollout.max_tokens_to_generate == 12
+    bad = recipe(tmp_path, TINY_GRPO + "  \n", "b.yaml")
+    bad.write_text(TINY_GRPO.replace("numbers: 1.0", "numberz: 1.0"))
+    with pytest.raises(config.ConfigError, match="unknown reward 'numberz'"):
+        config.load(bad, CPU)
