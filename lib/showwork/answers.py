@@ -255,3 +255,36 @@ def check_format(text: str) -> FormatFlags:
         )
     words = len(reasoning.split()) if reasoning else 0
     return FormatFlags(bool(reasoning), bool(answer), well, words)
+
+
+# ---------------------------------------------------------------- lm-evaluation-harness
+
+# lm-evaluation-harness's gsm8k task (lm_eval/tasks/gsm8k/gsm8k.yaml): "strict-match"
+# takes the first `#### N`, "flexible-extract" the last number-like run; both then
+# drop commas, dollar signs and a trailing period before an exact string match.
+# We report them beside our own extraction so numbers compare with published ones.
+_LM_STRICT = re.compile(r"#### (\-?[0-9\.\,]+)")
+_LM_FLEX = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
+
+
+def _lm_clean(text: str) -> str:
+    text = text.replace(",", "").replace("$", "")
+    return text[:-1] if text.endswith(".") else text
+
+
+def lm_eval_strict(text: str) -> str | None:
+    match = _LM_STRICT.search(text) if isinstance(text, str) else None
+    return _lm_clean(match.group(1)) if match else None
+
+
+def lm_eval_flexible(text: str) -> str | None:
+    if not isinstance(text, str):
+        return None
+    last = None
+    for last in _LM_FLEX.finditer(text):
+        pass
+    return _lm_clean(last.group(0)) if last else None
+
+
+def lm_eval_match(extracted: str | None, gold: str) -> bool:
+    return extracted is not None and extracted == _lm_clean(str(gold))

@@ -68,6 +68,9 @@ class DataConfig:
     task: str = "gsm_symbolic"  # reasoning-gym task name
     train_size: int = 1000
     eval_size: int = 100
+    # Skip this many rows of the source's seeded order before taking train
+    # rows: a continuation run on fresh samples sets it to the first run's size.
+    offset: int = 0
     seed: int = 0
     # GSM8K's `<<48/2=24>>` calculator annotations: readable math, dropped, or kept.
     calculator_annotations: Literal["readable", "drop", "keep"] = "readable"
@@ -75,7 +78,7 @@ class DataConfig:
     max_solution_chars: int = 8000
 
     def problems(self):
-        for key in ("train_size", "eval_size", "max_question_chars", "max_solution_chars"):
+        for key in ("train_size", "eval_size", "offset", "max_question_chars", "max_solution_chars"):
             if getattr(self, key) < 0:
                 yield key, f"must be >= 0, got {getattr(self, key)}"
         if self.train_size + self.eval_size == 0:
@@ -114,6 +117,7 @@ class ScheduleConfig:
 @dataclass(frozen=True)
 class SftConfig:
     seed: int = 0  # data order and LoRA init
+    batch_size: Optional[int] = None  # sequences per micro-batch; None: the tier's train_batch
     epochs: int = 1
     max_steps: Optional[int] = None
     max_seq_len: int = 512
@@ -149,6 +153,7 @@ class GrpoConfig:
     """tunix GRPOConfig names, plus session bookkeeping."""
 
     seed: int = 0  # prompt order, sampling keys, LoRA init
+    batch_size: Optional[int] = None  # prompts per step; None: the tier's train_batch
     num_generations: int = 4
     num_iterations: int = 1
     beta: float = 0.08
@@ -184,20 +189,29 @@ class GrpoConfig:
 
 @dataclass(frozen=True)
 class SelfTeachConfig:
+    """Rejection-sampling fine-tuning: keep correct, well-formed samples, SFT on them."""
+
     samples_per_question: int = 4
     temperature: float = 0.8
+    top_k: Optional[int] = 50
+    max_tokens: int = 256
     questions: int = 200
+    # At most this many kept samples per question (diversity over repetition).
+    keep_per_question: int = 2
+    sft: SftConfig = SftConfig()
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     # Which models to evaluate, in report order; names of pipeline stages.
-    models: tuple[Literal["base", "sft", "grpo"], ...] = ("base",)
+    models: tuple[Literal["base", "sft", "self-teach", "grpo"], ...] = ("base",)
     methods: tuple[Literal["greedy", "majority", "consensus"], ...] = ("greedy",)
     samples: int = 4  # k for maj@k
     temperature: float = 0.7
     consensus_temperatures: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8, 1.0)
     max_tokens: int = 256
+    top_k: Optional[int] = 50  # for sampled methods; greedy ignores it
+    seed: int = 0
     questions: Optional[int] = None  # None: the whole eval split
 
     def problems(self):

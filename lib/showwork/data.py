@@ -266,23 +266,23 @@ def _source_records(source: str, path: str | None, split: str, limit: int) -> It
 
 def build_splits(source: str, path: str | None, eval_path: str | None, task: str,
                  train_size: int, eval_size: int, seed: int, calculator: str,
-                 max_question: int, max_solution: int) -> tuple[list[Row], list[Row], dict]:
+                 max_question: int, max_solution: int, offset: int = 0) -> tuple[list[Row], list[Row], dict]:
     """Train and eval rows (disjoint by question) and the stats of the cleaning."""
     rows_in: Counter = Counter()
     dropped: Counter = Counter()
     clean = lambda recs, key: clean_rows(_counted(recs, rows_in, key), source, calculator,  # noqa: E731
                                          max_question, max_solution, dropped)
-    limit = 4 * (train_size + eval_size) + 1000
+    limit = 4 * (offset + train_size + eval_size) + 1000
     if source == "reasoning-gym":
-        train = clean(reasoning_gym_records(task, train_size, seed), "train")
+        train = clean(reasoning_gym_records(task, offset + train_size, seed), "train")[offset:]
         evals = clean(reasoning_gym_records(task, eval_size, seed + REASONING_GYM_EVAL_SEED_OFFSET), "eval")
     elif eval_path or (source == "gsm8k" and not path):
-        train = shuffled(clean(_source_records(source, path, "train", limit), "train"), seed)[:train_size]
+        train = shuffled(clean(_source_records(source, path, "train", limit), "train"), seed)[offset:offset + train_size]
         eval_records = read_records(eval_path) if eval_path else _source_records(source, None, "test", limit)
         evals = shuffled(clean(eval_records, "eval"), seed)[:eval_size]
     else:
         both = shuffled(clean(_source_records(source, path, "train", limit), "all"), seed)
-        evals, train = both[:eval_size], both[eval_size:eval_size + train_size]
+        evals, train = both[:eval_size], both[eval_size + offset:eval_size + offset + train_size]
     train_ids = {row.id for row in train}
     kept_evals = [row for row in evals if row.id not in train_ids]
     if len(kept_evals) < len(evals):
@@ -305,7 +305,7 @@ def prepare(bus, data, system: str, log=None):
     def body() -> StageResult:
         train, evals, stats = build_splits(
             data.source, data.path, data.eval_path, data.task, data.train_size, data.eval_size,
-            data.seed, data.calculator_annotations, data.max_question_chars, data.max_solution_chars,
+            data.seed, data.calculator_annotations, data.max_question_chars, data.max_solution_chars, data.offset,
         )
         if not train and data.train_size > 0:
             raise ValueError(f"no usable training rows from {data.source} ({stats['dropped']}): see the data config")

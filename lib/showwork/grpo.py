@@ -223,7 +223,7 @@ def run(bus: Bus, cfg, session: int, log):
         lora = cfg.model.lora
         if lora:
             loaded.model = training.add_lora(loaded.model, lora.rank, lora.alpha, lora.targets, lora.quantize, grpo.seed)
-        final = train_session(bus, loaded, rows, session=session, grpo=grpo, batch=cfg.tier.train_batch,
+        final = train_session(bus, loaded, rows, session=session, grpo=grpo, batch=grpo.batch_size or cfg.tier.train_batch,
                               seed=grpo.seed, digest=digest, log=log)
         if lora:
             training.merged_params(loaded.model)

@@ -207,7 +207,7 @@ def load(name: str, path: str | None = None, dtype: str = "float32", mesh=None, 
                 f"model {name} needs model.path: a directory with its Hugging Face "
                 "safetensors and tokenizer.model (stage it to the bus once; pods have no hub access)"
             )
-        directory = Path(path)
+        directory = Path(_local_copy(path))
         if not directory.is_dir():
             raise FileNotFoundError(f"model directory for {name} not found: {directory}")
         config = _hf_config(name, directory, jdtype)
@@ -225,6 +225,25 @@ def load_dir(directory: str, dtype: str = "float32", mesh=None) -> Loaded:
     loaded = load(family, path=str(path), dtype=dtype, mesh=mesh)
     loaded.name = str(directory)
     return loaded
+
+
+def _local_copy(path: str) -> str:
+    """A gs:// model directory staged into the local cache (pods never reach a hub)."""
+    if not path.startswith("gs://"):
+        return path
+    import hashlib
+
+    from showwork.bus import Bus
+
+    bus = Bus(path)
+    target = cache_dir() / "staged" / hashlib.sha256(path.encode() + bus.read_bytes("config.json")).hexdigest()[:16]
+    if not (target / ".complete").exists():
+        target.mkdir(parents=True, exist_ok=True)
+        for key in bus.list(""):
+            (target / key).parent.mkdir(parents=True, exist_ok=True)
+            (target / key).write_bytes(bus.read_bytes(key))
+        (target / ".complete").write_text(path)
+    return str(target)
 
 
 # ---------------------------------------------------------------- tiny model

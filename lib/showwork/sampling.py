@@ -53,21 +53,29 @@ def bucket(n: int, size: int = PROMPT_BUCKET) -> int:
     return max(size, -(-n // size) * size)
 
 
-def _choose(logits, key, temperature: float, top_k: int | None, top_p: float | None):
-    """One token per row from [B, V] logits (float32)."""
+def _choose(logits, keys, temperature: float, top_k: int | None, top_p: float | None):
+    """One token per row from [B, V] logits (float32), row b drawn with keys[b].
+
+    Per-row keys make a row's sample independent of which other rows share
+    its batch, so results do not depend on batching or sharding.
+    """
     if temperature <= 0.0:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    logits = logits / temperature
+    return jax.vmap(lambda k, l: _choose_row(l, k, temperature, top_k, top_p))(keys, logits)
+
+
+def _choose_row(logits, key, temperature: float, top_k: int | None, top_p: float | None):
+    logits = (logits / temperature)[None]
     k = top_k or (TOP_P_CANDIDATES if top_p is not None and top_p < 1.0 else None)
     if k is None:
-        return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+        return jax.random.categorical(key, logits, axis=-1)[0].astype(jnp.int32)
     values, indices = jax.lax.top_k(logits, min(k, logits.shape[-1]))  # sorted, descending
     if top_p is not None and top_p < 1.0:
         probs = jax.nn.softmax(values, axis=-1)
         before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly above each candidate
         values = jnp.where(before < top_p, values, -jnp.inf)  # the best token always survives
     choice = jax.random.categorical(key, values, axis=-1)
-    return jnp.take_along_axis(indices, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
+    return jnp.take_along_axis(indices, choice[:, None], axis=-1)[0, 0].astype(jnp.int32)
 
 
 def _empty_cache(config, batch: int, size: int, dtype) -> dict:
@@ -102,7 +110,7 @@ def project(model, hidden):
 
 
 @partial(nnx.jit, static_argnames=("max_new", "temperature", "top_k", "top_p", "stop_ids"))
-def _generate(model, prompt_ids, prompt_valid, key, *, max_new, temperature, top_k, top_p, stop_ids):
+def _generate(model, prompt_ids, prompt_valid, row_keys, *, max_new, temperature, top_k, top_p, stop_ids):
     batch, plen = prompt_ids.shape
     size = plen + max_new
     dtype = model.embedder.input_embedding.value.dtype
@@ -119,9 +127,9 @@ def _generate(model, prompt_ids, prompt_valid, key, *, max_new, temperature, top
     stops = jnp.asarray(stop_ids, jnp.int32)
 
     def body(state):
-        step, logits, cache, valid, out, done, key = state
-        key, sub = jax.random.split(key)
-        token = _choose(logits, sub, temperature, top_k, top_p)
+        step, logits, cache, valid, out, done = state
+        keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(row_keys)
+        token = _choose(logits, keys, temperature, top_k, top_p)
         token = jnp.where(done, PAD_ID, token)
         out = out.at[:, step].set(token)
         done = done | jnp.isin(token, stops)
@@ -129,27 +137,33 @@ def _generate(model, prompt_ids, prompt_valid, key, *, max_new, temperature, top
         valid = valid.at[:, slot].set(True)
         pos = (lengths + step)[:, None]
         hidden, cache = final_hidden(graphdef, params, token[:, None], pos, cache, valid[:, None, :])
-        return step + 1, project(model, hidden[:, -1]), cache, valid, out, done, key
+        return step + 1, project(model, hidden[:, -1]), cache, valid, out, done
 
     def cond(state):
-        step, _, _, _, _, done, _ = state
+        step, _, _, _, _, done = state
         return (step < max_new) & ~jnp.all(done)
 
     out = jnp.full((batch, max_new), PAD_ID, jnp.int32)
     done = jnp.zeros((batch,), jnp.bool_)
-    state = (jnp.int32(0), logits, cache, valid, out, done, key)
-    _, _, _, _, out, done, _ = jax.lax.while_loop(cond, body, state)
+    state = (jnp.int32(0), logits, cache, valid, out, done)
+    _, _, _, _, out, done = jax.lax.while_loop(cond, body, state)
     return out, done
 
 
 def generate(loaded: Loaded, prompts: list[str], settings: SampleSettings, *, seed: int = 0,
              batch_size: int = 8, stop_ids: tuple[int, ...] | None = None,
-             prompt_len: int | None = None) -> Samples:
+             prompt_len: int | None = None, row_seeds: list[int] | None = None) -> Samples:
     """Complete each prompt (BOS is prepended); rows are processed in batches.
 
     `prompt_len` fixes the padded prompt length (one compiled program for
     every batch); by default it is the batch's longest prompt, bucketed.
+    Row i samples with its own key from `row_seeds[i]` (default: seed and
+    i), so a row's tokens do not depend on its batch-mates.
     """
+    if row_seeds is None:
+        row_seeds = [seed * 1_000_003 + i for i in range(len(prompts))]
+    if len(row_seeds) != len(prompts):
+        raise ValueError("row_seeds must have one seed per prompt")
     tok = loaded.tokenizer
     stop_ids = tuple(stop_ids or (EOS_ID, tok.end_of_turn_id))
     encoded = [tok.encode(p, bos=True) for p in prompts]
@@ -168,8 +182,9 @@ def generate(loaded: Loaded, prompts: list[str], settings: SampleSettings, *, se
         for r, row in enumerate(padded):
             ids[r, plen - len(row):] = row
             ok[r, plen - len(row):] = row != [PAD_ID]
-        key = jax.random.fold_in(jax.random.key(seed), start)
-        out, done = _generate(loaded.model, jnp.asarray(ids), jnp.asarray(ok), key,
+        seeds = row_seeds[start:start + batch_size] + [0] * (batch_size - rows)
+        keys = jax.vmap(jax.random.key)(jnp.asarray(np.asarray([x % 2**32 for x in seeds], np.uint32)))
+        out, done = _generate(loaded.model, jnp.asarray(ids), jnp.asarray(ok), keys,
                               max_new=settings.max_new_tokens, temperature=float(settings.temperature),
                               top_k=settings.top_k, top_p=settings.top_p, stop_ids=stop_ids)
         out, done = np.asarray(out), np.asarray(done)

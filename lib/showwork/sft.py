@@ -106,6 +106,10 @@ def train(bus: Bus, loaded, rows: list[dict], *, stage: str, seed: int, batch: i
         start = latest
         log.info("resuming from checkpoint", step=start, of=steps)
     grad_fn, apply = make_step_fns(graphdef, tx)
+    # One prompt width for the run and completions in 128-token buckets: a
+    # handful of compiled shapes instead of one per length (compiles cost
+    # more than the padding on CPU and TPU alike).
+    prompt_len = training.bucket_len(max(len(p) for p in seqs.prompts), 32)
     metrics = training.Metrics(bus, stage)
     last = {}
     with training.PreemptionGuard() as guard:
@@ -115,7 +119,8 @@ def train(bus: Bus, loaded, rows: list[dict], *, stage: str, seed: int, batch: i
                 for micro in range(accumulation):
                     idx = order(n, seed, (step * accumulation + micro) * batch, batch)
                     prompt, completion, mask = training.pack([seqs.prompts[i] for i in idx],
-                                                             [seqs.completions[i] for i in idx])
+                                                             [seqs.completions[i] for i in idx],
+                                                             prompt_len=prompt_len, completion_bucket=128)
                     loss, grads = grad_fn(trainable, frozen, prompt, completion, mask)
                     grads_sum = grads if grads_sum is None else jax.tree.map(jnp.add, grads_sum, grads)
                     losses.append(float(loss))
@@ -159,7 +164,7 @@ def run(bus: Bus, cfg, log, rows: list[dict] | None = None, stage: str = "sft"):
         lora = cfg.model.lora
         if lora:
             loaded.model = training.add_lora(loaded.model, lora.rank, lora.alpha, lora.targets, lora.quantize, sft.seed)
-        final = train(bus, loaded, train_rows, stage=stage, seed=sft.seed, batch=cfg.tier.train_batch,
+        final = train(bus, loaded, train_rows, stage=stage, seed=sft.seed, batch=sft.batch_size or cfg.tier.train_batch,
                       accumulation=sft.gradient_accumulation, epochs=sft.epochs, max_steps=sft.max_steps,
                       max_seq_len=sft.max_seq_len, opt=sft.optimizer, schedule=sft.schedule,
                       checkpoint_every=sft.checkpoint_every, keep_checkpoints=sft.keep_checkpoints,

@@ -1,0 +1,25 @@
+"""Self-teaching: sample k solutions per training question, keep the correct and
+well-formed ones, fine-tune on them (rejection-sampling fine-tuning).
+
+Local:    python -m jobs.self_teach k8s/base/recipes/self-teach.yaml k8s/components/cpu/tier.yaml
+Writes:   self-teach/samples.jsonl, self-teach/yield.json, self-teach/checkpoints/, self-teach/model/, self-teach/_SUCCESS.
+Skipped when done; sampling is not repeated after a restart; SFT resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+from showwork import cli, log, self_teach, training
+
+
+def main(cfg, bus, args=None):
+    logger = log.get("self_teach", run=bus.root)
+    try:
+        marker, _ = self_teach.run(bus, cfg, logger)
+    except training.Preempted as stop:
+        logger.warning("preempted; checkpoint saved, exiting for a restart", detail=str(stop))
+        raise SystemExit(0) from None
+    return marker
+
+
+if __name__ == "__main__":
+    cli.run(__doc__, main)

@@ -1,0 +1,151 @@
+"""Evaluation shards: pod I of N scores questions `i % N == I` of the eval split.
+
+For each question and method, every sample is kept with its extracted
+answer, correctness, format flags and reasoning length, plus the vote.
+Methods:
+* `greedy`: one sample at temperature 0;
+* `majority`: k samples at one temperature, majority vote (maj@k);
+* `consensus`: one sample at each of several temperatures, majority vote.
+A shard's records are written in one atomic write at the end
+(`eval/<model>/shard-I-of-N.jsonl`), so a retried pod can never duplicate
+or half-write them, and a finished shard (marker present) is skipped.
+"""
+
+from __future__ import annotations
+
+import time
+
+from showwork import answers, sampling, training, voting
+from showwork.bus import Bus, StageResult, run_once
+
+MODEL_STAGES = {"sft": "sft/model", "self-teach": "self-teach/model"}
+
+
+def shard_rows(rows: list[dict], index: int, count: int) -> list[dict]:
+    if count <= 0 or not 0 <= index < count:
+        raise ValueError(f"shard {index} of {count} does not exist")
+    return [row for i, row in enumerate(rows) if i % count == index]
+
+
+def shard_key(model: str, index: int, count: int) -> str:
+    return f"eval/{model}/shard-{index}-of-{count}"
+
+
+def score(text: str, gold: str) -> dict:
+    """One sample, scored every way the report needs."""
+    found = answers.extract(text)
+    flags = answers.check_format(text)
+    strict, flexible = answers.lm_eval_strict(text), answers.lm_eval_flexible(text)
+    return {
+        "text": text,
+        "extracted": found.value,
+        "method": found.method,
+        "correct": found.value is not None and found.value == answers.normalize(gold),
+        "well_formed": flags.well_formed,
+        "reasoning_words": flags.reasoning_words,
+        "lm_eval_strict": answers.lm_eval_match(strict, gold),
+        "lm_eval_flexible": answers.lm_eval_match(flexible, gold),
+    }
+
+
+def method_plan(methods, samples: int, temperature: float, temperatures) -> dict[str, list[float]]:
+    """Method -> the temperature of each of its samples, in order."""
+    plan = {}
+    for method in methods:
+        if method == "greedy":
+            plan[method] = [0.0]
+        elif method == "majority":
+            plan[method] = [temperature] * samples
+        elif method == "consensus":
+            plan[method] = list(temperatures)
+        else:
+            raise ValueError(f"unknown evaluation method {method!r}")
+    return plan
+
+
+def row_seed(seed: int, question_id: str, method: str, sample: int) -> int:
+    """A sample's seed from what it is, not where it sits: shard-independent."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{seed}/{question_id}/{method}/{sample}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def evaluate_rows(loaded, rows: list[dict], plan: dict[str, list[float]], *, max_tokens: int, batch_size: int,
+                  seed: int, top_k: int | None, prompt_len: int | None = None, log=None) -> list[dict]:
+    """Sample and score every method for every row; one record per row.
+
+    `prompt_len` should be fixed for the whole eval split (not the shard),
+    so every shard runs the same shapes and gets the same numbers.
+    """
+    records = [{"id": r["id"], "question": r["question"], "gold": r["answer"], "methods": {}} for r in rows]
+    for method, temps in plan.items():
+        for t_index, temp in enumerate(temps):
+            settings = sampling.SampleSettings(max_tokens, temp, top_k if temp > 0 else None, None)
+            # Each (method, sample) has its own seed: maj@k samples are independent draws.
+            started = time.perf_counter()
+            out = sampling.generate(loaded, [r["prompt"] for r in rows], settings, batch_size=batch_size,
+                                    prompt_len=prompt_len,
+                                    row_seeds=[row_seed(seed, r["id"], method, t_index) for r in rows])
+            if log:
+                log.info("sampled", method=method, sample=t_index + 1, of=len(temps), questions=len(rows),
+                         questions_per_second=round(len(rows) / (time.perf_counter() - started), 3))
+            for record, text in zip(records, out.texts):
+                record["methods"].setdefault(method, {"samples": []})["samples"].append(
+                    {**score(text, record["gold"]), "temperature": temp})
+    for record in records:
+        for result in record["methods"].values():
+            vote = voting.majority([s["extracted"] for s in result["samples"]])
+            result.update(vote=vote.answer, votes=vote.count, margin=vote.margin,
+                          correct=vote.answer is not None and vote.answer == answers.normalize(record["gold"]))
+    return records
+
+
+def model_for(bus: Bus, cfg, name: str):
+    """Load the model a report calls `name`: base, sft, self-teach or grpo (last session)."""
+    from showwork import models
+
+    if name == "base":
+        return models.load(cfg.model.name, cfg.model.path, cfg.tier.dtype)
+    if name == "grpo":
+        if cfg.grpo is None:
+            raise ValueError("eval names model 'grpo' but the recipe has no grpo section")
+        key = f"grpo/s-{cfg.grpo.sessions - 1}/model"
+    elif name in MODEL_STAGES:
+        key = MODEL_STAGES[name]
+    else:
+        raise ValueError(f"unknown model to evaluate {name!r}")
+    if not bus.exists(f"{key}/config.json"):
+        raise FileNotFoundError(f"model {name!r} is not on the bus yet: {bus.uri(key)} (run its stage first)")
+    return models.load_dir(training.local_model_dir(bus, key), cfg.tier.dtype)
+
+
+def run_shard(bus: Bus, cfg, model: str, index: int, count: int, log):
+    """Evaluate one shard of one model; skipped if its marker exists with this config."""
+    from showwork import config as config_lib
+
+    ev = cfg.eval
+    digest = config_lib.digest(eval=ev, model=cfg.model, data=cfg.data, prompt=cfg.prompt, sft=cfg.sft,
+                               grpo=cfg.grpo, name=model, shard=[index, count])
+    key = shard_key(model, index, count)
+
+    def body() -> StageResult:
+        rows = bus.read_jsonl("data/eval.jsonl")
+        if ev.questions is not None:
+            rows = rows[: ev.questions]
+        mine = shard_rows(rows, index, count)
+        loaded = model_for(bus, cfg, model)
+        prompt_len = sampling.bucket(max(len(loaded.tokenizer.encode(r["prompt"], bos=True)) for r in rows))
+        plan = method_plan(ev.methods, ev.samples, ev.temperature, ev.consensus_temperatures)
+        started = time.perf_counter()
+        records = evaluate_rows(loaded, mine, plan, max_tokens=ev.max_tokens, batch_size=cfg.tier.eval_batch,
+                                seed=ev.seed, top_k=ev.top_k, prompt_len=prompt_len, log=log)
+        seconds = time.perf_counter() - started
+        bus.write_jsonl(f"{key}.jsonl", records)
+        first = [r["methods"][ev.methods[0]]["correct"] for r in records]
+        return StageResult(outputs=[f"{key}.jsonl"], inputs=["data/eval.jsonl"],
+                           metrics={"questions": len(records), "seconds": round(seconds, 1),
+                                    "questions_per_second": round(len(records) / seconds, 4) if seconds else 0.0,
+                                    f"{ev.methods[0]}_accuracy": sum(first) / len(first) if first else 0.0})
+
+    return run_once(bus, key, digest, body, log)

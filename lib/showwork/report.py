@@ -1,0 +1,342 @@
+"""The report: merge every evaluation shard, compute the numbers, draw the plots.
+
+Outputs under `report/`: `metrics.json` (every number), `report.md`,
+`report.html` (self-contained: plots embedded), and the PNG plots.
+Merging refuses an incomplete shard set and names the missing shards.
+Everything is computed from records sorted by question id, so the result
+does not depend on how the questions were sharded.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from statistics import mean
+
+from showwork.bus import Bus, StageResult, read_marker, run_once
+
+LENGTH_BUCKETS = (0, 10, 20, 30, 40, 50, 60, 80, 100, 150)
+
+
+class IncompleteShards(RuntimeError):
+    pass
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_model_records(bus: Bus, model: str, count: int) -> list[dict]:
+    """All records of one model, from shards 0..count-1, sorted by id."""
+    from showwork.evaluate import shard_key
+
+    missing = [shard_key(model, i, count) for i in range(count)
+               if read_marker(bus, shard_key(model, i, count)) is None]
+    if missing:
+        raise IncompleteShards(
+            f"cannot merge {model!r}: {len(missing)} of {count} shards have not finished: "
+            + ", ".join(bus.uri(m + ".jsonl") for m in missing))
+    records = []
+    for i in range(count):
+        records.extend(bus.read_jsonl(shard_key(model, i, count) + ".jsonl"))
+    ids = [r["id"] for r in records]
+    if len(ids) != len(set(ids)):
+        raise ValueError(f"duplicate question ids across {model!r} shards")
+    return sorted(records, key=lambda r: r["id"])
+
+
+# ---------------------------------------------------------------- numbers
+
+
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval for a proportion (sound at 0% and 100%)."""
+    if n == 0:
+        return (0.0, 0.0)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def bucket_label(words: int) -> str:
+    for low, high in zip(LENGTH_BUCKETS, LENGTH_BUCKETS[1:]):
+        if low <= words < high:
+            return f"{low}-{high - 1}"
+    return f"{LENGTH_BUCKETS[-1]}+"
+
+
+def method_metrics(records: list[dict], method: str) -> dict:
+    results = [r["methods"][method] for r in records if method in r["methods"]]
+    n = len(results)
+    correct = sum(bool(x["correct"]) for x in results)
+    samples = [s for x in results for s in x["samples"]]
+    low, high = wilson(correct, n)
+    return {
+        "questions": n,
+        "correct": correct,
+        "accuracy": correct / n if n else 0.0,
+        "ci95": [round(low, 4), round(high, 4)],
+        "format_compliance": mean(s["well_formed"] for s in samples) if samples else 0.0,
+        "mean_reasoning_words": mean(s["reasoning_words"] for s in samples) if samples else 0.0,
+        "sample_accuracy": mean(s["correct"] for s in samples) if samples else 0.0,
+        "lm_eval_strict_match": mean(s["lm_eval_strict"] for s in samples) if samples else 0.0,
+        "lm_eval_flexible_extract": mean(s["lm_eval_flexible"] for s in samples) if samples else 0.0,
+        "mean_margin": mean(x["margin"] for x in results) if results else 0.0,
+    }
+
+
+def fixed_broke(before: dict[str, bool], after: dict[str, bool]) -> dict:
+    common = sorted(set(before) & set(after))
+    return {
+        "fixed": sum(1 for q in common if after[q] and not before[q]),
+        "broke": sum(1 for q in common if before[q] and not after[q]),
+        "questions": len(common),
+    }
+
+
+def by_length(records: list[dict], method: str) -> dict[str, dict]:
+    """Accuracy of individual samples by their reasoning length (words)."""
+    buckets: dict[str, list[bool]] = {}
+    for r in records:
+        for s in r["methods"].get(method, {}).get("samples", []):
+            buckets.setdefault(bucket_label(s["reasoning_words"]), []).append(bool(s["correct"]))
+    order = [bucket_label(b) for b in LENGTH_BUCKETS]
+    return {k: {"samples": len(buckets[k]), "accuracy": mean(buckets[k])} for k in order if k in buckets}
+
+
+def compute(records_by_model: dict[str, list[dict]], methods: list[str]) -> dict:
+    """Every number in the report, from merged records (model order = report order)."""
+    out: dict = {"models": {}, "between_methods": {}, "between_models": {}, "by_reasoning_length": {}}
+    outcome = {m: {meth: {r["id"]: bool(r["methods"][meth]["correct"]) for r in recs if meth in r["methods"]}
+                   for meth in methods} for m, recs in records_by_model.items()}
+    for model, recs in records_by_model.items():
+        out["models"][model] = {meth: method_metrics(recs, meth) for meth in methods}
+        out["by_reasoning_length"][model] = {meth: by_length(recs, meth) for meth in methods}
+        base = methods[0]
+        out["between_methods"][model] = {f"{base}->{meth}": fixed_broke(outcome[model][base], outcome[model][meth])
+                                         for meth in methods[1:]}
+    models = list(records_by_model)
+    for a, b in zip(models, models[1:]):
+        out["between_models"][f"{a}->{b}"] = {meth: fixed_broke(outcome[a][meth], outcome[b][meth]) for meth in methods}
+    solved = {}
+    for model, recs in records_by_model.items():
+        for r in recs:
+            solved[r["id"]] = solved.get(r["id"], False) or any(x["correct"] for x in r["methods"].values())
+    questions = {r["id"]: r for recs in records_by_model.values() for r in recs}
+    out["unsolved"] = [{"id": q, "question": questions[q]["question"], "gold": questions[q]["gold"]}
+                       for q in sorted(solved) if not solved[q]]
+    return out
+
+
+# ---------------------------------------------------------------- plots
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def plot_accuracy(metrics: dict, methods: list[str]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(metrics["models"])
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    width = 0.8 / max(1, len(methods))
+    for j, meth in enumerate(methods):
+        accs = [metrics["models"][m][meth]["accuracy"] for m in models]
+        lows = [a - metrics["models"][m][meth]["ci95"][0] for a, m in zip(accs, models)]
+        highs = [metrics["models"][m][meth]["ci95"][1] - a for a, m in zip(accs, models)]
+        xs = [i + (j - (len(methods) - 1) / 2) * width for i in range(len(models))]
+        ax.bar(xs, accs, width, yerr=[lows, highs], capsize=3, label=meth)
+    ax.set_xticks(range(len(models)), models)
+    ax.set_ylabel("accuracy (95% CI)")
+    ax.set_ylim(0, 1)
+    ax.set_title("Accuracy per model and method")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def plot_length(metrics: dict, method: str) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for model, per_method in metrics["by_reasoning_length"].items():
+        rows = per_method.get(method, {})
+        if rows:
+            ax.plot(list(rows), [v["accuracy"] for v in rows.values()], marker="o", label=model)
+    ax.set_xlabel("reasoning length (words)")
+    ax.set_ylabel(f"{method} sample accuracy")
+    ax.set_ylim(0, 1)
+    ax.set_title("Accuracy by reasoning length")
+    ax.legend(fontsize=8)
+    ax.tick_params(axis="x", labelrotation=45)
+    return _png(fig)
+
+
+def plot_training(curves: dict[str, list[dict]]) -> bytes | None:
+    """Loss (SFT) and reward (GRPO) per step, from the stages' metric logs."""
+    if not curves:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.2), squeeze=False)
+    for ax, (name, rows) in zip(axes[0], curves.items()):
+        key = "loss" if name.startswith("sft") or name.startswith("self-teach") else "reward"
+        ax.plot([r["step"] for r in rows], [r.get(key, float("nan")) for r in rows])
+        ax.set_title(f"{name}: {key}")
+        ax.set_xlabel("step")
+    return _png(fig)
+
+
+def training_curves(bus: Bus) -> dict[str, list[dict]]:
+    curves = {}
+    for key in ("sft/metrics.jsonl", "self-teach/metrics.jsonl"):
+        if bus.exists(key):
+            curves[key.split("/")[0]] = bus.read_jsonl(key)
+    grpo_rows = []
+    for key in sorted(k for k in bus.list("grpo") if k.endswith("/metrics.jsonl")):
+        grpo_rows.extend(bus.read_jsonl(key))
+    if grpo_rows:
+        curves["grpo"] = sorted(grpo_rows, key=lambda r: r["step"])
+    return curves
+
+
+# ---------------------------------------------------------------- documents
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def markdown(metrics: dict, methods: list[str], title: str, images: dict[str, str]) -> str:
+    lines = [f"# {title}", ""]
+    lines += ["## Accuracy", "", "| model | method | questions | accuracy | 95% CI | format | reasoning words "
+              "| lm-eval strict-match | lm-eval flexible-extract |", "|---|---|---|---|---|---|---|---|---|"]
+    for model, per in metrics["models"].items():
+        for meth in methods:
+            m = per[meth]
+            lines.append(f"| {model} | {meth} | {m['questions']} | {_pct(m['accuracy'])} | "
+                         f"{_pct(m['ci95'][0])}–{_pct(m['ci95'][1])} | {_pct(m['format_compliance'])} | "
+                         f"{m['mean_reasoning_words']:.1f} | {_pct(m['lm_eval_strict_match'])} | "
+                         f"{_pct(m['lm_eval_flexible_extract'])} |")
+    lines += ["", "Accuracy and format use our extraction (answers.py); the lm-eval columns re-score the same "
+              "samples with lm-evaluation-harness's GSM8K strict-match and flexible-extract rules.", ""]
+    if any(metrics["between_methods"].values()):
+        lines += ["## Fixed and broke between methods", "", "| model | change | fixed | broke |", "|---|---|---|---|"]
+        for model, changes in metrics["between_methods"].items():
+            for change, fb in changes.items():
+                lines.append(f"| {model} | {change} | {fb['fixed']} | {fb['broke']} |")
+        lines.append("")
+    if metrics["between_models"]:
+        lines += ["## Fixed and broke between models", "", "| change | method | fixed | broke |", "|---|---|---|---|"]
+        for change, per in metrics["between_models"].items():
+            for meth, fb in per.items():
+                lines.append(f"| {change} | {meth} | {fb['fixed']} | {fb['broke']} |")
+        lines.append("")
+    lines += ["## Accuracy by reasoning length", "", f"Samples of `{methods[0]}`, bucketed by words of reasoning.", ""]
+    lines += ["| model | " + " | ".join(bucket_label(b) for b in LENGTH_BUCKETS) + " |",
+              "|---|" + "---|" * len(LENGTH_BUCKETS)]
+    for model, per in metrics["by_reasoning_length"].items():
+        rows = per[methods[0]]
+        cells = [f"{_pct(rows[b]['accuracy'])} (n={rows[b]['samples']})" if b in rows else ""
+                 for b in (bucket_label(x) for x in LENGTH_BUCKETS)]
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    lines += ["", f"## Unsolved by every model and method ({len(metrics['unsolved'])})", ""]
+    for q in metrics["unsolved"][:50]:
+        lines.append(f"* `{q['id']}` (gold {q['gold']}): {q['question'][:160]}")
+    if len(metrics["unsolved"]) > 50:
+        lines.append(f"* … and {len(metrics['unsolved']) - 50} more in metrics.json")
+    lines.append("")
+    for caption, name in images.items():
+        lines += [f"## {caption}", "", f"![{caption}]({name})", ""]
+    return "\n".join(lines)
+
+
+def to_html(md_text: str, images: dict[str, bytes], title: str) -> str:
+    """A self-contained page: tables and lists from the markdown, plots inline."""
+    body = []
+    in_table = False
+    for line in md_text.splitlines():
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if set("".join(cells)) <= set("-"):
+                continue
+            tag = "th" if not in_table else "td"
+            if not in_table:
+                body.append("<table>")
+                in_table = True
+            body.append("<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>")
+            continue
+        if in_table:
+            body.append("</table>")
+            in_table = False
+        if line.startswith("!["):
+            name = line[line.index("(") + 1:-1]
+            data = base64.b64encode(images[name]).decode()
+            body.append(f'<img alt="{html.escape(name)}" src="data:image/png;base64,{data}">')
+        elif line.startswith("## "):
+            body.append(f"<h2>{html.escape(line[3:])}</h2>")
+        elif line.startswith("# "):
+            body.append(f"<h1>{html.escape(line[2:])}</h1>")
+        elif line.startswith("* "):
+            body.append(f"<li>{html.escape(line[2:])}</li>")
+        elif line.strip():
+            body.append(f"<p>{html.escape(line)}</p>")
+    if in_table:
+        body.append("</table>")
+    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0;font-size:14px}"
+             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f3f3f3}"
+             "td:first-child,th:first-child{text-align:left}img{max-width:100%;display:block;margin:1em 0}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
+
+
+def build(bus: Bus, models: list[str], methods: list[str], shards: int, title: str) -> dict:
+    """Merge, compute, plot and write the report; returns metrics.json's content."""
+    records = {m: load_model_records(bus, m, shards) for m in models}
+    metrics = compute(records, methods)
+    images = {"accuracy.png": plot_accuracy(metrics, methods), "reasoning_length.png": plot_length(metrics, methods[0])}
+    training_png = plot_training(training_curves(bus))
+    if training_png:
+        images["training.png"] = training_png
+    captions = {"Accuracy per model and method": "accuracy.png", "Accuracy by reasoning length": "reasoning_length.png"}
+    if training_png:
+        captions["Training curves"] = "training.png"
+    md_text = markdown(metrics, methods, title, captions)
+    for name, data in images.items():
+        bus.write_bytes(f"report/{name}", data)
+    bus.write_json("report/metrics.json", metrics)
+    bus.write_text("report/report.md", md_text)
+    bus.write_text("report/report.html", to_html(md_text, images, title))
+    return metrics
+
+
+def run(bus: Bus, cfg, log, shards: int | None = None):
+    from showwork import config as config_lib
+
+    count = shards or cfg.tier.eval_shards
+    models, methods = list(cfg.eval.models), list(cfg.eval.methods)
+    digest = config_lib.digest(eval=cfg.eval, model=cfg.model, data=cfg.data, sft=cfg.sft, grpo=cfg.grpo, shards=count)
+
+    def body() -> StageResult:
+        metrics = build(bus, models, methods, count, f"showwork report: {cfg.recipe}")
+        headline = {f"{m}_{meth}_accuracy": metrics["models"][m][meth]["accuracy"] for m in models for meth in methods}
+        outputs = ["report/metrics.json", "report/report.md", "report/report.html", "report/accuracy.png"]
+        return StageResult(outputs=outputs, inputs=[f"eval/{m}" for m in models], metrics=headline)
+
+    return run_once(bus, "report", digest, body, log)
