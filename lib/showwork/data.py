@@ -162,6 +162,8 @@ def read_hub(dataset: str, config: str | None, split: str) -> Iterator[dict]:
 
 
 def reasoning_gym_records(task: str, size: int, seed: int) -> Iterator[dict]:
+    if size <= 0:
+        return
     import reasoning_gym
 
     for item in reasoning_gym.create_dataset(task, size=size, seed=seed):

@@ -141,7 +141,7 @@ def train_session(bus: Bus, loaded, rows: list[dict], *, session: int, grpo, bat
     order = session_prompts(len(rows), session, grpo.prompts_per_session, grpo.review_ratio, seed)
     logps_fn, grad_fn, apply = make_step_fns(graphdef, tx, grpo.beta, grpo.epsilon, max(roll.temperature, 1e-3))
     settings = sampling.SampleSettings(roll.max_tokens_to_generate, roll.temperature, roll.top_k, roll.top_p)
-    metrics = training.Metrics(bus, "grpo")
+    metrics = training.Metrics(bus, "grpo", f"grpo/s-{session}/metrics.jsonl", resume_step=start)
     g = grpo.num_generations
     summary: dict = {}
     with training.PreemptionGuard() as guard:
@@ -181,6 +181,8 @@ def train_session(bus: Bus, loaded, rows: list[dict], *, session: int, grpo, bat
                      **{k: round(v, 4) for k, v in summary.items()})
             meta = {"digest": digest, "step": step + 1}
             saved = ckpt.save(step + 1, (trainable, opt_state), meta)
+            if saved:
+                metrics.flush()
             if guard.requested and step + 1 < last:
                 if not saved:
                     ckpt.save(step + 1, (trainable, opt_state), meta, force=True)
@@ -190,7 +192,6 @@ def train_session(bus: Bus, loaded, rows: list[dict], *, session: int, grpo, bat
     ckpt.save(last, (trainable, opt_state), {"digest": digest, "step": last}, force=True)
     ckpt.close()
     metrics.close()
-    bus.write_jsonl(f"grpo/s-{session}/metrics.jsonl", [r for r in metrics.rows if first < r["step"] <= last])
     nnx.update(loaded.model, trainable)
     return {**summary, "session": session, "steps": last - start, "global_step": last}
 

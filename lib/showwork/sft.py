@@ -110,7 +110,7 @@ def train(bus: Bus, loaded, rows: list[dict], *, stage: str, seed: int, batch: i
     # handful of compiled shapes instead of one per length (compiles cost
     # more than the padding on CPU and TPU alike).
     prompt_len = training.bucket_len(max(len(p) for p in seqs.prompts), 32)
-    metrics = training.Metrics(bus, stage)
+    metrics = training.Metrics(bus, stage, f"{stage}/metrics.jsonl", resume_step=start)
     last = {}
     with training.PreemptionGuard() as guard:
         for step in range(start, steps):
@@ -134,6 +134,8 @@ def train(bus: Bus, loaded, rows: list[dict], *, stage: str, seed: int, batch: i
             metrics.log(step + 1, **last)
             log.info("sft step", step=step + 1, of=steps, **{k: round(v, 6) for k, v in last.items()})
             saved = ckpt.save(step + 1, (trainable, opt_state), {"digest": digest, "step": step + 1})
+            if saved:
+                metrics.flush()
             if guard.requested:
                 if not saved:
                     ckpt.save(step + 1, (trainable, opt_state), {"digest": digest, "step": step + 1}, force=True)
@@ -143,7 +145,6 @@ def train(bus: Bus, loaded, rows: list[dict], *, stage: str, seed: int, batch: i
     ckpt.save(steps, (trainable, opt_state), {"digest": digest, "step": steps}, force=True)
     ckpt.close()
     metrics.close()
-    bus.write_jsonl(f"{stage}/metrics.jsonl", metrics.rows)
     nnx.update(loaded.model, trainable)
     return {**last, "steps": steps, "sequences": n, "truncated": seqs.truncated, "dropped_too_long": seqs.dropped}
 

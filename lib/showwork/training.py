@@ -212,19 +212,23 @@ class PreemptionGuard:
 
 
 class Metrics:
-    """TensorBoard scalars under `<stage>/tensorboard` on the bus, plus a JSONL copy.
+    """Per-step scalars: TensorBoard events under `<prefix>/tensorboard` and a JSONL
+    copy at `jsonl_key`, both on the bus.
 
     Event files are written locally (tensorboardX cannot write gs:// without
-    TensorFlow) and copied to the bus on `flush`.
+    TensorFlow) and copied to the bus on `flush`. A resumed run keeps the
+    JSONL rows up to the step it resumes from, so the log has every step once.
     """
 
-    def __init__(self, bus: Bus, prefix: str):
+    def __init__(self, bus: Bus, prefix: str, jsonl_key: str, resume_step: int = 0):
         from tensorboardX import SummaryWriter
 
-        self.bus, self.prefix = bus, prefix
+        self.bus, self.prefix, self.jsonl_key = bus, prefix, jsonl_key
         self.local = Path(tempfile.mkdtemp(prefix="showwork-tb-"))
         self.writer = SummaryWriter(str(self.local))
         self.rows: list[dict] = []
+        if resume_step and bus.exists(jsonl_key):
+            self.rows = [r for r in bus.read_jsonl(jsonl_key) if r["step"] <= resume_step]
 
     def log(self, step: int, **scalars):
         for name, value in scalars.items():
@@ -237,6 +241,7 @@ class Metrics:
             if path.is_file():
                 self.bus.write_bytes(f"{self.prefix}/tensorboard/{path.relative_to(self.local).as_posix()}",
                                      path.read_bytes())
+        self.bus.write_jsonl(self.jsonl_key, self.rows)
 
     def close(self):
         self.flush()

@@ -1,0 +1,75 @@
+"""sampling.py: determinism, batching independence, top-k/top-p, stops; real-model agreement."""
+
+import numpy as np
+import pytest
+
+from showwork import sampling
+
+PROMPTS = ["Tom has 3 apples.", "<start_of_turn>user\nWhat is 2+2?<end_of_turn>\n<start_of_turn>model\n",
+           "Natalia sold 48 clips", "x"]
+
+
+def test_greedy_is_deterministic_and_batch_independent(tiny):
+    settings = sampling.SampleSettings(max_new_tokens=10)
+    batched = sampling.generate(tiny, PROMPTS, settings, batch_size=4, prompt_len=64)
+    alone = [sampling.generate(tiny, [p], settings, batch_size=4, prompt_len=64).tokens[0] for p in PROMPTS]
+    assert batched.tokens == alone
+    assert all(len(t) <= 10 for t in batched.tokens)
+
+
+def test_sampling_depends_on_row_seed_not_batch_mates(tiny):
+    settings = sampling.SampleSettings(max_new_tokens=12, temperature=1.0, top_k=40)
+    a = sampling.generate(tiny, PROMPTS, settings, batch_size=4, prompt_len=64, row_seeds=[1, 2, 3, 4])
+    b = sampling.generate(tiny, PROMPTS[::-1], settings, batch_size=2, prompt_len=64, row_seeds=[4, 3, 2, 1])
+    assert a.tokens == b.tokens[::-1]
+    c = sampling.generate(tiny, PROMPTS, settings, batch_size=4, prompt_len=64, row_seeds=[5, 6, 7, 8])
+    assert a.tokens != c.tokens
+
+
+def test_top_k_one_equals_greedy(tiny):
+    greedy = sampling.generate(tiny, PROMPTS, sampling.SampleSettings(max_new_tokens=8), batch_size=4)
+    topk1 = sampling.generate(tiny, PROMPTS, sampling.SampleSettings(max_new_tokens=8, temperature=0.7, top_k=1),
+                              batch_size=4)
+    assert greedy.tokens == topk1.tokens
+
+
+def test_tiny_top_p_keeps_only_the_best_token(tiny):
+    greedy = sampling.generate(tiny, PROMPTS, sampling.SampleSettings(max_new_tokens=8), batch_size=4)
+    nucleus = sampling.generate(tiny, PROMPTS, sampling.SampleSettings(max_new_tokens=8, temperature=1.0, top_p=1e-6),
+                                batch_size=4)
+    assert greedy.tokens == nucleus.tokens
+
+
+def test_choose_respects_top_k():
+    import jax
+    import jax.numpy as jnp
+
+    logits = jnp.tile(jnp.arange(100, dtype=jnp.float32)[None] / 10.0, (4, 1))
+    keys = jax.vmap(jax.random.key)(jnp.arange(4, dtype=jnp.uint32))
+    seen = set()
+    for step in range(50):
+        step_keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(keys)
+        seen |= set(np.asarray(sampling._choose(logits, step_keys, 1.0, 3, None)).tolist())
+    assert seen <= {97, 98, 99} and len(seen) >= 2
+
+
+def test_stop_token_ends_a_row(tiny):
+    out = sampling.generate(tiny, PROMPTS, sampling.SampleSettings(max_new_tokens=6), batch_size=4,
+                            stop_ids=tuple(range(tiny.tokenizer.vocab_size)))  # every token stops
+    assert out.tokens == [[], [], [], []] and all(out.stopped)
+    assert all(len(c) == 1 for c in out.completion_ids)
+
+
+@pytest.mark.slow
+def test_greedy_matches_tunix_sampler_on_the_real_model(gemma270m):
+    from tunix.generate import sampler as sampler_lib
+
+    c = gemma270m.config
+    reference = sampler_lib.Sampler(gemma270m.model, gemma270m.tokenizer.sp, sampler_lib.CacheConfig(
+        cache_size=128, num_layers=c.num_layers, num_kv_heads=c.num_kv_heads, head_dim=c.head_dim))
+    prompts = ["The capital of France is", "Natalia sold clips to 48 of her friends in April, and then she sold"]
+    ours = sampling.generate(gemma270m, prompts, sampling.SampleSettings(max_new_tokens=32), batch_size=2)
+    for i, prompt in enumerate(prompts):
+        theirs = [int(t) for t in reference([prompt], max_generation_steps=32, temperature=0.0).tokens[0]]
+        n = min(len(ours.tokens[i]), len(theirs), 32)
+        assert n >= 16 and ours.tokens[i][:n] == theirs[:n]
