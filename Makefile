@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 RECIPE ?= quickstart
 TIER ?= cpu
 
-.PHONY: install demo test test-fast lock clean
+.PHONY: install demo test test-fast lock clean kind-demo
 
 install: $(VENV)/.installed
 
@@ -36,3 +36,7 @@ lock:
 
 clean:
 	rm -rf $(VENV) runs
+
+# Local cluster: kind + JobSet + images + the demo overlay (needs docker and kind).
+kind-demo:
+	scripts/kind-demo.sh demo-cpu

@@ -1,0 +1,66 @@
+"""Watching a run: JobSet, Job and Pod state per stage from the cluster, plus the
+bus markers, as one table. Works without a cluster (markers only) and says so."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from showwork.bus import Bus, read_marker
+
+JOBSET_GROUP, JOBSET_VERSION = "jobset.x-k8s.io", "v1alpha2"
+
+
+@dataclass
+class Row:
+    stage: str
+    cluster: str  # Job/Pod state, or "-" without a cluster
+    bus: str  # "done" with finish time, or "-"
+
+
+def bus_stages(bus: Bus) -> dict[str, str]:
+    """Every stage marker on the bus: stage -> 'done (<metrics summary>)'."""
+    out = {}
+    for key in bus.list(""):
+        if key.endswith("/_SUCCESS"):
+            stage = key[: -len("/_SUCCESS")]
+            marker = read_marker(bus, stage)
+            seconds = marker.finished - marker.started if marker else 0
+            out[stage] = f"done in {seconds:.0f}s"
+    return out
+
+
+def cluster_stages(jobset_name: str, namespace: str) -> dict[str, str]:
+    """replicated job -> 'Job succeeded/active/failed; pods …' from the cluster."""
+    from kubernetes import client, config
+
+    try:
+        config.load_kube_config()
+    except Exception:
+        config.load_incluster_config()
+    custom = client.CustomObjectsApi()
+    jobset = custom.get_namespaced_custom_object(JOBSET_GROUP, JOBSET_VERSION, namespace, "jobsets", jobset_name)
+    batch, core = client.BatchV1Api(), client.CoreV1Api()
+    jobs = batch.list_namespaced_job(namespace, label_selector=f"jobset.sigs.k8s.io/jobset-name={jobset_name}")
+    out = {}
+    for rj in jobset["spec"]["replicatedJobs"]:
+        name = rj["name"]
+        mine = [j for j in jobs.items if j.metadata.labels.get("jobset.sigs.k8s.io/replicatedjob-name") == name]
+        if not mine:
+            out[name] = "waiting (dependsOn)"
+            continue
+        job = mine[0]
+        pods = core.list_namespaced_pod(namespace, label_selector=f"job-name={job.metadata.name}").items
+        phases = sorted(p.status.phase for p in pods)
+        out[name] = (f"succeeded {job.status.succeeded or 0}, active {job.status.active or 0}, "
+                     f"failed {job.status.failed or 0}; pods {', '.join(phases) or 'none'}")
+    conditions = [c["type"] for c in jobset.get("status", {}).get("conditions", []) if c.get("status") == "True"]
+    out["(jobset)"] = ", ".join(conditions) or "running"
+    return out
+
+
+def table(rows: list[Row]) -> str:
+    width = max([len(r.stage) for r in rows] + [5])
+    cw = max([len(r.cluster) for r in rows] + [7])
+    lines = [f"{'stage':<{width}}  {'cluster':<{cw}}  bus", "-" * (width + cw + 12)]
+    lines += [f"{r.stage:<{width}}  {r.cluster:<{cw}}  {r.bus}" for r in rows]
+    return "\n".join(lines)

@@ -1,0 +1,318 @@
+"""Kubernetes packaging, proven offline with real tools: kustomize renders, schemas
+validate, policies hold, Dockerfiles lint, and the CPU overlay's rendered commands
+run as local processes in dependsOn order against fake-gcs-server."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, SHARED, job_env
+
+OVERLAYS = sorted(p.name for p in (REPO / "k8s" / "overlays").iterdir() if p.is_dir())
+DOCKERFILES = sorted((REPO / "images").glob("*.Dockerfile"))
+KUBECTL = shutil.which("kubectl")
+TPU_CHIPS_PER_HOST = {"2x2": 4, "2x4": 8, "4x4": 4}  # GKE TPU v5e: ct5lp-hightpu-4t / -8t
+TPU_HOSTS = {"2x2": 1, "2x4": 1, "4x4": 4}
+
+needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl (with kustomize) is not installed")
+
+
+def shared(path: str) -> Path:
+    full = SHARED / path
+    if not full.exists():
+        pytest.skip(f"{full} is missing: these checks need ../shared beside the repository (CI has it)")
+    return full
+
+
+_rendered: dict[str, list[dict]] = {}
+
+
+def render(overlay: str) -> list[dict]:
+    if overlay not in _rendered:
+        out = subprocess.run([KUBECTL, "kustomize", str(REPO / "k8s" / "overlays" / overlay)],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        _rendered[overlay] = [d for d in yaml.safe_load_all(out.stdout) if d]
+    return copy.deepcopy(_rendered[overlay])
+
+
+def jobset(docs):
+    (js,) = [d for d in docs if d["kind"] == "JobSet"]
+    return js
+
+
+def pod_specs(js):
+    for rj in js["spec"]["replicatedJobs"]:
+        yield rj["name"], rj["template"]["spec"]["template"]["spec"]
+
+
+def configmaps(docs) -> dict[str, dict]:
+    return {d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"}
+
+
+def run_settings(docs, spec) -> dict[str, str]:
+    env = {}
+    cms = configmaps(docs)
+    for c in spec["containers"]:
+        for src in c.get("envFrom", []):
+            env.update(cms[src["configMapRef"]["name"]])
+        env.update({e["name"]: e["value"] for e in c.get("env", []) if "value" in e})
+    return env
+
+
+def tier_of(docs) -> dict:
+    recipes = next(data for name, data in configmaps(docs).items() if name.startswith("showwork-recipes"))
+    return yaml.safe_load(recipes["tier.yaml"])["tier"]
+
+
+# ---------------------------------------------------------------- render and validate
+
+
+def test_overlays_cover_the_documented_set():
+    assert {"hybrid-cpu", "hybrid-v5e-8", "grpo-baseline-v5e-8", "efficiency-v5e-4", "relay-consensus-v5e-8",
+            "eval-only-cpu", "eval-only-v5e-8"} <= set(OVERLAYS)
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_builtin_objects_validate_strictly(overlay):
+    import kubernetes_validate
+
+    for doc in render(overlay):
+        if doc["kind"] != "JobSet":
+            kubernetes_validate.validate(doc, "1.33.0", strict=True)
+
+
+def strict(schema):
+    """The CRD schema with unknown properties forbidden, as `kubectl --validate=strict` would."""
+    if isinstance(schema, dict):
+        schema = {k: strict(v) for k, v in schema.items()}
+        if schema.get("type") == "object" and "properties" in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
+            schema.setdefault("additionalProperties", False)
+        return schema
+    if isinstance(schema, list):
+        return [strict(v) for v in schema]
+    return schema
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_jobset_validates_against_its_crd(overlay):
+    import jsonschema
+
+    crd = yaml.safe_load(shared("schemas/jobset-v0.12.0-crd.yaml").read_text())
+    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1alpha2")
+    schema = strict(version["schema"]["openAPIV3Schema"])
+    js = jobset(render(overlay))
+    assert js["apiVersion"] == "jobset.x-k8s.io/v1alpha2"
+    errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(js), key=lambda e: list(e.path))
+    assert not errors, [f"{list(e.path)}: {e.message[:200]}" for e in errors[:5]]
+
+
+def test_skaffold_validates_against_its_schema():
+    import jsonschema
+
+    schema = json.loads(shared("schemas/skaffold-v4beta13.json").read_text())
+    doc = yaml.safe_load((REPO / "skaffold.yaml").read_text())
+    errors = list(jsonschema.Draft7Validator(schema).iter_errors(doc))
+    assert not errors, [e.message[:200] for e in errors[:5]]
+    built = {a["image"] for a in doc["build"]["artifacts"]}
+    for artifact in doc["build"]["artifacts"]:
+        assert (REPO / artifact["docker"]["dockerfile"]).exists()
+    assert {"showwork-data-prep", "showwork-sft", "showwork-grpo-session", "showwork-eval"} <= built
+    assert any(s["groupKind"] == "JobSet.jobset.x-k8s.io" for s in doc["resourceSelector"]["allow"])
+    assert {p["name"] for p in doc["profiles"]} >= {"kind", "gke-v5e-8"}
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_hadolint(dockerfile):
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    out = subprocess.run([hadolint, str(dockerfile)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+# ---------------------------------------------------------------- policy
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_restricted_pod_security_everywhere(overlay):
+    for name, spec in pod_specs(jobset(render(overlay))):
+        pod = spec["securityContext"]
+        assert pod["runAsNonRoot"] is True and pod["seccompProfile"]["type"] == "RuntimeDefault", name
+        assert spec["automountServiceAccountToken"] is False
+        mounts = set()
+        for c in spec["containers"] + spec.get("initContainers", []):
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False, name
+            assert sc["readOnlyRootFilesystem"] is True, name
+            assert sc["capabilities"]["drop"] == ["ALL"], name
+            assert c["resources"]["requests"] == c["resources"]["limits"], name
+            mounts |= {m["mountPath"] for m in c["volumeMounts"]}
+        assert {"/tmp", "/dev/shm"} <= mounts, name
+        assert not any("hostPath" in v for v in spec["volumes"]), name
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_tpu_placement_is_consistent(overlay):
+    docs = render(overlay)
+    tier = tier_of(docs)
+    for name, spec in pod_specs(jobset(docs)):
+        selector = spec.get("nodeSelector", {})
+        chips = spec["containers"][0]["resources"]["limits"].get("google.com/tpu")
+        if tier["platform"] != "tpu" or name in ("data-prep", "report"):
+            assert chips is None and "cloud.google.com/gke-tpu-topology" not in selector, name
+            continue
+        topology = selector["cloud.google.com/gke-tpu-topology"]
+        assert selector["cloud.google.com/gke-tpu-accelerator"] == "tpu-v5-lite-podslice"
+        assert int(chips) == TPU_CHIPS_PER_HOST[topology], (name, topology, chips)
+        assert tier["hosts"] == TPU_HOSTS[topology]
+        mesh_devices = 1
+        for d in tier["mesh"]["shape"]:
+            mesh_devices *= d
+        assert mesh_devices == TPU_CHIPS_PER_HOST[topology] * TPU_HOSTS[topology]
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_images_commands_configmaps_and_recipes_are_real(overlay):
+    docs = render(overlay)
+    js = jobset(docs)
+    cms = configmaps(docs)
+    names = [rj["name"] for rj in js["spec"]["replicatedJobs"]]
+    for rj in js["spec"]["replicatedJobs"]:
+        for dep in rj.get("dependsOn", []):
+            assert dep["name"] in names[: names.index(rj["name"])] and dep["status"] == "Complete"
+    assert names[0] == "data-prep" and names[-2:] == ["eval", "report"]
+    for name, spec in pod_specs(js):
+        for volume in spec["volumes"]:
+            if "configMap" in volume:
+                assert volume["configMap"]["name"] in cms, volume
+        container = spec["containers"][0]
+        image = container["image"].rsplit("/", 1)[-1].removeprefix("showwork-")
+        dockerfile = REPO / "images" / f"{image}.Dockerfile"
+        assert dockerfile.exists(), container["image"]
+        module = entrypoint_module(dockerfile)
+        if name == "report":
+            assert container["command"][-1] == "jobs.report"
+            module = "jobs.report"
+        assert (REPO / (module.replace(".", "/") + ".py")).exists(), module
+        env = run_settings(docs, spec)
+        recipe_arg = expand(container["args"][0], env)
+        key = recipe_arg.removeprefix("/config/")
+        recipes = next(data for n, data in cms.items() if n.startswith("showwork-recipes"))
+        assert key in recipes and (REPO / "k8s" / "base" / "recipes" / key).exists(), recipe_arg
+        assert expand(container["args"][1], env) == "/config/tier.yaml" and "tier.yaml" in recipes
+    eval_job = next(rj for rj in js["spec"]["replicatedJobs"] if rj["name"] == "eval")["template"]["spec"]
+    assert eval_job["completionMode"] == "Indexed"
+    assert eval_job["completions"] == eval_job["parallelism"] == tier_of(docs)["eval_shards"]
+
+
+def entrypoint_module(dockerfile: Path) -> str:
+    match = re.search(r'ENTRYPOINT \["python", "-m", "([\w.]+)"\]', dockerfile.read_text())
+    assert match, f"{dockerfile} has no python -m ENTRYPOINT"
+    return match.group(1)
+
+
+def expand(arg: str, env: dict) -> str:
+    return re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], arg)
+
+
+# ---------------------------------------------------------------- the manifests, executed
+
+TINY_HYBRID = """recipe: hybrid
+description: the hybrid recipe shrunk to the tiny model for the manifest run-through
+model: {name: tiny, lora: {rank: 4, alpha: 8}}
+data: {source: reasoning-gym, train_size: 12, eval_size: 4, seed: 4}
+sft: {max_steps: 3, max_seq_len: 1024, optimizer: {learning_rate: 1.0e-3}}
+grpo:
+  sessions: 1
+  prompts_per_session: 2
+  steps_per_session: 2
+  num_generations: 2
+  rollout: {max_prompt_length: 512, max_tokens_to_generate: 6, temperature: 1.0, top_k: 20}
+  rewards: {hybrid: 1.0}
+eval: {models: [base, grpo], methods: [greedy], max_tokens: 6}
+"""
+
+
+@needs_kubectl
+def test_hybrid_cpu_manifests_run_locally_in_dependency_order(tmp_path, gcs_server):
+    docs = render("hybrid-cpu")
+    js = jobset(docs)
+    recipes = next(data for n, data in configmaps(docs).items() if n.startswith("showwork-recipes"))
+    config_dir = tmp_path / "config"
+    config_dir.mkdir()
+    for key, text in recipes.items():
+        (config_dir / key).write_text(text)
+    # Same command lines, tiny weights: only the recipe file's contents shrink.
+    assert yaml.safe_load(recipes["hybrid.yaml"])["recipe"] == "hybrid"
+    (config_dir / "hybrid.yaml").write_text(TINY_HYBRID)
+
+    done: set[str] = set()
+    pending = list(js["spec"]["replicatedJobs"])
+    order = []
+    while pending:
+        ready = [rj for rj in pending if all(d["name"] in done for d in rj.get("dependsOn", []))]
+        assert ready, "dependsOn has a cycle or names a missing job"
+        rj = ready[0]
+        pending.remove(rj)
+        job_spec = rj["template"]["spec"]
+        pod = job_spec["template"]["spec"]
+        container = pod["containers"][0]
+        env = run_settings(docs, pod)
+        # The bus: a bucket on fake-gcs-server instead of the kind PVC.
+        env["SHOWWORK_ROOT"] = "gs://showwork-test/manifest-run"
+        image = container["image"].rsplit("/", 1)[-1].removeprefix("showwork-")
+        module = entrypoint_module(REPO / "images" / f"{image}.Dockerfile")
+        command = container.get("command") or [sys.executable, "-m", module]
+        if container.get("command"):
+            command = [sys.executable, *container["command"][1:]]
+        args = [expand(a, env).replace("/config/", f"{config_dir}/") for a in container["args"]]
+        indices = range(job_spec.get("completions", 1)) if job_spec.get("completionMode") == "Indexed" else [None]
+        for index in indices:
+            extra = {**env, "STORAGE_EMULATOR_HOST": gcs_server.url, "SHOWWORK_CACHE": str(tmp_path / "cache")}
+            if index is not None:
+                extra["JOB_COMPLETION_INDEX"] = str(index)
+            out = subprocess.run(command + args, cwd=REPO, env=job_env(**extra), capture_output=True, text=True,
+                                 timeout=900)
+            assert out.returncode == 0, f"{rj['name']} (index {index}) failed:\n{out.stderr[-3000:]}"
+        done.add(rj["name"])
+        order.append(rj["name"])
+    assert order == ["data-prep", "sft", "grpo", "eval", "report"]
+
+    from showwork.bus import Bus
+
+    bus = Bus("gs://showwork-test/manifest-run/hybrid-001")
+    metrics = bus.read_json("report/metrics.json")
+    assert list(metrics["models"]) == ["base", "grpo"]
+    shards = tier_of(docs)["eval_shards"]
+    assert shards == 2 and all(bus.exists(f"eval/base/shard-{i}-of-2/_SUCCESS") for i in range(2))
+    assert bus.exists("grpo/s-0/model/model.safetensors") and bus.exists("sft/model/model.safetensors")
+
+
+def test_status_without_a_cluster_shows_bus_markers(tmp_path):
+    from showwork.bus import Bus, Marker, write_marker
+
+    bus = Bus(str(tmp_path / "r-001"))
+    bus.write_text("data/train.jsonl", "{}\n")
+    write_marker(bus, Marker(stage="data", digest="d", outputs=["data/train.jsonl"], started=1.0, finished=4.0))
+    out = subprocess.run([sys.executable, "-m", "jobs.status", "r-001", "--root", str(tmp_path)], cwd=REPO,
+                         env=job_env(KUBECONFIG=str(tmp_path / "missing")), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0
+    assert "cluster: unavailable" in out.stderr and "bus markers only" in out.stderr
+    assert "data" in out.stdout and "done in 3s" in out.stdout
+    nothing = subprocess.run([sys.executable, "-m", "jobs.status", "nope", "--root", str(tmp_path)], cwd=REPO,
+                             env=job_env(KUBECONFIG=str(tmp_path / "missing")), capture_output=True, text=True,
+                             timeout=60)
+    assert nothing.returncode == 1 and "nothing known about run 'nope'" in nothing.stderr
