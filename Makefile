@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-RECIPE ?= quickstart
+RECIPE ?= demo
 TIER ?= cpu
 
 .PHONY: install demo test test-fast lock clean kind-demo
@@ -17,8 +17,9 @@ $(VENV)/.installed: lib/requirements.lock lib/pyproject.toml
 	$(BIN)/pip install --quiet --no-deps -e lib
 	touch $@
 
+# The embedded default: the whole pipeline on this machine, report under runs/$(RECIPE)/report/.
 demo: install
-	$(BIN)/python -m jobs.prepare_data k8s/base/recipes/$(RECIPE).yaml k8s/components/$(TIER)/tier.yaml
+	$(BIN)/python -m jobs.pipeline k8s/base/recipes/$(RECIPE).yaml k8s/components/$(TIER)/tier.yaml
 
 test: install
 	$(BIN)/python -m pytest

@@ -68,7 +68,7 @@ def test_pipeline_end_to_end_with_a_kill_mid_sft(tmp_path):
     assert "resuming from checkpoint" in resumed.stderr
     assert "report: " in resumed.stdout and "report.html" in resumed.stdout
     metrics = json.loads((tmp_path / "tiny-pipeline" / "report" / "metrics.json").read_text())
-    assert list(metrics["models"]) == ["base", "sft", "grpo"]
+    assert metrics["model_order"] == ["base", "sft", "grpo"] and set(metrics["models"]) == {"base", "sft", "grpo"}
     assert all(metrics["models"][m]["greedy"]["questions"] == 6 for m in metrics["models"])
     sft_steps = [r["step"] for r in bus.read_jsonl("sft/metrics.jsonl")]
     assert sft_steps == list(range(1, 41))  # every step once: none lost, none repeated

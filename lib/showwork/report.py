@@ -107,7 +107,9 @@ def by_length(records: list[dict], method: str) -> dict[str, dict]:
 
 def compute(records_by_model: dict[str, list[dict]], methods: list[str]) -> dict:
     """Every number in the report, from merged records (model order = report order)."""
-    out: dict = {"models": {}, "between_methods": {}, "between_models": {}, "by_reasoning_length": {}}
+    # metrics.json is written with sorted keys; these lists keep the report's order.
+    out: dict = {"model_order": list(records_by_model), "method_order": list(methods),
+                 "models": {}, "between_methods": {}, "between_models": {}, "by_reasoning_length": {}}
     outcome = {m: {meth: {r["id"]: bool(r["methods"][meth]["correct"]) for r in recs if meth in r["methods"]}
                    for meth in methods} for m, recs in records_by_model.items()}
     for model, recs in records_by_model.items():

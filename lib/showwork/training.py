@@ -140,6 +140,11 @@ class Checkpoints:
     def __init__(self, directory: str, keep: int, every: int):
         import orbax.checkpoint as ocp
 
+        emulator = os.environ.get("STORAGE_EMULATOR_HOST")
+        if emulator and directory.startswith("gs://"):
+            # tensorstore (under orbax) has its own GCS client: point it at the
+            # same emulator the bus uses, or it would try the real endpoint.
+            os.environ.setdefault("TENSORSTORE_GCS_HTTP_URL", emulator)
         self.ocp = ocp
         self.every = max(1, every)
         self.directory = directory
