@@ -353,7 +353,7 @@ def apply_lora(model: nnx.Module, rank: int, alpha: float, targets: str = DEFAUL
 
     kwargs = {}
     if quantize:
-        kwargs = {"weight_qtype": quantize, "tile_size": 128}
+        kwargs = {"weight_qtype": quantize, "tile_size": None}
     provider = qwix.LoraProvider(module_path=targets, rank=rank, alpha=alpha, **kwargs)
     example = _example_inputs(model)
     return qwix.apply_lora_to_model(model, provider, rngs=nnx.Rngs(seed), **example)
