@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from showwork import cli, grpo, log, training
+from showwork import cli, grpo, log
 
 
 def add_arguments(parser):
@@ -22,13 +22,10 @@ def main(cfg, bus, args):
     logger = log.get("grpo_session", run=bus.root)
     sessions = [args.session] if args.session >= 0 else list(range(cfg.grpo.sessions if cfg.grpo else 0))
     markers = []
-    try:
+    with cli.exit_zero_on_preemption(logger):
         for session in sessions:
             marker, _ = grpo.run(bus, cfg, session, logger)
             markers.append(marker)
-    except training.Preempted as stop:
-        logger.warning("preempted; checkpoint saved, exiting for a restart", detail=str(stop))
-        raise SystemExit(0) from None
     return markers
 
 

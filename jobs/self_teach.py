@@ -8,16 +8,13 @@ Skipped when done; sampling is not repeated after a restart; SFT resumes from it
 
 from __future__ import annotations
 
-from showwork import cli, log, self_teach, training
+from showwork import cli, log, self_teach
 
 
 def main(cfg, bus, args=None):
     logger = log.get("self_teach", run=bus.root)
-    try:
+    with cli.exit_zero_on_preemption(logger):
         marker, _ = self_teach.run(bus, cfg, logger)
-    except training.Preempted as stop:
-        logger.warning("preempted; checkpoint saved, exiting for a restart", detail=str(stop))
-        raise SystemExit(0) from None
     return marker
 
 

@@ -8,16 +8,13 @@ Skipped when done; on SIGTERM saves a checkpoint and exits 0; re-run resumes.
 
 from __future__ import annotations
 
-from showwork import cli, log, sft, training
+from showwork import cli, log, sft
 
 
 def main(cfg, bus, args=None):
     logger = log.get("sft", run=bus.root)
-    try:
+    with cli.exit_zero_on_preemption(logger):
         marker, _ = sft.run(bus, cfg, logger)
-    except training.Preempted as stop:
-        logger.warning("preempted; checkpoint saved, exiting for a restart", detail=str(stop))
-        raise SystemExit(0) from None
     return marker
 
 

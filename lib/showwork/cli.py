@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -58,3 +59,15 @@ def run(doc: str, main, argv: list[str] | None = None, add_arguments=None):
         log_lib.get("showwork").error(str(err), error=type(err).__name__)
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
+
+
+@contextlib.contextmanager
+def exit_zero_on_preemption(logger):
+    """A training job that saved its checkpoint on SIGTERM exits 0 for its restart."""
+    from showwork.training import Preempted
+
+    try:
+        yield
+    except Preempted as stop:
+        logger.warning("preempted; checkpoint saved, exiting for a restart", detail=str(stop))
+        raise SystemExit(0) from None
