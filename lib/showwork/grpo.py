@@ -178,7 +178,7 @@ def train_session(bus: Bus, loaded, rows: list[dict], *, session: int, grpo, bat
             }
             metrics.log(step + 1, **summary)
             log.info("grpo step", session=session, step=step + 1, of=total,
-                     **{k: round(v, 4) for k, v in summary.items()})
+                     **{k: float(f"{v:.4g}") for k, v in summary.items()})
             meta = {"digest": digest, "step": step + 1}
             saved = ckpt.save(step + 1, (trainable, opt_state), meta)
             if saved:
