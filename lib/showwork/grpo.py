@@ -184,25 +184,12 @@ def train_session(bus: Bus, loaded, rows: list[dict], *, session: int, grpo, bat
             if saved:
                 metrics.flush()
             if guard.requested and step + 1 < last:
-                if not saved:
-                    ckpt.save(step + 1, (trainable, opt_state), meta, force=True)
-                metrics.close()
-                ckpt.close()
-                raise training.Preempted(f"SIGTERM: saved GRPO step {step + 1}")
+                training.stop_for_preemption(ckpt, metrics, step + 1, (trainable, opt_state), meta, saved)
     ckpt.save(last, (trainable, opt_state), {"digest": digest, "step": last}, force=True)
     ckpt.close()
     metrics.close()
     nnx.update(loaded.model, trainable)
     return {**summary, "session": session, "steps": last - start, "global_step": last}
-
-
-def start_model(bus: Bus, cfg):
-    """The policy GRPO starts from: the SFT export when the recipe has SFT, else the base model."""
-    from showwork import models
-
-    if cfg.sft is not None:
-        return models.load_dir(training.local_model_dir(bus, "sft/model"), cfg.tier.dtype)
-    return models.load(cfg.model.name, cfg.model.path, cfg.tier.dtype, seed=cfg.grpo.seed)
 
 
 def run(bus: Bus, cfg, session: int, log):
@@ -220,7 +207,7 @@ def run(bus: Bus, cfg, session: int, log):
 
     def body() -> StageResult:
         rows = bus.read_jsonl("data/train.jsonl")
-        loaded = start_model(bus, cfg)
+        loaded = training.start_model(bus, cfg, grpo.seed)
         lora = cfg.model.lora
         if lora:
             loaded.model = training.add_lora(loaded.model, lora.rank, lora.alpha, lora.targets, lora.quantize, grpo.seed)

@@ -32,14 +32,6 @@ def keepers(rows: list[dict], texts: list[str], k: int, keep_per_question: int) 
                   "kept": len(kept), "yield": len(kept) / sampled if sampled else 0.0}
 
 
-def start_model(bus: Bus, cfg):
-    from showwork import models
-
-    if cfg.sft is not None:
-        return models.load_dir(training.local_model_dir(bus, "sft/model"), cfg.tier.dtype)
-    return models.load(cfg.model.name, cfg.model.path, cfg.tier.dtype)
-
-
 def run(bus: Bus, cfg, log):
     from showwork import config as config_lib, sft
 
@@ -51,7 +43,7 @@ def run(bus: Bus, cfg, log):
 
     def body() -> StageResult:
         rows = bus.read_jsonl("data/train.jsonl")[: st.questions]
-        loaded = start_model(bus, cfg)
+        loaded = training.start_model(bus, cfg)
         if not bus.exists("self-teach/samples.jsonl"):
             settings = sampling.SampleSettings(st.max_tokens, st.temperature, st.top_k, None)
             prompts = [r["prompt"] for r in rows for _ in range(st.samples_per_question)]

@@ -133,15 +133,12 @@ def train(bus: Bus, loaded, rows: list[dict], *, stage: str, seed: int, batch: i
                     "tokens_per_second": tokens / timer.seconds}
             metrics.log(step + 1, **last)
             log.info("sft step", step=step + 1, of=steps, **{k: round(v, 6) for k, v in last.items()})
-            saved = ckpt.save(step + 1, (trainable, opt_state), {"digest": digest, "step": step + 1})
+            meta = {"digest": digest, "step": step + 1}
+            saved = ckpt.save(step + 1, (trainable, opt_state), meta)
             if saved:
                 metrics.flush()
             if guard.requested:
-                if not saved:
-                    ckpt.save(step + 1, (trainable, opt_state), {"digest": digest, "step": step + 1}, force=True)
-                metrics.close()
-                ckpt.close()
-                raise training.Preempted(f"SIGTERM: saved step {step + 1} of {steps}")
+                training.stop_for_preemption(ckpt, metrics, step + 1, (trainable, opt_state), meta, saved)
     ckpt.save(steps, (trainable, opt_state), {"digest": digest, "step": steps}, force=True)
     ckpt.close()
     metrics.close()

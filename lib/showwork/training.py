@@ -348,3 +348,21 @@ def local_model_dir(bus: Bus, key_prefix: str) -> str:
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, target)
     return str(target)
+
+
+def start_model(bus: Bus, cfg, seed: int = 0):
+    """The model a post-SFT stage starts from: the SFT export when the recipe has SFT, else the base model."""
+    from showwork import models
+
+    if cfg.sft is not None:
+        return models.load_dir(local_model_dir(bus, "sft/model"), cfg.tier.dtype)
+    return models.load(cfg.model.name, cfg.model.path, cfg.tier.dtype, seed=seed)
+
+
+def stop_for_preemption(ckpt: "Checkpoints", metrics: "Metrics", step: int, tree, meta: dict, saved: bool):
+    """SIGTERM arrived: make sure `step` is checkpointed, flush metrics, raise Preempted."""
+    if not saved:
+        ckpt.save(step, tree, meta, force=True)
+    metrics.close()
+    ckpt.close()
+    raise Preempted(f"SIGTERM: saved step {step}")
