@@ -60,6 +60,40 @@ def test_stop_token_ends_a_row(tiny):
     assert all(len(c) == 1 for c in out.completion_ids)
 
 
+def test_stop_sequence_ends_a_row_and_stays_in_the_text(tiny):
+    free = sampling.generate(tiny, PROMPTS, sampling.SampleSettings(max_new_tokens=12), batch_size=4)
+    # Stop at whatever the first row says in its tokens 2..3: that row must end
+    # right there, with the sequence kept; the rows are otherwise unchanged.
+    target = tuple(free.tokens[0][2:4])
+    assert len(target) == 2
+    cut = sampling.generate(tiny, PROMPTS, sampling.SampleSettings(max_new_tokens=12), batch_size=4,
+                            stop_strings=(tiny.tokenizer.decode(list(target)),))
+    sequences = sampling.stop_sequences(tiny.tokenizer, (tiny.tokenizer.decode(list(target)),))
+    if target in sequences:
+        assert cut.tokens[0] == free.tokens[0][:4] and cut.stopped[0]
+        assert cut.completion_ids[0] == free.tokens[0][:4]
+    for free_row, cut_row in zip(free.tokens, cut.tokens):
+        assert free_row[:len(cut_row)] == cut_row
+
+
+@pytest.mark.parametrize("gen, kept, text", [
+    ([5, 6, 7, 1, 0, 0], [5, 6, 7, 1], [5, 6, 7]),  # stop token: left out of the text
+    ([5, 8, 9, 4, 0, 0], [5, 8, 9], [5, 8, 9]),  # stop sequence 8 9: kept in the text
+    ([8, 5, 9, 9, 0, 0], [8, 5, 9, 9], [8, 5, 9, 9]),  # 8 and 9 apart: no stop
+    ([9, 1, 8, 9, 0, 0], [9, 1], [9]),  # whichever comes first
+    ([5, 6, 7, 3], [5, 6, 7, 3], [5, 6, 7, 3]),  # ran to the limit
+])
+def test_cut_table(gen, kept, text):
+    assert sampling._cut(gen, (1,), ((8, 9),)) == (kept, text)
+
+
+def test_answer_close_spellings_on_the_real_tokenizer(gemma270m):
+    sequences = sampling.stop_sequences(gemma270m.tokenizer, ("</answer>",))
+    for context in ("20\n</answer>", "20</answer>", "so 20 </answer>"):
+        ids = tuple(gemma270m.tokenizer.encode(context))
+        assert any(ids[-len(q):] == q for q in sequences), context
+
+
 @pytest.mark.slow
 def test_greedy_matches_tunix_sampler_on_the_real_model(gemma270m):
     from tunix.generate import sampler as sampler_lib

@@ -213,6 +213,9 @@ class EvalConfig:
     top_k: Optional[int] = 50  # for sampled methods; greedy ignores it
     seed: int = 0
     questions: Optional[int] = None  # None: the whole eval split
+    # Sampling also stops at these strings (kept in the text). What follows the
+    # first `</answer>` cannot change the score; an empty list scores whole turns.
+    stop_strings: tuple[str, ...] = ("</answer>",)
 
     def problems(self):
         if self.samples <= 0:

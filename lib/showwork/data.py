@@ -216,10 +216,16 @@ def to_row(record: dict | Rejected, source: str, calculator: str, max_question: 
 
 
 def clean_rows(records: Iterable[dict | Rejected], source: str, calculator: str,
-               max_question: int, max_solution: int, dropped: Counter) -> list[Row]:
-    """Rows in input order, duplicates (same question) and rejects counted in `dropped`."""
+               max_question: int, max_solution: int, dropped: Counter, limit: int | None = None) -> list[Row]:
+    """Rows in input order, duplicates (same question) and rejects counted in `dropped`.
+
+    With `limit`, stops reading once that many rows are kept (a generated
+    source is drawn from until the filters have let enough through).
+    """
     rows, seen = [], set()
     for record in records:
+        if limit is not None and len(rows) >= limit:
+            break
         row = to_row(record, source, calculator, max_question, max_solution)
         if isinstance(row, Rejected):
             dropped[row.reason] += 1
@@ -272,12 +278,17 @@ def build_splits(source: str, path: str | None, eval_path: str | None, task: str
     """Train and eval rows (disjoint by question) and the stats of the cleaning."""
     rows_in: Counter = Counter()
     dropped: Counter = Counter()
-    clean = lambda recs, key: clean_rows(_counted(recs, rows_in, key), source, calculator,  # noqa: E731
-                                         max_question, max_solution, dropped)
+    clean = lambda recs, key, keep=None: clean_rows(_counted(recs, rows_in, key), source, calculator,  # noqa: E731
+                                                    max_question, max_solution, dropped, keep)
     limit = 4 * (offset + train_size + eval_size) + 1000
     if source == "reasoning-gym":
-        train = clean(reasoning_gym_records(task, offset + train_size, seed), "train")[offset:]
-        evals = clean(reasoning_gym_records(task, eval_size, seed + REASONING_GYM_EVAL_SEED_OFFSET), "eval")
+        # Generation is cheap and seeded per item, so we draw until the length
+        # filters have kept the requested counts (capped, in case the filters
+        # reject nearly everything; stats then show the shortfall).
+        want_train = offset + train_size
+        train = clean(reasoning_gym_records(task, 10 * want_train + 100, seed), "train", want_train)[offset:]
+        evals = clean(reasoning_gym_records(task, 10 * eval_size + 100, seed + REASONING_GYM_EVAL_SEED_OFFSET),
+                      "eval", eval_size)
     elif eval_path or (source == "gsm8k" and not path):
         train = shuffled(clean(_source_records(source, path, "train", limit), "train"), seed)[offset:offset + train_size]
         eval_records = read_records(eval_path) if eval_path else _source_records(source, None, "test", limit)

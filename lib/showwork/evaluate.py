@@ -72,7 +72,8 @@ def row_seed(seed: int, question_id: str, method: str, sample: int) -> int:
 
 
 def evaluate_rows(loaded, rows: list[dict], plan: dict[str, list[float]], *, max_tokens: int, batch_size: int,
-                  seed: int, top_k: int | None, prompt_len: int | None = None, log=None) -> list[dict]:
+                  seed: int, top_k: int | None, prompt_len: int | None = None,
+                  stop_strings: tuple[str, ...] = (), log=None) -> list[dict]:
     """Sample and score every method for every row; one record per row.
 
     `prompt_len` should be fixed for the whole eval split (not the shard),
@@ -85,7 +86,7 @@ def evaluate_rows(loaded, rows: list[dict], plan: dict[str, list[float]], *, max
             # Each (method, sample) has its own seed: maj@k samples are independent draws.
             started = time.perf_counter()
             out = sampling.generate(loaded, [r["prompt"] for r in rows], settings, batch_size=batch_size,
-                                    prompt_len=prompt_len,
+                                    prompt_len=prompt_len, stop_strings=stop_strings,
                                     row_seeds=[row_seed(seed, r["id"], method, t_index) for r in rows])
             if log:
                 log.info("sampled", method=method, sample=t_index + 1, of=len(temps), questions=len(rows),
@@ -139,7 +140,8 @@ def run_shard(bus: Bus, cfg, model: str, index: int, count: int, log):
         plan = method_plan(ev.methods, ev.samples, ev.temperature, ev.consensus_temperatures)
         started = time.perf_counter()
         records = evaluate_rows(loaded, mine, plan, max_tokens=ev.max_tokens, batch_size=cfg.tier.eval_batch,
-                                seed=ev.seed, top_k=ev.top_k, prompt_len=prompt_len, log=log)
+                                seed=ev.seed, top_k=ev.top_k, prompt_len=prompt_len,
+                                stop_strings=ev.stop_strings, log=log)
         seconds = time.perf_counter() - started
         bus.write_jsonl(f"{key}.jsonl", records)
         first = [r["methods"][ev.methods[0]]["correct"] for r in records]

@@ -12,7 +12,10 @@ Used by evaluation and by GRPO rollouts. Design choices (and why):
   top-p without top-k uses the best `TOP_P_CANDIDATES` tokens; the mass
   outside them is negligible for a trained LM and this keeps every step
   sort-free.
-* The loop exits as soon as every row has produced a stop token.
+* The loop exits as soon as every row has produced a stop token or a stop
+  sequence (evaluation stops at `</answer>`: what follows cannot change the
+  score, and a base model that keeps talking would otherwise run to the
+  token limit).
 * Deterministic: the same seed, prompts and settings give the same tokens.
 """
 
@@ -109,8 +112,47 @@ def project(model, hidden):
     return logits.astype(jnp.float32)
 
 
-@partial(nnx.jit, static_argnames=("max_new", "temperature", "top_k", "top_p", "stop_ids"))
-def _generate(model, prompt_ids, prompt_valid, row_keys, *, max_new, temperature, top_k, top_p, stop_ids):
+def stop_sequences(tokenizer, texts: tuple[str, ...]) -> tuple[tuple[int, ...], ...]:
+    """Token-id sequences that spell each stop string.
+
+    SentencePiece spells `</answer>` differently after a space (`▁</`) than
+    after a newline or a digit (`</`), so both spellings are stop sequences.
+    A spelling we miss only means the row runs on to its end-of-turn token.
+    """
+    found = []
+    for text in texts:
+        for spelled in (tokenizer.encode(text), tokenizer.encode(" " + text)):
+            if spelled and tuple(spelled) not in found:
+                found.append(tuple(spelled))
+    return tuple(found)
+
+
+def _ends_with(out, step, sequence: tuple[int, ...]):
+    """Rows whose tokens up to `step` end with `sequence` ([B] bool)."""
+    length = len(sequence)
+    start = jnp.maximum(step - length + 1, 0)
+    window = jax.lax.dynamic_slice_in_dim(out, start, length, axis=1)
+    return (step >= length - 1) & jnp.all(window == jnp.asarray(sequence, jnp.int32)[None], axis=1)
+
+
+def _cut(gen: list[int], stop_ids: tuple[int, ...], sequences: tuple[tuple[int, ...], ...]) -> tuple[list[int], list[int]]:
+    """(kept ids incl. what stopped the row, text ids) for one generated row.
+
+    A stop token is left out of the text; a stop sequence (`</answer>`)
+    stays in it, since it is part of the answer's format.
+    """
+    for i, t in enumerate(gen):
+        if t in stop_ids:
+            return gen[:i + 1], gen[:i]
+        if any(tuple(gen[i - len(q) + 1:i + 1]) == q for q in sequences if i + 1 >= len(q)):
+            return gen[:i + 1], gen[:i + 1]
+    kept = [t for t in gen if t != PAD_ID]
+    return kept, kept
+
+
+@partial(nnx.jit, static_argnames=("max_new", "temperature", "top_k", "top_p", "stop_ids", "sequences"))
+def _generate(model, prompt_ids, prompt_valid, row_keys, *, max_new, temperature, top_k, top_p, stop_ids,
+              sequences=()):
     batch, plen = prompt_ids.shape
     size = plen + max_new
     dtype = model.embedder.input_embedding.value.dtype
@@ -133,6 +175,8 @@ def _generate(model, prompt_ids, prompt_valid, row_keys, *, max_new, temperature
         token = jnp.where(done, PAD_ID, token)
         out = out.at[:, step].set(token)
         done = done | jnp.isin(token, stops)
+        for sequence in sequences:
+            done = done | _ends_with(out, step, sequence)
         slot = plen + step
         valid = valid.at[:, slot].set(True)
         pos = (lengths + step)[:, None]
@@ -152,7 +196,8 @@ def _generate(model, prompt_ids, prompt_valid, row_keys, *, max_new, temperature
 
 def generate(loaded: Loaded, prompts: list[str], settings: SampleSettings, *, seed: int = 0,
              batch_size: int = 8, stop_ids: tuple[int, ...] | None = None,
-             prompt_len: int | None = None, row_seeds: list[int] | None = None) -> Samples:
+             prompt_len: int | None = None, row_seeds: list[int] | None = None,
+             stop_strings: tuple[str, ...] = ()) -> Samples:
     """Complete each prompt (BOS is prepended); rows are processed in batches.
 
     `prompt_len` fixes the padded prompt length (one compiled program for
@@ -166,6 +211,7 @@ def generate(loaded: Loaded, prompts: list[str], settings: SampleSettings, *, se
         raise ValueError("row_seeds must have one seed per prompt")
     tok = loaded.tokenizer
     stop_ids = tuple(stop_ids or (EOS_ID, tok.end_of_turn_id))
+    sequences = stop_sequences(tok, tuple(stop_strings))
     encoded = [tok.encode(p, bos=True) for p in prompts]
     result = Samples([], [], [], [], [])
     for start in range(0, len(encoded), batch_size):
@@ -186,13 +232,11 @@ def generate(loaded: Loaded, prompts: list[str], settings: SampleSettings, *, se
         keys = jax.vmap(jax.random.key)(jnp.asarray(np.asarray([x % 2**32 for x in seeds], np.uint32)))
         out, done = _generate(loaded.model, jnp.asarray(ids), jnp.asarray(ok), keys,
                               max_new=settings.max_new_tokens, temperature=float(settings.temperature),
-                              top_k=settings.top_k, top_p=settings.top_p, stop_ids=stop_ids)
+                              top_k=settings.top_k, top_p=settings.top_p, stop_ids=stop_ids,
+                              sequences=sequences)
         out, done = np.asarray(out), np.asarray(done)
         for r in range(rows):
-            gen = [int(t) for t in out[r]]
-            cut = next((i for i, t in enumerate(gen) if t in stop_ids), None)
-            kept = gen[:cut + 1] if cut is not None else [t for t in gen if t != PAD_ID]
-            gen = kept[:-1] if cut is not None else kept
+            kept, gen = _cut([int(t) for t in out[r]], stop_ids, sequences)
             result.completion_ids.append(kept)
             result.tokens.append(gen)
             result.texts.append(tok.decode(gen))
