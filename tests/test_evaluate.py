@@ -152,3 +152,113 @@ def test_three_shards_merge_to_the_same_metrics_as_one(prepared, tmp_path):
     assert page.count("data:image/png;base64,") >= 2 and "<table>" in page
     md = (three / "tiny-eval" / "report" / "report.md").read_text()
     assert "lm-eval strict-match" in md and "![Accuracy per model and method](accuracy.png)" in md
+
+
+# Written for this test in GSM8K's format (question, worked answer ending `#### N`).
+GSM8K_STYLE = [
+    ("A baker makes 24 muffins and sells 9 of them. How many muffins are left?",
+     "24 - 9 = <<24-9=15>>15 muffins are left.\n#### 15"),
+    ("Tom has 3 boxes with 12 pencils in each box. How many pencils does he have?",
+     "3 * 12 = <<3*12=36>>36 pencils.\n#### 36"),
+    ("A farm sells eggs at $2 per dozen. How much do 5 dozen eggs cost?",
+     "5 * 2 = <<5*2=10>>10 dollars.\n#### 10"),
+    ("Lisa read 45 pages on Monday and twice as many on Tuesday. How many pages did she read in total?",
+     "Tuesday: 45 * 2 = <<45*2=90>>90. Total: 45 + 90 = <<45+90=135>>135.\n#### 135"),
+    ("A school buys 9 buses that each seat 1,200 students over a year. How many seats is that?",
+     "9 * 1200 = <<9*1200=10800>>10800.\n#### 10,800"),
+    ("Sam had 50 stickers and gave 7 to each of his 4 friends. How many stickers does he have now?",
+     "7 * 4 = <<7*4=28>>28 given away. 50 - 28 = <<50-28=22>>22.\n#### 22"),
+]
+
+
+def _number(text):
+    """The test's own reading of a number: commas, `$` and a trailing `.0` ignored."""
+    if text is None:
+        return None
+    cleaned = text.replace(",", "").replace("$", "").strip()
+    try:
+        value = float(cleaned)
+    except ValueError:
+        return cleaned
+    return int(value) if value == int(value) else value
+
+
+@pytest.mark.slow
+def test_real_model_report_matches_shard_records_recomputed(tmp_path):
+    """Gemma 3 270M, greedy and maj@4 over two shards: every number the report
+    prints is recomputed here from the shard records without the report code."""
+    import re
+    from collections import Counter
+
+    data = tmp_path / "gsm8k.jsonl"
+    data.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in GSM8K_STYLE))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"""recipe: real-eval
+model: {{name: gemma3-270m}}
+data: {{source: gsm8k, path: {data}, train_size: 0, eval_size: 6}}
+eval:
+  models: [base]
+  methods: [greedy, majority]
+  samples: 4
+  temperature: 0.7
+  max_tokens: 64
+""")
+    root = tmp_path / "runs"
+    assert run("jobs.prepare_data", recipe, CPU, "--root", root).returncode == 0
+    for index in (0, 1):
+        done = run("jobs.evaluate", recipe, CPU, "--root", root, "--shards", "2", JOB_COMPLETION_INDEX=str(index))
+        assert done.returncode == 0, done.stderr[-3000:]
+    done = run("jobs.report", recipe, CPU, "--root", root, "--shards", "2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    bus = Bus(str(root / "real-eval"))
+    metrics = bus.read_json("report/metrics.json")
+    records = bus.read_jsonl("eval/base/shard-0-of-2.jsonl") + bus.read_jsonl("eval/base/shard-1-of-2.jsonl")
+    assert sorted(r["gold"] for r in records) == sorted(["15", "36", "10", "135", "10800", "22"])
+
+    answer_tag = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.S)
+    for method, k in (("greedy", 1), ("majority", 4)):
+        correct_questions, samples_right, well_formed, samples_seen = 0, 0, 0, 0
+        for r in records:
+            result = r["methods"][method]
+            assert len(result["samples"]) == k
+            votes = Counter()
+            first_seen = {}
+            for i, s in enumerate(result["samples"]):
+                assert s["temperature"] == (0.0 if method == "greedy" else 0.7)
+                # The recorded text is what the model wrote: at most 64 tokens, stopped at </answer>.
+                if "</answer>" in s["text"]:  # nothing after it but the rest of its last token (`>.`)
+                    assert len(s["text"].split("</answer>", 1)[1]) <= 3, s["text"]
+                tagged = answer_tag.findall(s["text"])
+                if tagged and s["method"] == "xml" and isinstance(_number(tagged[-1]), (int, float)):
+                    assert _number(s["extracted"]) == _number(tagged[-1])
+                right = s["extracted"] is not None and _number(s["extracted"]) == _number(r["gold"])
+                assert s["correct"] == right
+                samples_right += right
+                samples_seen += 1
+                stripped = s["text"].strip()
+                ours_well_formed = (stripped.startswith("<reasoning>") and stripped.endswith("</answer>")
+                                    and all(stripped.count(t) == 1 for t in
+                                            ("<reasoning>", "</reasoning>", "<answer>", "</answer>")))
+                if not ours_well_formed:
+                    assert not s["well_formed"]
+                well_formed += s["well_formed"]
+                if s["extracted"] is not None:
+                    key = _number(s["extracted"])
+                    votes[key] += 1
+                    first_seen.setdefault(key, i)
+            if votes:
+                top = max(votes.values())
+                winner = min((key for key in votes if votes[key] == top), key=first_seen.get)
+            else:
+                winner = None
+            assert (_number(result["vote"]) if result["vote"] is not None else None) == winner
+            question_right = winner is not None and winner == _number(r["gold"])
+            assert result["correct"] == question_right
+            correct_questions += question_right
+        reported = metrics["models"]["base"][method]
+        assert reported["questions"] == 6 and reported["correct"] == correct_questions
+        assert reported["accuracy"] == pytest.approx(correct_questions / 6)
+        assert reported["sample_accuracy"] == pytest.approx(samples_right / samples_seen)
+        assert reported["format_compliance"] == pytest.approx(well_formed / samples_seen)
+        md = bus.read_text("report/report.md")
+        assert f"{100 * correct_questions / 6:.1f}%" in md

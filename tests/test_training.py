@@ -113,6 +113,24 @@ def test_sft_resume_after_sigterm_equals_uninterrupted(tmp_path, text):
     assert "skipping" in skipped.stderr
 
 
+def test_qlora_sft_job_trains_and_exports_a_plain_model(tmp_path):
+    text = TINY_SFT.replace("lora: {rank: 4, alpha: 8}", "lora: {rank: 4, alpha: 8, quantize: int8}").replace(
+        "max_steps: 14", "max_steps: 8")
+    path = recipe(tmp_path, text)
+    run("jobs.prepare_data", path, CPU, "--root", tmp_path)
+    run("jobs.sft", path, CPU, "--root", tmp_path)
+    bus = Bus(str(tmp_path / "tiny-sft"))
+    losses = [m["loss"] for m in bus.read_jsonl("sft/metrics.jsonl")]
+    assert len(losses) == 8 and all(np.isfinite(losses)) and np.mean(losses[-3:]) < np.mean(losses[:3])
+    tensors = weights(tmp_path / "tiny-sft", "sft/model/model.safetensors")
+    assert not any("lora" in name for name in tensors)
+    assert all(t.dtype == np.float32 for t in tensors.values())
+    from showwork import models
+
+    reloaded = models.load_dir(str(tmp_path / "tiny-sft" / "sft" / "model"))
+    assert reloaded.model.layers[0].mlp.down_proj.kernel.value.dtype == np.float32
+
+
 def test_grpo_sessions_resume_after_sigterm_equals_uninterrupted(tmp_path):
     path = recipe(tmp_path, TINY_GRPO)
     for root in ("a", "b"):
@@ -192,15 +210,20 @@ def test_grpo_objective_matches_hand_computation():
     assert float(aux_kl["kl"]) > 0 and float(loss_kl) > float(loss)
 
 
-def test_lora_merge_matches_adapted_forward(tiny):
+@pytest.mark.parametrize("quantize", [None, "int8", "int4", "nf4"])
+def test_lora_merge_matches_adapted_forward(tiny, quantize):
+    """The exported (merged) model computes what the adapted model computed,
+    for LoRA and for QLoRA, whose base is folded in its quantised form."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
 
     from showwork import models
 
+    original = models.tiny(seed=4)
+    base_w = np.asarray(original.model.layers[0].mlp.down_proj.kernel.value).copy()
     loaded = models.tiny(seed=4)
-    loaded.model = training.add_lora(loaded.model, 4, 8.0, models.DEFAULT_LORA_TARGETS)
+    loaded.model = training.add_lora(loaded.model, 4, 8.0, models.DEFAULT_LORA_TARGETS, quantize)
     state = nnx.state(loaded.model, nnx.LoRAParam)
     leaves, tree = jax.tree.flatten(state)
     nnx.update(loaded.model, jax.tree.unflatten(tree, [x + 0.05 * jax.random.normal(jax.random.key(i), x.shape)
@@ -216,7 +239,15 @@ def test_lora_merge_matches_adapted_forward(tiny):
         reloaded = models.load_dir(tmp)
         merged, _ = reloaded.model(ids, pos, None, mask)
     assert not any("lora" in name for name in tensors)
+    assert all(t.dtype == np.float32 for t in tensors.values())
     assert np.abs(np.asarray(adapted) - np.asarray(merged)).max() < 1e-4
+    # For QLoRA the exported base differs from the original W by the
+    # quantisation error: folding into W itself would not reproduce training.
+    if quantize:
+        exported = tensors["model.layers.0.mlp.down_proj.weight"].T
+        lora = original.model.layers[0].mlp.down_proj  # unadapted module: W alone
+        assert lora.kernel.value.shape == exported.shape
+        assert np.abs(exported - base_w).max() > 1e-3
 
 
 def test_config_for_training_sections(tmp_path):

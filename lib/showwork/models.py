@@ -80,6 +80,12 @@ class Tokenizer:
     def piece(self, token_id: int) -> str:
         return self.sp.id_to_piece(int(token_id))
 
+    def ids_starting_with(self, text: str) -> list[int]:
+        """Ids of every piece that begins with `text` (e.g. `>`, `>.`, `>,`)."""
+        if not hasattr(self, "_pieces"):
+            self._pieces = [self.sp.id_to_piece(i) for i in range(self.vocab_size)]
+        return [i for i, piece in enumerate(self._pieces) if piece.startswith(text)]
+
 
 @dataclass
 class Loaded:

@@ -112,30 +112,45 @@ def project(model, hidden):
     return logits.astype(jnp.float32)
 
 
-def stop_sequences(tokenizer, texts: tuple[str, ...]) -> tuple[tuple[int, ...], ...]:
-    """Token-id sequences that spell each stop string.
+# A stop sequence: the token ids before its last token, and every token id
+# that can end it (see stop_sequences).
+StopSequence = tuple[tuple[int, ...], tuple[int, ...]]
+
+
+def stop_sequences(tokenizer, texts: tuple[str, ...]) -> tuple[StopSequence, ...]:
+    """The token spellings of each stop string.
 
     SentencePiece spells `</answer>` differently after a space (`▁</`) than
-    after a newline or a digit (`</`), so both spellings are stop sequences.
-    A spelling we miss only means the row runs on to its end-of-turn token.
+    after a newline or a digit (`</`), and merges its last character with
+    what follows (`>.`, `>,`): so each spelling is its leading tokens plus
+    the set of tokens that start with its last piece. A spelling we still
+    miss only means the row runs on to its end-of-turn token.
     """
-    found = []
+    found: list[StopSequence] = []
     for text in texts:
         for spelled in (tokenizer.encode(text), tokenizer.encode(" " + text)):
-            if spelled and tuple(spelled) not in found:
-                found.append(tuple(spelled))
+            if not spelled:
+                continue
+            finals = tuple(tokenizer.ids_starting_with(tokenizer.piece(spelled[-1])))
+            sequence = (tuple(spelled[:-1]), finals)
+            if sequence not in found:
+                found.append(sequence)
     return tuple(found)
 
 
-def _ends_with(out, step, sequence: tuple[int, ...]):
+def _ends_with(out, step, sequence: StopSequence):
     """Rows whose tokens up to `step` end with `sequence` ([B] bool)."""
-    length = len(sequence)
+    prefix, finals = sequence
+    length = len(prefix) + 1
     start = jnp.maximum(step - length + 1, 0)
     window = jax.lax.dynamic_slice_in_dim(out, start, length, axis=1)
-    return (step >= length - 1) & jnp.all(window == jnp.asarray(sequence, jnp.int32)[None], axis=1)
+    last = jnp.isin(window[:, -1], jnp.asarray(finals, jnp.int32))
+    if prefix:
+        last = last & jnp.all(window[:, :-1] == jnp.asarray(prefix, jnp.int32)[None], axis=1)
+    return (step >= length - 1) & last
 
 
-def _cut(gen: list[int], stop_ids: tuple[int, ...], sequences: tuple[tuple[int, ...], ...]) -> tuple[list[int], list[int]]:
+def _cut(gen: list[int], stop_ids: tuple[int, ...], sequences: tuple[StopSequence, ...]) -> tuple[list[int], list[int]]:
     """(kept ids incl. what stopped the row, text ids) for one generated row.
 
     A stop token is left out of the text; a stop sequence (`</answer>`)
@@ -144,8 +159,10 @@ def _cut(gen: list[int], stop_ids: tuple[int, ...], sequences: tuple[tuple[int, 
     for i, t in enumerate(gen):
         if t in stop_ids:
             return gen[:i + 1], gen[:i]
-        if any(tuple(gen[i - len(q) + 1:i + 1]) == q for q in sequences if i + 1 >= len(q)):
-            return gen[:i + 1], gen[:i + 1]
+        for prefix, finals in sequences:
+            n = len(prefix)
+            if t in finals and i >= n and tuple(gen[i - n:i]) == prefix:
+                return gen[:i + 1], gen[:i + 1]
     kept = [t for t in gen if t != PAD_ID]
     return kept, kept
 

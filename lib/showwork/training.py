@@ -275,8 +275,16 @@ def merged_params(model: nnx.Module) -> nnx.Module:
     qwix stores `<w>_lora_a` / `<w>_lora_b` next to each adapted weight; for
     einsum weights it also records the einsum it used, from which we read
     how A and B contract back to the weight's layout.
+
+    QLoRA: the frozen base is held quantised (a qwix QArray) and the adapters
+    were trained against that quantised base, so the export folds them into
+    dequantise(Q(W)), the weight the trained model actually computed with,
+    not into the original W (whose difference the adapters never saw).
     """
-    for _, module in model.iter_modules():
+    import qwix
+    from qwix._src.providers.ptq import WithAux  # qwix exports no public name for its weight wrapper
+
+    for _, module in nnx.iter_modules(model):
         for name in list(vars(module)):
             if not name.endswith("_lora_a"):
                 continue
@@ -286,13 +294,21 @@ def merged_params(model: nnx.Module) -> nnx.Module:
             weight = getattr(module, base)
             scale = _lora_scale(module, base)
             einsum_str = getattr(module, base + "_lora_einsum_str", None)
+            if isinstance(weight, WithAux):
+                current = qwix.dequantize(weight.array) if isinstance(weight.array, qwix.QArray) else weight.array
+            else:
+                current = weight.value
             if einsum_str:
                 inputs = einsum_str.split("->")[0].split(",")
                 rhs = module.einsum_str.split("->")[0].split(",")[1]
                 delta = jnp.einsum(f"{inputs[1]},{inputs[2]}->{rhs}", a, b)
             else:
-                delta = (a @ b).reshape(weight.value.shape)
-            weight.value = weight.value + (scale * delta).astype(weight.value.dtype)
+                delta = (a @ b).reshape(current.shape)
+            merged = current + (scale * delta).astype(current.dtype)
+            if isinstance(weight, WithAux):
+                setattr(module, base, nnx.Param(merged))
+            else:
+                weight.value = merged
             setattr(module, name, None)
             setattr(module, base + "_lora_b", None)
     return model
