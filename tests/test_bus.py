@@ -77,9 +77,19 @@ def test_run_once_skips_refuses_and_checks_outputs(bus):
     assert not ran and len(calls) == 1
     with pytest.raises(StageConflict, match="digest-a.*digest-b.*--run-id"):
         run_once(bus, "data", "digest-b", body)
-    bus.delete("data/out.txt")
-    with pytest.raises(BusError, match="outputs are missing"):
+    assert marker.sizes == {"data/out.txt": 1}
+    bus.write_text("data/out.txt", "xy")  # replaced after the marker
+    with pytest.raises(BusError, match=r"out.txt has 2 bytes, the stage wrote 1 \(truncated or replaced\)"):
         stage_done(bus, "data", "digest-a")
+    bus.delete("data/out.txt")
+    with pytest.raises(BusError, match="out.txt is missing"):
+        stage_done(bus, "data", "digest-a")
+
+
+def test_a_stage_that_claims_an_output_it_did_not_write_is_refused(bus):
+    with pytest.raises(BusError, match="says it wrote .*ghost.txt"):
+        run_once(bus, "data", "d", lambda: StageResult(outputs=["data/ghost.txt"]))
+    assert read_marker(bus, "data") is None
 
 
 def test_marker_that_is_not_json_is_an_error(bus):

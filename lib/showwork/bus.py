@@ -82,6 +82,10 @@ class _LocalStore:
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
+    def size(self, key: str) -> int | None:
+        path = self._path(key)
+        return path.stat().st_size if path.is_file() else None
+
     def list(self, prefix: str) -> list[str]:
         base = self._path(prefix)
         if not base.is_dir():
@@ -94,6 +98,20 @@ class _LocalStore:
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+
+def gcs_retry(conditional: bool = False):
+    """The one retry policy of every GCS call: 429, 5xx and dropped connections
+    are retried with exponential backoff (0.5 s doubling to 30 s, jittered)
+    for at most SHOWWORK_GCS_RETRY_SECONDS (default 300), then the call fails
+    with a BusError naming the object. `conditional`: only when the request
+    carries a generation precondition (create-if-absent), which makes a
+    retry safe even if the first attempt landed."""
+    from google.cloud.storage.retry import DEFAULT_RETRY, ConditionalRetryPolicy, is_generation_specified
+
+    seconds = float(os.environ.get("SHOWWORK_GCS_RETRY_SECONDS", "300"))
+    policy = DEFAULT_RETRY.with_delay(initial=0.5, maximum=30.0, multiplier=2.0).with_timeout(seconds)
+    return ConditionalRetryPolicy(policy, is_generation_specified, ["query_params"]) if conditional else policy
 
 
 class _GcsStore:
@@ -119,52 +137,74 @@ class _GcsStore:
         from google.api_core import exceptions
 
         try:
-            return self.bucket.blob(self._name(key)).download_as_bytes()
+            return self.bucket.blob(self._name(key)).download_as_bytes(retry=gcs_retry())
         except exceptions.NotFound:
             raise FileNotFoundError(f"not on the bus: {self.uri(key)}") from None
-        except exceptions.GoogleAPICallError as err:
+        except (exceptions.GoogleAPICallError, exceptions.RetryError, OSError) as err:
             raise BusError(f"cannot read {self.uri(key)}: {err}") from None
 
     def write(self, key: str, data: bytes) -> None:
         from google.api_core import exceptions
-        from google.cloud.storage.retry import DEFAULT_RETRY
 
         # Whole-object uploads are atomic on GCS. Our writes are idempotent
         # (same key, same bytes on retry), so retrying them is safe.
         try:
-            self.bucket.blob(self._name(key)).upload_from_string(data, retry=DEFAULT_RETRY)
-        except exceptions.GoogleAPICallError as err:
+            self.bucket.blob(self._name(key)).upload_from_string(data, retry=gcs_retry())
+        except (exceptions.GoogleAPICallError, exceptions.RetryError, OSError) as err:
             raise BusError(f"cannot write {self.uri(key)}: {err}") from None
 
     def create(self, key: str, data: bytes) -> bool:
         from google.api_core import exceptions
-        from google.cloud.storage.retry import DEFAULT_RETRY_IF_GENERATION_SPECIFIED
 
+        # If an attempt lands but its response is lost, the retry sees 412 and
+        # we report "someone else created it": callers then read the object
+        # back (run_once does), so the outcome is still exactly one marker.
         try:
             self.bucket.blob(self._name(key)).upload_from_string(
-                data, if_generation_match=0, retry=DEFAULT_RETRY_IF_GENERATION_SPECIFIED
+                data, if_generation_match=0, retry=gcs_retry(conditional=True)
             )
             return True
         except exceptions.PreconditionFailed:
             return False
-        except exceptions.GoogleAPICallError as err:
+        except (exceptions.GoogleAPICallError, exceptions.RetryError, OSError) as err:
             raise BusError(f"cannot create {self.uri(key)}: {err}") from None
 
     def exists(self, key: str) -> bool:
-        return self.bucket.blob(self._name(key)).exists()
+        return self._call(f"cannot check {self.uri(key)}",
+                          lambda: self.bucket.blob(self._name(key)).exists(retry=gcs_retry()))
+
+    def size(self, key: str) -> int | None:
+        blob = self._call(f"cannot stat {self.uri(key)}",
+                          lambda: self.bucket.get_blob(self._name(key), retry=gcs_retry()))
+        return None if blob is None else blob.size
 
     def list(self, prefix: str) -> list[str]:
         full = self._name(prefix).rstrip("/") + "/"
         cut = len(self.prefix) + 1 if self.prefix else 0
-        return sorted(b.name[cut:] for b in self.client.list_blobs(self.bucket_name, prefix=full))
+        return self._call(f"cannot list gs://{self.bucket_name}/{full}", lambda: sorted(
+            b.name[cut:] for b in self.client.list_blobs(self.bucket_name, prefix=full, retry=gcs_retry())))
 
     def delete(self, key: str) -> None:
         from google.api_core import exceptions
 
+        def delete_if_present():
+            try:
+                self.bucket.blob(self._name(key)).delete(retry=gcs_retry())
+            except exceptions.NotFound:
+                pass
+
+        self._call(f"cannot delete {self.uri(key)}", delete_if_present)
+
+    def _call(self, what: str, fn):
+        """Run a GCS call; give up as a BusError saying what and where."""
+        from google.api_core import exceptions
+
         try:
-            self.bucket.blob(self._name(key)).delete()
-        except exceptions.NotFound:
-            pass
+            return fn()
+        except exceptions.NotFound as err:
+            raise BusError(f"{what}: {err} (does the bucket gs://{self.bucket_name} exist?)") from None
+        except (exceptions.GoogleAPICallError, exceptions.RetryError, OSError) as err:
+            raise BusError(f"{what}: {type(err).__name__}: {err}") from None
 
 
 def _gcs_client(storage):
@@ -250,6 +290,10 @@ class Bus:
     def exists(self, key: str) -> bool:
         return self.store.exists(key)
 
+    def size(self, key: str) -> int | None:
+        """Bytes in the object, None if it does not exist."""
+        return self.store.size(key)
+
     def list(self, prefix: str = "") -> list[str]:
         return self.store.list(prefix)
 
@@ -272,6 +316,9 @@ class Marker:
     digest: str
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
+    # Byte size of each output when the stage finished: a later reader can
+    # tell a truncated or replaced file from the one the stage wrote.
+    sizes: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     versions: dict = field(default_factory=dict)
     started: float = 0.0
@@ -322,14 +369,22 @@ def stage_done(bus: Bus, stage: str, digest: str) -> Marker | None:
             f"but this config has digest {digest}. Use a new run id (--run-id) for a changed "
             f"config, or delete {bus.uri(marker_key(stage))} to redo the stage."
         )
-    missing = [key for key in marker.outputs if not bus.exists(key)]
-    if missing:
-        raise BusError(
-            f"stage {stage!r} has a marker but its outputs are missing: "
-            + ", ".join(bus.uri(k) for k in missing)
-            + f". Delete {bus.uri(marker_key(stage))} to redo the stage."
-        )
+    verify_outputs(bus, marker)
     return marker
+
+
+def verify_outputs(bus: Bus, marker: Marker) -> None:
+    """Every output the marker names exists with the size it had: never trust a marker blindly."""
+    problems = []
+    for key in marker.outputs:
+        size = bus.size(key)
+        if size is None:
+            problems.append(f"{bus.uri(key)} is missing")
+        elif key in marker.sizes and size != marker.sizes[key]:
+            problems.append(f"{bus.uri(key)} has {size} bytes, the stage wrote {marker.sizes[key]} (truncated or replaced)")
+    if problems:
+        raise BusError(f"stage {marker.stage!r} has a marker but its outputs are damaged: " + "; ".join(problems)
+                       + f". Delete {bus.uri(marker_key(marker.stage))} to redo the stage.")
 
 
 def write_marker(bus: Bus, marker: Marker) -> bool:
@@ -363,7 +418,13 @@ def run_once(bus: Bus, stage: str, digest: str, body, log=None) -> tuple[Marker,
         return done, False
     started = time.time()
     result = body()
-    marker = Marker(stage=stage, digest=digest, inputs=result.inputs, outputs=result.outputs,
+    sizes = {}
+    for key in result.outputs:
+        size = bus.size(key)
+        if size is None:
+            raise BusError(f"stage {stage!r} says it wrote {bus.uri(key)}, but it is not there")
+        sizes[key] = size
+    marker = Marker(stage=stage, digest=digest, inputs=result.inputs, outputs=result.outputs, sizes=sizes,
                     metrics=result.metrics, started=started)
     if not write_marker(bus, marker):
         winner = stage_done(bus, stage, digest)

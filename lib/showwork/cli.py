@@ -27,15 +27,16 @@ def setup(args: argparse.Namespace) -> tuple[config_lib.Config, Bus]:
     log_lib.configure()
     try:
         cfg = config_lib.load(*args.configs)
+        import jax
+
+        if cfg.tier.hosts > 1:
+            # Multi-host TPU slices (JobSet, one pod per host): every process joins
+            # one JAX runtime before any device is touched.
+            jax.distributed.initialize()
+        config_lib.check_devices(cfg.tier, jax.device_count(), args.configs[-1])
     except config_lib.ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    if cfg.tier.hosts > 1:
-        # Multi-host TPU slices (JobSet, one pod per host): every process joins
-        # one JAX runtime before any device is touched.
-        import jax
-
-        jax.distributed.initialize()
     run_id = args.run_id or cfg.recipe
     bus = Bus(f"{args.root.rstrip('/')}/{run_id}")
     return cfg, bus

@@ -266,6 +266,37 @@ class Config:
     # Where the files came from, for messages; not part of any digest.
     sources: tuple[str, ...] = ()
 
+    def problems(self):
+        """Combinations that cannot run, caught before any work starts."""
+        sections = {"sft": self.sft, "grpo": self.grpo, "self-teach": self.self_teach}
+        for name in self.eval.models:
+            if name in sections and sections[name] is None:
+                yield "eval.models", f"evaluates {name!r} but the recipe has no {name.replace('-', '_')} section"
+        if self.self_teach is not None and self.sft is None:
+            yield "self_teach", "self-teaching fine-tunes with the sft section's settings; add an sft section"
+        replicas = self.tier.mesh.shape[0]
+        if self.grpo is not None:
+            batch = self.grpo.batch_size or self.tier.train_batch
+            if (batch * self.grpo.num_generations) % replicas:
+                yield "grpo.batch_size", (f"{batch} prompts x {self.grpo.num_generations} generations = "
+                                          f"{batch * self.grpo.num_generations} completions per step, not divisible "
+                                          f"by the mesh's {replicas} data-parallel replicas (tier.mesh.shape[0])")
+        if self.sft is not None:
+            batch = self.sft.batch_size or self.tier.train_batch
+            if batch % replicas:
+                yield "sft.batch_size", (f"{batch} sequences per step is not divisible by the mesh's "
+                                         f"{replicas} data-parallel replicas (tier.mesh.shape[0])")
+
+
+def check_devices(tier: TierConfig, available: int, source: str) -> None:
+    """The mesh must fit the devices this process sees (checked at job start)."""
+    import math
+
+    wanted = math.prod(tier.mesh.shape)
+    if wanted > available:
+        raise ConfigError(f"{source}: tier.mesh.shape: {list(tier.mesh.shape)} needs {wanted} devices, "
+                          f"this job sees {available}; pick the tier that matches the node pool")
+
 
 # ---------------------------------------------------------------- loading
 
@@ -341,7 +372,7 @@ def _build(cls, data, origin, keypath, files):
             _fail(origin, keypath + (name,), files, "missing required key")
     obj = cls(**values)
     for key, message in getattr(obj, "problems", lambda: ())():
-        _fail(origin, keypath + (key,), files, message)
+        _fail(origin, keypath + tuple(key.split(".")), files, message)
     return obj
 
 

@@ -121,8 +121,9 @@ def train_session(bus: Bus, loaded, rows: list[dict], *, session: int, grpo, bat
     latest = ckpt.latest_step()
     if latest is not None and latest > last:
         raise ValueError(f"{ckpt.directory} holds step {latest}, past session {session}'s last step {last}")
-    if latest is not None and latest >= first:
-        (trainable, opt_state), meta = ckpt.restore(latest, (trainable, opt_state))
+    newest = ckpt.restore_newest((trainable, opt_state), log, at_least=first) if latest is not None else None
+    if newest is not None:
+        (trainable, opt_state), meta, latest = newest
         if meta.get("digest") != digest:
             raise ValueError(f"checkpoint {ckpt.directory}/{latest} belongs to another config")
         start = latest

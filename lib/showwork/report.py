@@ -15,7 +15,7 @@ import io
 import math
 from statistics import mean
 
-from showwork.bus import Bus, StageResult, read_marker, run_once
+from showwork.bus import Bus, StageResult, read_marker, run_once, verify_outputs
 
 LENGTH_BUCKETS = (0, 10, 20, 30, 40, 50, 60, 80, 100, 150)
 
@@ -31,14 +31,15 @@ def load_model_records(bus: Bus, model: str, count: int) -> list[dict]:
     """All records of one model, from shards 0..count-1, sorted by id."""
     from showwork.evaluate import shard_key
 
-    missing = [shard_key(model, i, count) for i in range(count)
-               if read_marker(bus, shard_key(model, i, count)) is None]
+    markers = {i: read_marker(bus, shard_key(model, i, count)) for i in range(count)}
+    missing = [shard_key(model, i, count) for i, marker in markers.items() if marker is None]
     if missing:
         raise IncompleteShards(
             f"cannot merge {model!r}: {len(missing)} of {count} shards have not finished: "
             + ", ".join(bus.uri(m + ".jsonl") for m in missing))
     records = []
-    for i in range(count):
+    for i, marker in markers.items():
+        verify_outputs(bus, marker)  # a shard file cut or replaced after its marker is refused
         records.extend(bus.read_jsonl(shard_key(model, i, count) + ".jsonl"))
     ids = [r["id"] for r in records]
     if len(ids) != len(set(ids)):

@@ -98,9 +98,9 @@ def train(bus: Bus, loaded, rows: list[dict], *, stage: str, seed: int, batch: i
     opt_state = tx.init(trainable)
     ckpt = training.Checkpoints(bus.uri(f"{stage}/checkpoints"), keep_checkpoints, checkpoint_every)
     start = 0
-    latest = ckpt.latest_step()
-    if latest is not None:
-        (trainable, opt_state), meta = ckpt.restore(latest, (trainable, opt_state))
+    newest = ckpt.restore_newest((trainable, opt_state), log)
+    if newest is not None:
+        (trainable, opt_state), meta, latest = newest
         if meta.get("digest") != digest:
             raise ValueError(f"checkpoint {ckpt.directory}/{latest} belongs to another config ({meta.get('digest')})")
         start = latest

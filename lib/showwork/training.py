@@ -179,6 +179,28 @@ class Checkpoints:
         new = [jnp.asarray(arrays[f"{i:05d}"], dtype=x.dtype) for i, x in enumerate(leaves)]
         return jax.tree.unflatten(treedef, new), dict(restored["meta"])
 
+    def restore_newest(self, like, log, at_least: int = 0):
+        """(tree, meta, step) from the newest readable checkpoint >= `at_least`, or None.
+
+        A checkpoint whose files were damaged after it was committed (cut,
+        deleted, overwritten) is reported, removed so the replayed step can
+        save it again, and the one before it is used. Replaying from an older
+        step gives the same weights: data order and sampling keys are pure
+        functions of the step.
+        """
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            if step < at_least:
+                break
+            try:
+                tree, meta = self.restore(step, like)
+            except Exception as err:  # orbax and tensorstore raise many kinds for damaged files
+                log.warning("checkpoint unreadable; removing it and using an older one", step=step,
+                            directory=self.directory, error=f"{type(err).__name__}: {err}"[:400])
+                self.manager.delete(step)
+                continue
+            return tree, meta, step
+        return None
+
     def close(self):
         self.manager.close()
 

@@ -1,0 +1,130 @@
+"""Preemption: SIGKILL (no chance to save) at seeded random points of SFT,
+GRPO and evaluation, then a restart. Nothing lost, nothing duplicated, and
+the final results equal an uninterrupted run's. SIGTERM (save, exit 0, resume)
+is covered in tests/test_training.py."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+from safetensors.numpy import load_file
+
+from conftest import REPO, TIERS, job_env
+from showwork.bus import Bus
+
+CPU = TIERS / "cpu" / "tier.yaml"
+
+SFT = """recipe: kill-sft
+model: {name: tiny, lora: {rank: 4, alpha: 8}}
+data: {source: reasoning-gym, train_size: 24, eval_size: 4, seed: 5}
+sft: {max_steps: 10, max_seq_len: 1024, checkpoint_every: 2, optimizer: {learning_rate: 1.0e-3}}
+"""
+
+GRPO = """recipe: kill-grpo
+model: {name: tiny, lora: {rank: 4, alpha: 8}}
+data: {source: reasoning-gym, train_size: 24, eval_size: 4, seed: 5}
+grpo:
+  prompts_per_session: 8
+  steps_per_session: 6
+  num_generations: 2
+  checkpoint_every: 1
+  rollout: {max_prompt_length: 512, max_tokens_to_generate: 10, temperature: 1.0, top_k: 30}
+  optimizer: {learning_rate: 1.0e-3}
+  rewards: {format_approx: 1.0, numbers: 1.0}
+"""
+
+EVAL = """recipe: kill-eval
+model: {name: tiny}
+data: {source: reasoning-gym, train_size: 4, eval_size: 24, seed: 9}
+eval: {models: [base], methods: [greedy, majority], samples: 3, max_tokens: 10}
+"""
+
+
+def command(module, recipe, root, *extra):
+    return [sys.executable, "-m", module, str(recipe), str(CPU), "--root", str(root), *map(str, extra)]
+
+
+def run(module, recipe, root, *extra, **env):
+    done = subprocess.run(command(module, recipe, root, *extra), cwd=REPO, env=job_env(**env),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def killed(module, recipe, root, *extra, event: str, step: int, delay: float, **env) -> int:
+    """Start the job; SIGKILL it `delay` seconds after it logs `event` at `step`."""
+    proc = subprocess.Popen(command(module, recipe, root, *extra), cwd=REPO,
+                            env=job_env(SHOWWORK_LOG_FORMAT="json", **env),
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    for line in proc.stderr:
+        if f'"event": "{event}"' in line and (step is None or f'"step": {step},' in line):
+            time.sleep(delay)  # may land mid-checkpoint or mid-write: that is the point
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.stderr.close()
+    return proc.wait(timeout=600)
+
+
+def same_weights(a_path, b_path):
+    a, b = load_file(str(a_path)), load_file(str(b_path))
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-6, atol=1e-6, err_msg=name)
+
+
+def test_sft_killed_at_a_random_step_resumes_to_the_same_model(tmp_path):
+    rng = random.Random(2026)
+    recipe = tmp_path / "sft.yaml"
+    recipe.write_text(SFT)
+    for root in ("clean", "killed"):
+        run("jobs.prepare_data", recipe, tmp_path / root)
+    run("jobs.sft", recipe, tmp_path / "clean")
+    step, delay = rng.randint(3, 8), rng.uniform(0.0, 0.5)
+    assert killed("jobs.sft", recipe, tmp_path / "killed", event="sft step", step=step, delay=delay) == -signal.SIGKILL
+    bus = Bus(str(tmp_path / "killed" / "kill-sft"))
+    assert not bus.exists("sft/_SUCCESS")
+    resumed = run("jobs.sft", recipe, tmp_path / "killed")
+    assert "resuming from checkpoint" in resumed.stderr
+    same_weights(tmp_path / "clean" / "kill-sft" / "sft/model/model.safetensors",
+                 tmp_path / "killed" / "kill-sft" / "sft/model/model.safetensors")
+    # Every step logged exactly once in the metrics, however often it was retried.
+    assert [m["step"] for m in bus.read_jsonl("sft/metrics.jsonl")] == list(range(1, 11))
+
+
+def test_grpo_killed_at_a_random_step_resumes_to_the_same_model(tmp_path):
+    rng = random.Random(7)
+    recipe = tmp_path / "grpo.yaml"
+    recipe.write_text(GRPO)
+    for root in ("clean", "killed"):
+        run("jobs.prepare_data", recipe, tmp_path / root)
+    run("jobs.grpo_session", recipe, tmp_path / "clean")
+    step, delay = rng.randint(2, 5), rng.uniform(0.0, 0.5)
+    assert killed("jobs.grpo_session", recipe, tmp_path / "killed", event="grpo step", step=step,
+                  delay=delay) == -signal.SIGKILL
+    run("jobs.grpo_session", recipe, tmp_path / "killed")
+    same_weights(tmp_path / "clean" / "kill-grpo" / "grpo/s-0/model/model.safetensors",
+                 tmp_path / "killed" / "kill-grpo" / "grpo/s-0/model/model.safetensors")
+    bus = Bus(str(tmp_path / "killed" / "kill-grpo"))
+    assert [m["step"] for m in bus.read_jsonl("grpo/s-0/metrics.jsonl")] == list(range(1, 7))
+
+
+def test_eval_shard_killed_mid_sampling_leaves_nothing_and_reruns_identically(tmp_path):
+    recipe = tmp_path / "eval.yaml"
+    recipe.write_text(EVAL)
+    for root in ("clean", "killed"):
+        run("jobs.prepare_data", recipe, tmp_path / root)
+    run("jobs.evaluate", recipe, tmp_path / "clean", "--shards", "2", JOB_COMPLETION_INDEX="1")
+    # Killed after its first batch of samples, before the shard file exists.
+    assert killed("jobs.evaluate", recipe, tmp_path / "killed", "--shards", "2", event="sampled", step=None,
+                  delay=0.0, JOB_COMPLETION_INDEX="1") == -signal.SIGKILL
+    bus = Bus(str(tmp_path / "killed" / "kill-eval"))
+    assert bus.list("eval") == []  # no partial shard file, no marker
+    run("jobs.evaluate", recipe, tmp_path / "killed", "--shards", "2", JOB_COMPLETION_INDEX="1")
+    clean = Bus(str(tmp_path / "clean" / "kill-eval"))
+    assert bus.read_bytes("eval/base/shard-1-of-2.jsonl") == clean.read_bytes("eval/base/shard-1-of-2.jsonl")
+    assert len(bus.read_jsonl("eval/base/shard-1-of-2.jsonl")) == 12
