@@ -38,7 +38,13 @@ def setup(args: argparse.Namespace) -> tuple[config_lib.Config, Bus]:
         print(f"config error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     run_id = args.run_id or cfg.recipe
-    bus = Bus(f"{args.root.rstrip('/')}/{run_id}")
+    from showwork.bus import BusError
+
+    try:
+        bus = Bus(f"{args.root.rstrip('/')}/{run_id}")
+    except BusError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
     return cfg, bus
 
 

@@ -145,25 +145,37 @@ def _png(fig) -> bytes:
 
 
 def plot_accuracy(metrics: dict, methods: list[str]) -> bytes:
+    """Accuracy (with 95% CI) and format compliance, per model and method.
+
+    The accuracy axis zooms to the data (a 270M model's 5% is invisible on
+    a 0-100% axis); format compliance keeps the full 0-100% scale.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     models = list(metrics["models"])
-    fig, ax = plt.subplots(figsize=(7, 3.6))
+    fig, (ax, fmt) = plt.subplots(1, 2, figsize=(10, 3.6))
     width = 0.8 / max(1, len(methods))
+    top = 0.0
     for j, meth in enumerate(methods):
-        accs = [metrics["models"][m][meth]["accuracy"] for m in models]
-        lows = [a - metrics["models"][m][meth]["ci95"][0] for a, m in zip(accs, models)]
-        highs = [metrics["models"][m][meth]["ci95"][1] - a for a, m in zip(accs, models)]
+        rows = [metrics["models"][m][meth] for m in models]
+        accs = [r["accuracy"] for r in rows]
+        lows = [a - r["ci95"][0] for a, r in zip(accs, rows)]
+        highs = [r["ci95"][1] - a for a, r in zip(accs, rows)]
+        top = max([top] + [r["ci95"][1] for r in rows])
         xs = [i + (j - (len(methods) - 1) / 2) * width for i in range(len(models))]
-        ax.bar(xs, accs, width, yerr=[lows, highs], capsize=3, label=meth)
-    ax.set_xticks(range(len(models)), models)
-    ax.set_ylabel("accuracy (95% CI)")
-    ax.set_ylim(0, 1)
-    ax.set_title("Accuracy per model and method")
-    ax.legend(fontsize=8)
+        bars = ax.bar(xs, accs, width, yerr=[lows, highs], capsize=3, label=meth)
+        ax.bar_label(bars, labels=[f"{100 * a:.1f}%" for a in accs], fontsize=7, padding=2)
+        fmt.bar(xs, [r["format_compliance"] for r in rows], width, label=meth)
+    for axis, label, title in ((ax, "accuracy (95% CI)", "Accuracy"), (fmt, "well-formed samples", "Format compliance")):
+        axis.set_xticks(range(len(models)), models)
+        axis.set_ylabel(label)
+        axis.set_title(title)
+        axis.legend(fontsize=8)
+    ax.set_ylim(0, min(1.0, max(0.1, top * 1.15)))
+    fmt.set_ylim(0, 1.05)
     return _png(fig)
 
 
@@ -226,6 +238,15 @@ def _pct(x: float) -> str:
 
 
 def markdown(metrics: dict, methods: list[str], title: str, images: dict[str, str]) -> str:
+    """The report as markdown; `images` maps caption -> PNG file name.
+
+    Order: what a reader wants first (the accuracy table and its plots),
+    then where models differ, then reasoning length, then the unsolved list.
+    """
+    def figure(name: str) -> list[str]:
+        caption = next((c for c, n in images.items() if n == name), None)
+        return [f"![{caption}]({name})", ""] if caption else []
+
     lines = [f"# {title}", ""]
     lines += ["## Accuracy", "", "| model | method | questions | accuracy | 95% CI | format | reasoning words "
               "| lm-eval strict-match | lm-eval flexible-extract |", "|---|---|---|---|---|---|---|---|---|"]
@@ -238,6 +259,7 @@ def markdown(metrics: dict, methods: list[str], title: str, images: dict[str, st
                          f"{_pct(m['lm_eval_flexible_extract'])} |")
     lines += ["", "Accuracy and format use our extraction (answers.py); the lm-eval columns re-score the same "
               "samples with lm-evaluation-harness's GSM8K strict-match and flexible-extract rules.", ""]
+    lines += figure("accuracy.png") + figure("training.png")
     if any(metrics["between_methods"].values()):
         lines += ["## Fixed and broke between methods", "", "| model | change | fixed | broke |", "|---|---|---|---|"]
         for model, changes in metrics["between_methods"].items():
@@ -258,22 +280,44 @@ def markdown(metrics: dict, methods: list[str], title: str, images: dict[str, st
         cells = [f"{_pct(rows[b]['accuracy'])} (n={rows[b]['samples']})" if b in rows else ""
                  for b in (bucket_label(x) for x in LENGTH_BUCKETS)]
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
-    lines += ["", f"## Unsolved by every model and method ({len(metrics['unsolved'])})", ""]
+    lines += [""] + figure("reasoning_length.png")
+    lines += [f"## Unsolved by every model and method ({len(metrics['unsolved'])})", ""]
     for q in metrics["unsolved"][:50]:
         lines.append(f"* `{q['id']}` (gold {q['gold']}): {q['question'][:160]}")
     if len(metrics["unsolved"]) > 50:
         lines.append(f"* … and {len(metrics['unsolved']) - 50} more in metrics.json")
     lines.append("")
-    for caption, name in images.items():
-        lines += [f"## {caption}", "", f"![{caption}]({name})", ""]
     return "\n".join(lines)
 
 
+def _inline(text: str) -> str:
+    """Escaped text with markdown `code` spans as <code>."""
+    parts = html.escape(text).split("`")
+    return "".join(f"<code>{part}</code>" if i % 2 else part for i, part in enumerate(parts))
+
+
 def to_html(md_text: str, images: dict[str, bytes], title: str) -> str:
-    """A self-contained page: tables and lists from the markdown, plots inline."""
-    body = []
+    """A self-contained page: tables and lists from the markdown, plots inline.
+
+    Long lists (the unsolved questions) are folded so the numbers stay on
+    the first screen.
+    """
+    body, items = [], []
     in_table = False
+
+    def close_list():
+        if not items:
+            return
+        listing = "<ul>" + "".join(f"<li>{item}</li>" for item in items) + "</ul>"
+        body.append(f"<details><summary>{len(items)} items</summary>{listing}</details>" if len(items) > 10
+                    else listing)
+        items.clear()
+
     for line in md_text.splitlines():
+        if line.startswith("* "):
+            items.append(_inline(line[2:]))
+            continue
+        close_list()
         if line.startswith("|"):
             cells = [c.strip() for c in line.strip("|").split("|")]
             if set("".join(cells)) <= set("-"):
@@ -282,7 +326,7 @@ def to_html(md_text: str, images: dict[str, bytes], title: str) -> str:
             if not in_table:
                 body.append("<table>")
                 in_table = True
-            body.append("<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>")
+            body.append("<tr>" + "".join(f"<{tag}>{_inline(c)}</{tag}>" for c in cells) + "</tr>")
             continue
         if in_table:
             body.append("</table>")
@@ -290,21 +334,21 @@ def to_html(md_text: str, images: dict[str, bytes], title: str) -> str:
         if line.startswith("!["):
             name = line[line.index("(") + 1:-1]
             data = base64.b64encode(images[name]).decode()
-            body.append(f'<img alt="{html.escape(name)}" src="data:image/png;base64,{data}">')
+            body.append(f'<img alt="{html.escape(line[2:line.index("]")])}" src="data:image/png;base64,{data}">')
         elif line.startswith("## "):
-            body.append(f"<h2>{html.escape(line[3:])}</h2>")
+            body.append(f"<h2>{_inline(line[3:])}</h2>")
         elif line.startswith("# "):
-            body.append(f"<h1>{html.escape(line[2:])}</h1>")
-        elif line.startswith("* "):
-            body.append(f"<li>{html.escape(line[2:])}</li>")
+            body.append(f"<h1>{_inline(line[2:])}</h1>")
         elif line.strip():
-            body.append(f"<p>{html.escape(line)}</p>")
+            body.append(f"<p>{_inline(line)}</p>")
+    close_list()
     if in_table:
         body.append("</table>")
     style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
              "table{border-collapse:collapse;margin:1em 0;font-size:14px}"
              "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f3f3f3}"
-             "td:first-child,th:first-child{text-align:left}img{max-width:100%;display:block;margin:1em 0}")
+             "td:first-child,th:first-child{text-align:left}img{max-width:48%;display:inline-block;margin:1em 1%}"
+             "code{background:#f3f3f3;padding:0 3px}summary{cursor:pointer;color:#555}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
 
