@@ -262,3 +262,38 @@ eval:
         assert reported["format_compliance"] == pytest.approx(well_formed / samples_seen)
         md = bus.read_text("report/report.md")
         assert f"{100 * correct_questions / 6:.1f}%" in md
+
+
+def test_report_html_renders_in_headless_chromium(tmp_path):
+    """The self-contained page opens in a real browser and shows its plots."""
+    import shutil as sh
+
+    chromium = sh.which("chromium") or sh.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian chromium is not installed (.ci/run installs it)")
+    from showwork.bus import StageResult, run_once
+
+    bus = Bus(str(tmp_path / "run"))
+    outcomes = {"base": [False, False, True, False], "sft": [True, False, True, True]}
+    for model, correct in outcomes.items():
+        recs = records({f"q{i}": {"greedy": c} for i, c in enumerate(correct)})
+        key = evaluate.shard_key(model, 0, 1)
+        bus.write_jsonl(key + ".jsonl", recs)
+        run_once(bus, key, "d", lambda key=key: StageResult(outputs=[key + ".jsonl"], metrics={"questions": 4}))
+    report.build(bus, ["base", "sft"], ["greedy"], 1, "showwork report: browser check")
+    page = tmp_path / "run" / "report" / "report.html"
+    shot = tmp_path / "shot.png"
+    done = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                           "--disable-background-networking", "--hide-scrollbars", "--window-size=1200,1400",
+                           f"--screenshot={shot}", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert shot.exists(), done.stderr[-2000:]
+    import matplotlib.image as mpimg
+    import numpy as np
+
+    pixels = mpimg.imread(str(shot))[..., :3]
+    assert pixels.shape[:2] == (1400, 1200)
+    # matplotlib's first colour (#1f77b4) fills the bars: the plots were drawn, not broken images.
+    blue = np.all(np.abs(pixels - np.array([0x1F, 0x77, 0xB4]) / 255) < 0.05, axis=-1)
+    assert blue.sum() > 2000
+    # Table borders and text: the page is not blank.
+    assert (pixels.mean(axis=-1) < 0.5).sum() > 5000
