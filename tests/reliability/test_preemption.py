@@ -12,6 +12,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 from safetensors.numpy import load_file
 
 from conftest import REPO, TIERS, job_env
@@ -77,40 +78,28 @@ def same_weights(a_path, b_path):
         np.testing.assert_allclose(a[name], b[name], rtol=1e-6, atol=1e-6, err_msg=name)
 
 
-def test_sft_killed_at_a_random_step_resumes_to_the_same_model(tmp_path):
-    rng = random.Random(2026)
-    recipe = tmp_path / "sft.yaml"
-    recipe.write_text(SFT)
+@pytest.mark.parametrize("text, job, event, stage, steps, seed", [
+    (SFT, "jobs.sft", "sft step", "sft", 10, 2026),
+    (GRPO, "jobs.grpo_session", "grpo step", "grpo/s-0", 6, 7),
+], ids=["sft", "grpo"])
+def test_training_killed_at_a_random_step_resumes_to_the_same_model(tmp_path, text, job, event, stage, steps, seed):
+    rng = random.Random(seed)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(text)
+    name = text.split()[1]  # the recipe name is the run id
     for root in ("clean", "killed"):
         run("jobs.prepare_data", recipe, tmp_path / root)
-    run("jobs.sft", recipe, tmp_path / "clean")
-    step, delay = rng.randint(3, 8), rng.uniform(0.0, 0.5)
-    assert killed("jobs.sft", recipe, tmp_path / "killed", event="sft step", step=step, delay=delay) == -signal.SIGKILL
-    bus = Bus(str(tmp_path / "killed" / "kill-sft"))
-    assert not bus.exists("sft/_SUCCESS")
-    resumed = run("jobs.sft", recipe, tmp_path / "killed")
-    assert "resuming from checkpoint" in resumed.stderr
-    same_weights(tmp_path / "clean" / "kill-sft" / "sft/model/model.safetensors",
-                 tmp_path / "killed" / "kill-sft" / "sft/model/model.safetensors")
+    run(job, recipe, tmp_path / "clean")
+    step, delay = rng.randint(3, steps - 2), rng.uniform(0.0, 0.5)  # a checkpoint exists by step 3
+    assert killed(job, recipe, tmp_path / "killed", event=event, step=step, delay=delay) == -signal.SIGKILL
+    bus = Bus(str(tmp_path / "killed" / name))
+    assert not bus.exists(f"{stage}/_SUCCESS")
+    resumed = run(job, recipe, tmp_path / "killed")
+    assert "resuming" in resumed.stderr
+    same_weights(tmp_path / "clean" / name / stage / "model/model.safetensors",
+                 tmp_path / "killed" / name / stage / "model/model.safetensors")
     # Every step logged exactly once in the metrics, however often it was retried.
-    assert [m["step"] for m in bus.read_jsonl("sft/metrics.jsonl")] == list(range(1, 11))
-
-
-def test_grpo_killed_at_a_random_step_resumes_to_the_same_model(tmp_path):
-    rng = random.Random(7)
-    recipe = tmp_path / "grpo.yaml"
-    recipe.write_text(GRPO)
-    for root in ("clean", "killed"):
-        run("jobs.prepare_data", recipe, tmp_path / root)
-    run("jobs.grpo_session", recipe, tmp_path / "clean")
-    step, delay = rng.randint(2, 5), rng.uniform(0.0, 0.5)
-    assert killed("jobs.grpo_session", recipe, tmp_path / "killed", event="grpo step", step=step,
-                  delay=delay) == -signal.SIGKILL
-    run("jobs.grpo_session", recipe, tmp_path / "killed")
-    same_weights(tmp_path / "clean" / "kill-grpo" / "grpo/s-0/model/model.safetensors",
-                 tmp_path / "killed" / "kill-grpo" / "grpo/s-0/model/model.safetensors")
-    bus = Bus(str(tmp_path / "killed" / "kill-grpo"))
-    assert [m["step"] for m in bus.read_jsonl("grpo/s-0/metrics.jsonl")] == list(range(1, 7))
+    assert [m["step"] for m in bus.read_jsonl(f"{stage}/metrics.jsonl")] == list(range(1, steps + 1))
 
 
 def test_eval_shard_killed_mid_sampling_leaves_nothing_and_reruns_identically(tmp_path):

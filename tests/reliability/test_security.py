@@ -74,7 +74,9 @@ FORBIDDEN_MODULES = {"pickle", "cPickle", "dill", "cloudpickle", "marshal", "she
 
 def _source_files():
     for folder in ("lib/showwork", "jobs", "scripts", "bench"):
-        yield from sorted((REPO / folder).rglob("*.py"))
+        for path in sorted((REPO / folder).rglob("*.py")):
+            if not any(part.startswith(".") for part in path.relative_to(REPO).parts):  # skip venvs
+                yield path
 
 
 def violations(source: str, name: str) -> list[str]:
