@@ -60,8 +60,15 @@ def run(doc: str, main, argv: list[str] | None = None, add_arguments=None):
         add_arguments(p)
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     cfg, bus = setup(args)
+    import jax
+
+    from showwork import models
+
     try:
-        return main(cfg, bus, args)
+        # Every array the job creates lives on the tier's mesh: the loaders
+        # shard weights FSDP x TP by tunix's annotations, activations follow.
+        with jax.set_mesh(models.tier_mesh(cfg.tier.mesh)):
+            return main(cfg, bus, args)
     except (StageConflict, BusError, FileNotFoundError) as err:
         log_lib.get("showwork").error(str(err), error=type(err).__name__)
         print(f"error: {err}", file=sys.stderr)

@@ -119,6 +119,39 @@ def make_mesh(shape: tuple[int, ...], axis_names: tuple[str, ...]) -> jax.shardi
     )
 
 
+def tier_mesh(mesh_config) -> jax.sharding.Mesh:
+    """The mesh a tier's `mesh:` section describes (shape and axis names)."""
+    return make_mesh(tuple(mesh_config.shape), tuple(mesh_config.axes))
+
+
+def shard(model: nnx.Module, mesh: jax.sharding.Mesh) -> nnx.Module:
+    """Place every parameter as its tunix sharding annotation says (FSDP/TP).
+
+    The safetensors loader already does this; a model built in memory (the
+    tiny one) carries the annotations but is created replicated.
+    """
+    state = nnx.state(model)
+    specs = nnx.get_partition_spec(state)
+    placed = jax.tree.map(lambda x, spec: jax.device_put(x, jax.sharding.NamedSharding(mesh, spec)), state, specs)
+    nnx.update(model, placed)
+    return model
+
+
+def sharded_params(model: nnx.Module) -> int:
+    """How many parameter arrays are split across devices (not replicated)."""
+    leaves = jax.tree.leaves(nnx.state(model, nnx.Param))
+    return sum(1 for x in leaves if hasattr(x, "sharding") and not x.sharding.is_fully_replicated)
+
+
+def _host(x) -> np.ndarray:
+    """A (possibly multi-host sharded) array as one numpy array on this host."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
 def _gemma3_config(hparams: dict, dtype) -> Any:
     from tunix.models.gemma3 import model as gemma3
 
@@ -333,6 +366,8 @@ def tiny(dtype: str = "float32", seed: int = 0, mesh=None) -> Loaded:
         for leaf, k in zip(leaves, keys)
     ]
     nnx.update(model, jax.tree.unflatten(treedef, leaves))
+    if mesh is not None:
+        shard(model, mesh)
     return Loaded(name="tiny", model=model, tokenizer=tokenizer, config=config)
 
 
@@ -405,29 +440,29 @@ def hf_tensors(model: nnx.Module, config) -> dict[str, np.ndarray]:
     n, k, h, d = config.num_heads, config.num_kv_heads, config.head_dim, config.embed_dim
 
     def heads_in(w):  # (heads, D, H) -> [heads*H, D]
-        return np.asarray(w).transpose(0, 2, 1).reshape(-1, d)
+        return _host(w).transpose(0, 2, 1).reshape(-1, d)
 
-    out = {"model.embed_tokens.weight": np.asarray(state["embedder"]["input_embedding"]),
-           "model.norm.weight": np.asarray(state["final_norm"]["scale"])}
+    out = {"model.embed_tokens.weight": _host(state["embedder"]["input_embedding"]),
+           "model.norm.weight": _host(state["final_norm"]["scale"])}
     for i, layer in state["layers"].items():
         p = f"model.layers.{i}."
         attn = layer["attn"]
         if "qkv_einsum" in attn:
-            q, kk, v = np.asarray(attn["qkv_einsum"]["w"])
+            q, kk, v = _host(attn["qkv_einsum"]["w"])
         else:
-            q = np.asarray(attn["q_einsum"]["w"])
-            kk, v = np.asarray(attn["kv_einsum"]["w"])
+            q = _host(attn["q_einsum"]["w"])
+            kk, v = _host(attn["kv_einsum"]["w"])
         out[p + "self_attn.q_proj.weight"] = heads_in(q)
         out[p + "self_attn.k_proj.weight"] = heads_in(kk)
         out[p + "self_attn.v_proj.weight"] = heads_in(v)
-        out[p + "self_attn.o_proj.weight"] = np.asarray(attn["attn_vec_einsum"]["w"]).reshape(n * h, d).T
-        out[p + "self_attn.q_norm.weight"] = np.asarray(attn["_query_norm"]["scale"])
-        out[p + "self_attn.k_norm.weight"] = np.asarray(attn["_key_norm"]["scale"])
+        out[p + "self_attn.o_proj.weight"] = _host(attn["attn_vec_einsum"]["w"]).reshape(n * h, d).T
+        out[p + "self_attn.q_norm.weight"] = _host(attn["_query_norm"]["scale"])
+        out[p + "self_attn.k_norm.weight"] = _host(attn["_key_norm"]["scale"])
         for ours, theirs in (("gate_proj", "gate_proj"), ("up_proj", "up_proj"), ("down_proj", "down_proj")):
-            out[p + f"mlp.{theirs}.weight"] = np.asarray(layer["mlp"][ours]["kernel"]).T
+            out[p + f"mlp.{theirs}.weight"] = _host(layer["mlp"][ours]["kernel"]).T
         for ours, theirs in (("pre_attention_norm", "input_layernorm"), ("post_attention_norm", "post_attention_layernorm"),
                              ("pre_ffw_norm", "pre_feedforward_layernorm"), ("post_ffw_norm", "post_feedforward_layernorm")):
-            out[p + f"{theirs}.weight"] = np.asarray(layer[ours]["scale"])
+            out[p + f"{theirs}.weight"] = _host(layer[ours]["scale"])
     del k
     return {name: np.ascontiguousarray(t, dtype=np.float32) for name, t in out.items()}
 

@@ -158,7 +158,8 @@ def run(bus: Bus, cfg, log, rows: list[dict] | None = None, stage: str = "sft"):
 
     def body() -> StageResult:
         train_rows = rows if rows is not None else bus.read_jsonl("data/train.jsonl")
-        loaded = models.load(cfg.model.name, cfg.model.path, cfg.tier.dtype, seed=sft.seed)
+        loaded = models.load(cfg.model.name, cfg.model.path, cfg.tier.dtype, seed=sft.seed,
+                             mesh=models.tier_mesh(cfg.tier.mesh))
         lora = cfg.model.lora
         if lora:
             loaded.model = training.add_lora(loaded.model, lora.rank, lora.alpha, lora.targets, lora.quantize, sft.seed)
@@ -167,6 +168,7 @@ def run(bus: Bus, cfg, log, rows: list[dict] | None = None, stage: str = "sft"):
                       max_seq_len=sft.max_seq_len, opt=sft.optimizer, schedule=sft.schedule,
                       checkpoint_every=sft.checkpoint_every, keep_checkpoints=sft.keep_checkpoints,
                       digest=digest, log=log)
+        final["sharded_params"] = models.sharded_params(loaded.model)
         if lora:
             training.merged_params(loaded.model)
         outputs = training.export(bus, f"{stage}/model", loaded)

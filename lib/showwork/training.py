@@ -161,7 +161,8 @@ class Checkpoints:
             return True
         if not force and step % self.every:
             return False
-        leaves = {f"{i:05d}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(tree))}
+        # jax arrays as they are: orbax writes each host's shards (multi-host safe).
+        leaves = {f"{i:05d}": x for i, x in enumerate(jax.tree.leaves(tree))}
         self.manager.save(step, args=self.ocp.args.Composite(
             state=self.ocp.args.StandardSave(leaves), meta=self.ocp.args.JsonSave(meta)), force=True)
         self.manager.wait_until_finished()
@@ -170,7 +171,8 @@ class Checkpoints:
     def restore(self, step: int, like):
         """(tree shaped like `like`, meta) from checkpoint `step`."""
         leaves, treedef = jax.tree.flatten(like)
-        abstract = {f"{i:05d}": jax.ShapeDtypeStruct(np.shape(x), x.dtype) for i, x in enumerate(leaves)}
+        abstract = {f"{i:05d}": jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=getattr(x, "sharding", None))
+                    for i, x in enumerate(leaves)}
         restored = self.manager.restore(step, args=self.ocp.args.Composite(
             state=self.ocp.args.StandardRestore(abstract), meta=self.ocp.args.JsonRestore()))
         arrays = restored["state"]
@@ -392,9 +394,10 @@ def start_model(bus: Bus, cfg, seed: int = 0):
     """The model a post-SFT stage starts from: the SFT export when the recipe has SFT, else the base model."""
     from showwork import models
 
+    mesh = models.tier_mesh(cfg.tier.mesh)
     if cfg.sft is not None:
-        return models.load_dir(local_model_dir(bus, "sft/model"), cfg.tier.dtype)
-    return models.load(cfg.model.name, cfg.model.path, cfg.tier.dtype, seed=seed)
+        return models.load_dir(local_model_dir(bus, "sft/model"), cfg.tier.dtype, mesh=mesh)
+    return models.load(cfg.model.name, cfg.model.path, cfg.tier.dtype, seed=seed, mesh=mesh)
 
 
 def stop_for_preemption(ckpt: "Checkpoints", metrics: "Metrics", step: int, tree, meta: dict, saved: bool):
