@@ -272,8 +272,6 @@ class Config:
         for name in self.eval.models:
             if name in sections and sections[name] is None:
                 yield "eval.models", f"evaluates {name!r} but the recipe has no {name.replace('-', '_')} section"
-        if self.self_teach is not None and self.sft is None:
-            yield "self_teach", "self-teaching fine-tunes with the sft section's settings; add an sft section"
         replicas = self.tier.mesh.shape[0]
         if self.grpo is not None:
             batch = self.grpo.batch_size or self.tier.train_batch

@@ -181,9 +181,12 @@ def train_session(bus: Bus, loaded, rows: list[dict], *, session: int, grpo, bat
             log.info("grpo step", session=session, step=step + 1, of=total,
                      **{k: float(f"{v:.4g}") for k, v in summary.items()})
             meta = {"digest": digest, "step": step + 1}
-            saved = ckpt.save(step + 1, (trainable, opt_state), meta)
-            if saved:
+            # Metrics first: a kill between the two then leaves rows past the
+            # checkpoint, which the resumed run drops; the other order would
+            # lose the rows of steps the checkpoint already holds.
+            if ckpt.due(step + 1):
                 metrics.flush()
+            saved = ckpt.save(step + 1, (trainable, opt_state), meta)
             if guard.requested and step + 1 < last:
                 training.stop_for_preemption(ckpt, metrics, step + 1, (trainable, opt_state), meta, saved)
     ckpt.save(last, (trainable, opt_state), {"digest": digest, "step": last}, force=True)

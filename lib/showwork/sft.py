@@ -134,9 +134,12 @@ def train(bus: Bus, loaded, rows: list[dict], *, stage: str, seed: int, batch: i
             metrics.log(step + 1, **last)
             log.info("sft step", step=step + 1, of=steps, **{k: round(v, 6) for k, v in last.items()})
             meta = {"digest": digest, "step": step + 1}
-            saved = ckpt.save(step + 1, (trainable, opt_state), meta)
-            if saved:
+            # Metrics first: a kill between the two then leaves rows past the
+            # checkpoint, which the resumed run drops; the other order would
+            # lose the rows of steps the checkpoint already holds.
+            if ckpt.due(step + 1):
                 metrics.flush()
+            saved = ckpt.save(step + 1, (trainable, opt_state), meta)
             if guard.requested:
                 training.stop_for_preemption(ckpt, metrics, step + 1, (trainable, opt_state), meta, saved)
     ckpt.save(steps, (trainable, opt_state), {"digest": digest, "step": steps}, force=True)

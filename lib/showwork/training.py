@@ -156,6 +156,10 @@ class Checkpoints:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def due(self, step: int) -> bool:
+        """Whether `save(step, ...)` will write a checkpoint."""
+        return step % self.every == 0
+
     def save(self, step: int, tree, meta: dict, force: bool = False) -> bool:
         if step in self.manager.all_steps():
             return True

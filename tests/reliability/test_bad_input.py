@@ -27,7 +27,6 @@ data: {source: reasoning-gym, train_size: 4, eval_size: 2}
      "grpo.batch_size", "6 completions per step, not divisible by the mesh's 4"),
     (BASE + "sft: {batch_size: 6}\n", "mesh: {shape: [4, 1]}", "sft.batch_size", "not divisible"),
     (BASE + "eval: {models: [base, grpo]}\n", "", "eval.models", "no grpo section"),
-    (BASE + "self_teach: {}\n", "", "self_teach", "add an sft section"),
     (BASE, "eval_shards: 0", "tier.eval_shards", "must be positive"),
     (BASE, "mesh: {shape: [2, 2], axes: [fsdp]}", "tier.mesh.shape", "2 dims but axes names 1"),
     (BASE + "grpo: {num_generations: 1}\n", "", "grpo.num_generations", "at least 2"),
