@@ -297,3 +297,28 @@ def test_report_html_renders_in_headless_chromium(tmp_path):
     assert blue.sum() > 2000
     # Table borders and text: the page is not blank.
     assert (pixels.mean(axis=-1) < 0.5).sum() > 5000
+
+
+def test_training_curves_come_from_tensorboard_event_files(tmp_path):
+    """What TensorBoard shows is what the report plots: scalars written by
+    tensorboardX, read back without TensorFlow, replayed steps deduplicated."""
+    from tensorboardX import SummaryWriter
+
+    from showwork import events
+
+    bus = Bus(str(tmp_path / "run"))
+    for run, steps in (("first", range(1, 5)), ("resumed", range(3, 7))):  # steps 3-4 replayed
+        local = tmp_path / run
+        writer = SummaryWriter(str(local), filename_suffix=f".{run}")
+        for step in steps:
+            writer.add_scalar("loss", 10.0 - step + (0.5 if run == "resumed" else 0.0), step)
+            writer.add_scalar("learning_rate", 1e-4, step)
+        writer.close()
+        for path in local.iterdir():
+            bus.write_bytes(f"sft/tensorboard/{path.name}", path.read_bytes())
+    curves = report.training_curves(bus)
+    assert [r["step"] for r in curves["sft"]] == [1, 2, 3, 4, 5, 6]
+    assert [r["loss"] for r in curves["sft"]] == [9.0, 8.0, 7.5, 6.5, 5.5, 4.5]
+    data = bus.read_bytes(bus.list("sft/tensorboard")[0])
+    assert events.scalars(data[: len(data) - 5])[:2] == events.scalars(data)[:2]  # a torn tail is dropped
+    assert len(events.scalars(data[: len(data) - 5])) == len(events.scalars(data)) - 1

@@ -200,7 +200,7 @@ def plot_length(metrics: dict, method: str) -> bytes:
 
 
 def plot_training(curves: dict[str, list[dict]]) -> bytes | None:
-    """Loss (SFT) and reward (GRPO) per step, from the stages' metric logs."""
+    """Loss (SFT) and reward (GRPO) per step, from the stages' TensorBoard logs."""
     if not curves:
         return None
     import matplotlib
@@ -218,15 +218,24 @@ def plot_training(curves: dict[str, list[dict]]) -> bytes | None:
 
 
 def training_curves(bus: Bus) -> dict[str, list[dict]]:
+    """Per-stage rows of scalars, read from the stages' TensorBoard event files
+    (`<stage>/tensorboard/`); a stage without event files falls back to its
+    metrics.jsonl copy."""
+    from showwork import events
+
     curves = {}
-    for key in ("sft/metrics.jsonl", "self-teach/metrics.jsonl"):
-        if bus.exists(key):
-            curves[key.split("/")[0]] = bus.read_jsonl(key)
-    grpo_rows = []
-    for key in sorted(k for k in bus.list("grpo") if k.endswith("/metrics.jsonl")):
-        grpo_rows.extend(bus.read_jsonl(key))
-    if grpo_rows:
-        curves["grpo"] = sorted(grpo_rows, key=lambda r: r["step"])
+    for stage in ("sft", "self-teach", "grpo"):
+        files = sorted(k for k in bus.list(f"{stage}/tensorboard") if "tfevents" in k)
+        if files:
+            # Event file names start with their creation time: name order is write order.
+            rows = events.curves([bus.read_bytes(k) for k in sorted(files, key=lambda k: k.rsplit("/", 1)[-1])])
+        else:
+            rows = []
+            for key in sorted(k for k in bus.list(stage) if k.endswith("metrics.jsonl")):
+                rows.extend(bus.read_jsonl(key))
+            rows.sort(key=lambda r: r["step"])
+        if rows:
+            curves[stage] = rows
     return curves
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import signal
 import tempfile
+import uuid
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -258,7 +259,9 @@ class Metrics:
 
         self.bus, self.prefix, self.jsonl_key = bus, prefix, jsonl_key
         self.local = Path(tempfile.mkdtemp(prefix="showwork-tb-"))
-        self.writer = SummaryWriter(str(self.local))
+        # A unique suffix: a resumed run started within the same second must not
+        # overwrite the first run's event file on the bus.
+        self.writer = SummaryWriter(str(self.local), filename_suffix=f".{uuid.uuid4().hex[:8]}")
         self.rows: list[dict] = []
         if resume_step and bus.exists(jsonl_key):
             self.rows = [r for r in bus.read_jsonl(jsonl_key) if r["step"] <= resume_step]
