@@ -22,20 +22,30 @@ def parser(doc: str) -> argparse.ArgumentParser:
     return p
 
 
-def setup(args: argparse.Namespace) -> tuple[config_lib.Config, Bus]:
-    """Load config and open the bus, or exit with one clear line."""
+def setup(args: argparse.Namespace):
+    """Load config, build the tier's mesh and open the bus, or exit with one clear line.
+
+    Returns (config, bus, mesh).
+    """
     log_lib.configure()
     try:
         cfg = config_lib.load(*args.configs)
-        import jax
-
-        if cfg.tier.hosts > 1:
-            # Multi-host TPU slices (JobSet, one pod per host): every process joins
-            # one JAX runtime before any device is touched.
-            jax.distributed.initialize()
-        config_lib.check_devices(cfg.tier, jax.device_count(), args.configs[-1])
     except config_lib.ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    import jax
+
+    from showwork import models
+
+    if cfg.tier.hosts > 1:
+        # Multi-host TPU slices (JobSet, one pod per host): every process joins
+        # one JAX runtime before any device is touched.
+        jax.distributed.initialize()
+    try:
+        mesh = models.tier_mesh(cfg.tier.mesh)
+    except ValueError as err:  # more devices than this job sees: before any work starts
+        print(f"config error: {args.configs[-1]}: tier.mesh.shape: {err}; pick the tier that matches the node pool",
+              file=sys.stderr)
         raise SystemExit(2) from None
     run_id = args.run_id or cfg.recipe
     from showwork.bus import BusError
@@ -45,7 +55,7 @@ def setup(args: argparse.Namespace) -> tuple[config_lib.Config, Bus]:
     except BusError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
-    return cfg, bus
+    return cfg, bus, mesh
 
 
 def run(doc: str, main, argv: list[str] | None = None, add_arguments=None):
@@ -59,15 +69,13 @@ def run(doc: str, main, argv: list[str] | None = None, add_arguments=None):
     if add_arguments:
         add_arguments(p)
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    cfg, bus = setup(args)
+    cfg, bus, mesh = setup(args)
     import jax
-
-    from showwork import models
 
     try:
         # Every array the job creates lives on the tier's mesh: the loaders
         # shard weights FSDP x TP by tunix's annotations, activations follow.
-        with jax.set_mesh(models.tier_mesh(cfg.tier.mesh)):
+        with jax.set_mesh(mesh):
             return main(cfg, bus, args)
     except (StageConflict, BusError, FileNotFoundError) as err:
         log_lib.get("showwork").error(str(err), error=type(err).__name__)

@@ -286,16 +286,6 @@ class Config:
                                          f"{replicas} data-parallel replicas (tier.mesh.shape[0])")
 
 
-def check_devices(tier: TierConfig, available: int, source: str) -> None:
-    """The mesh must fit the devices this process sees (checked at job start)."""
-    import math
-
-    wanted = math.prod(tier.mesh.shape)
-    if wanted > available:
-        raise ConfigError(f"{source}: tier.mesh.shape: {list(tier.mesh.shape)} needs {wanted} devices, "
-                          f"this job sees {available}; pick the tier that matches the node pool")
-
-
 # ---------------------------------------------------------------- loading
 
 

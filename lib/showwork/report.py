@@ -225,10 +225,11 @@ def training_curves(bus: Bus) -> dict[str, list[dict]]:
 
     curves = {}
     for stage in ("sft", "self-teach", "grpo"):
-        files = sorted(k for k in bus.list(f"{stage}/tensorboard") if "tfevents" in k)
+        # Event file names start with their creation time: name order is write order.
+        files = sorted((k for k in bus.list(f"{stage}/tensorboard") if "tfevents" in k),
+                       key=lambda k: k.rsplit("/", 1)[-1])
         if files:
-            # Event file names start with their creation time: name order is write order.
-            rows = events.curves([bus.read_bytes(k) for k in sorted(files, key=lambda k: k.rsplit("/", 1)[-1])])
+            rows = events.curves([bus.read_bytes(k) for k in files])
         else:
             rows = []
             for key in sorted(k for k in bus.list(stage) if k.endswith("metrics.jsonl")):

@@ -164,7 +164,7 @@ class Checkpoints:
     def save(self, step: int, tree, meta: dict, force: bool = False) -> bool:
         if step in self.manager.all_steps():
             return True
-        if not force and step % self.every:
+        if not force and not self.due(step):
             return False
         # jax arrays as they are: orbax writes each host's shards (multi-host safe).
         leaves = {f"{i:05d}": x for i, x in enumerate(jax.tree.leaves(tree))}
