@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -247,7 +248,8 @@ eval: {models: [base, grpo], methods: [greedy], max_tokens: 6}
 
 
 @needs_kubectl
-def test_hybrid_cpu_manifests_run_locally_in_dependency_order(tmp_path):
+def test_hybrid_cpu_manifests_run_locally_in_dependency_order(tmp_path, gcs_server, monkeypatch):
+    root = f"gs://showwork-test/k8s-{uuid.uuid4().hex[:8]}"
     docs = render("hybrid-cpu")
     js = jobset(docs)
     recipes = next(data for n, data in configmaps(docs).items() if n.startswith("showwork-recipes"))
@@ -271,12 +273,12 @@ def test_hybrid_cpu_manifests_run_locally_in_dependency_order(tmp_path):
         pod = job_spec["template"]["spec"]
         container = pod["containers"][0]
         env = run_settings(docs, pod)
-        # The bus: the rendered SHOWWORK_ROOT (/bus, the kind PVC mount) mapped to a
-        # temporary directory. (Against fake-gcs-server, objects written by orbax's
-        # tensorstore client made later reads from fresh processes hang in the
-        # emulator; the GCS bus itself is tested in test_bus.py and test_data.py.)
+        # The bus: the rendered SHOWWORK_ROOT (/bus, the kind PVC mount) swapped
+        # for a bucket on fake-gcs-server, the GKE overlays' backend: every
+        # stage, checkpoints included, talks to it as it would to GCS.
         assert env["SHOWWORK_ROOT"] == "/bus"
-        env["SHOWWORK_ROOT"] = str(tmp_path / "bus")
+        env["SHOWWORK_ROOT"] = root
+        env["STORAGE_EMULATOR_HOST"] = gcs_server.url
         image = container["image"].rsplit("/", 1)[-1].removeprefix("showwork-")
         module = entrypoint_module(REPO / "images" / f"{image}.Dockerfile")
         command = container.get("command") or [sys.executable, "-m", module]
@@ -297,7 +299,9 @@ def test_hybrid_cpu_manifests_run_locally_in_dependency_order(tmp_path):
 
     from showwork.bus import Bus
 
-    bus = Bus(str(tmp_path / "bus" / "hybrid-001"))
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_server.url)
+    bus = Bus(f"{root}/hybrid-001")
+    assert bus.list("grpo/checkpoints") and bus.list("sft/checkpoints")
     metrics = bus.read_json("report/metrics.json")
     assert metrics["model_order"] == ["base", "grpo"]
     shards = tier_of(docs)["eval_shards"]

@@ -97,7 +97,7 @@ def test_sft_resume_after_sigterm_equals_uninterrupted(tmp_path, text):
     assert "preempted" in log
     bus_b = Bus(str(tmp_path / "b" / "tiny-sft"))
     assert not bus_b.exists("sft/_SUCCESS")
-    saved = training.Checkpoints(bus_b.uri("sft/checkpoints"), 2, 3).latest_step()
+    saved = training.Checkpoints(bus_b, "sft/checkpoints", 2, 3).latest_step()
     assert saved is not None and 4 <= saved < 14
 
     again = run("jobs.sft", path, CPU, "--root", tmp_path / "b")

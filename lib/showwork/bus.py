@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -98,6 +99,21 @@ class _LocalStore:
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    def put_file(self, key: str, path: Path) -> None:
+        path_on_bus = self._path(key)
+        path_on_bus.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path_on_bus.with_name(f".{path_on_bus.name}.{uuid.uuid4().hex}.tmp")
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, path_on_bus)
+
+    def get_file(self, key: str, path: Path) -> None:
+        try:
+            shutil.copyfile(self._path(key), path)
+        except FileNotFoundError:
+            if not self._path(key).is_file():
+                raise FileNotFoundError(f"not on the bus: {self.uri(key)}") from None
+            raise
 
 
 def gcs_retry(conditional: bool = False):
@@ -194,6 +210,22 @@ class _GcsStore:
                 pass
 
         self._call(f"cannot delete {self.uri(key)}", delete_if_present)
+
+    def put_file(self, key: str, path: Path) -> None:
+        # Large files go up as resumable uploads, which the policy retries chunk by chunk.
+        self._call(f"cannot upload {path} to {self.uri(key)}", lambda: self.bucket.blob(
+            self._name(key)).upload_from_filename(str(path), retry=gcs_retry()))
+
+    def get_file(self, key: str, path: Path) -> None:
+        from google.api_core import exceptions
+
+        try:
+            self.bucket.blob(self._name(key)).download_to_filename(str(path), retry=gcs_retry())
+        except exceptions.NotFound:
+            Path(path).unlink(missing_ok=True)  # the client leaves an empty file behind
+            raise FileNotFoundError(f"not on the bus: {self.uri(key)}") from None
+        except (exceptions.GoogleAPICallError, exceptions.RetryError, OSError) as err:
+            raise BusError(f"cannot download {self.uri(key)}: {type(err).__name__}: {err}") from None
 
     def _call(self, what: str, fn):
         """Run a GCS call; give up as a BusError saying what and where."""
@@ -296,6 +328,15 @@ class Bus:
 
     def list(self, prefix: str = "") -> list[str]:
         return self.store.list(prefix)
+
+    def put_file(self, key: str, path: Path | str) -> None:
+        """Copy a local file to `key`, streaming (checkpoint shards can be large)."""
+        self.store.put_file(key, Path(path))
+
+    def get_file(self, key: str, path: Path | str) -> None:
+        """Copy `key` to a local file, creating its directory; FileNotFoundError if absent."""
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.store.get_file(key, Path(path))
 
     def delete(self, key: str) -> None:
         self.store.delete(key)

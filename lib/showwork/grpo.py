@@ -116,20 +116,20 @@ def train_session(bus: Bus, loaded, rows: list[dict], *, session: int, grpo, bat
     graphdef, trainable, frozen = training.split(loaded.model)
     reference = trainable  # the starting weights (zero LoRA adapters, or the full model)
     opt_state = tx.init(trainable)
-    ckpt = training.Checkpoints(bus.uri("grpo/checkpoints"), grpo.keep_checkpoints, grpo.checkpoint_every)
+    ckpt = training.Checkpoints(bus, "grpo/checkpoints", grpo.keep_checkpoints, grpo.checkpoint_every)
     start = first
     latest = ckpt.latest_step()
     if latest is not None and latest > last:
-        raise ValueError(f"{ckpt.directory} holds step {latest}, past session {session}'s last step {last}")
+        raise ValueError(f"{ckpt.uri} holds step {latest}, past session {session}'s last step {last}")
     newest = ckpt.restore_newest((trainable, opt_state), log, at_least=first) if latest is not None else None
     if newest is not None:
         (trainable, opt_state), meta, latest = newest
         if meta.get("digest") != digest:
-            raise ValueError(f"checkpoint {ckpt.directory}/{latest} belongs to another config")
+            raise ValueError(f"checkpoint {ckpt.uri}/{latest} belongs to another config")
         start = latest
         log.info("resuming GRPO", session=session, step=start)
     elif session > 0:
-        raise ValueError(f"session {session} needs session {session - 1}'s final checkpoint (step {first}) in {ckpt.directory}")
+        raise ValueError(f"session {session} needs session {session - 1}'s final checkpoint (step {first}) in {ckpt.uri}")
 
     # Prompts over the rollout's prompt budget are left out (counted), so every
     # step packs to one fixed shape and compiles once.

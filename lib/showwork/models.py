@@ -143,7 +143,7 @@ def sharded_params(model: nnx.Module) -> int:
     return sum(1 for x in leaves if hasattr(x, "sharding") and not x.sharding.is_fully_replicated)
 
 
-def _host(x) -> np.ndarray:
+def host_array(x) -> np.ndarray:
     """A (possibly multi-host sharded) array as one numpy array on this host."""
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
         from jax.experimental import multihost_utils
@@ -440,29 +440,29 @@ def hf_tensors(model: nnx.Module, config) -> dict[str, np.ndarray]:
     n, k, h, d = config.num_heads, config.num_kv_heads, config.head_dim, config.embed_dim
 
     def heads_in(w):  # (heads, D, H) -> [heads*H, D]
-        return _host(w).transpose(0, 2, 1).reshape(-1, d)
+        return host_array(w).transpose(0, 2, 1).reshape(-1, d)
 
-    out = {"model.embed_tokens.weight": _host(state["embedder"]["input_embedding"]),
-           "model.norm.weight": _host(state["final_norm"]["scale"])}
+    out = {"model.embed_tokens.weight": host_array(state["embedder"]["input_embedding"]),
+           "model.norm.weight": host_array(state["final_norm"]["scale"])}
     for i, layer in state["layers"].items():
         p = f"model.layers.{i}."
         attn = layer["attn"]
         if "qkv_einsum" in attn:
-            q, kk, v = _host(attn["qkv_einsum"]["w"])
+            q, kk, v = host_array(attn["qkv_einsum"]["w"])
         else:
-            q = _host(attn["q_einsum"]["w"])
-            kk, v = _host(attn["kv_einsum"]["w"])
+            q = host_array(attn["q_einsum"]["w"])
+            kk, v = host_array(attn["kv_einsum"]["w"])
         out[p + "self_attn.q_proj.weight"] = heads_in(q)
         out[p + "self_attn.k_proj.weight"] = heads_in(kk)
         out[p + "self_attn.v_proj.weight"] = heads_in(v)
-        out[p + "self_attn.o_proj.weight"] = _host(attn["attn_vec_einsum"]["w"]).reshape(n * h, d).T
-        out[p + "self_attn.q_norm.weight"] = _host(attn["_query_norm"]["scale"])
-        out[p + "self_attn.k_norm.weight"] = _host(attn["_key_norm"]["scale"])
+        out[p + "self_attn.o_proj.weight"] = host_array(attn["attn_vec_einsum"]["w"]).reshape(n * h, d).T
+        out[p + "self_attn.q_norm.weight"] = host_array(attn["_query_norm"]["scale"])
+        out[p + "self_attn.k_norm.weight"] = host_array(attn["_key_norm"]["scale"])
         for ours, theirs in (("gate_proj", "gate_proj"), ("up_proj", "up_proj"), ("down_proj", "down_proj")):
-            out[p + f"mlp.{theirs}.weight"] = _host(layer["mlp"][ours]["kernel"]).T
+            out[p + f"mlp.{theirs}.weight"] = host_array(layer["mlp"][ours]["kernel"]).T
         for ours, theirs in (("pre_attention_norm", "input_layernorm"), ("post_attention_norm", "post_attention_layernorm"),
                              ("pre_ffw_norm", "pre_feedforward_layernorm"), ("post_ffw_norm", "post_feedforward_layernorm")):
-            out[p + f"{theirs}.weight"] = _host(layer[ours]["scale"])
+            out[p + f"{theirs}.weight"] = host_array(layer[ours]["scale"])
     del k
     return {name: np.ascontiguousarray(t, dtype=np.float32) for name, t in out.items()}
 

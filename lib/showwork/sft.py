@@ -96,13 +96,13 @@ def train(bus: Bus, loaded, rows: list[dict], *, stage: str, seed: int, batch: i
                             schedule.end_value_ratio)
     graphdef, trainable, frozen = training.split(loaded.model)
     opt_state = tx.init(trainable)
-    ckpt = training.Checkpoints(bus.uri(f"{stage}/checkpoints"), keep_checkpoints, checkpoint_every)
+    ckpt = training.Checkpoints(bus, f"{stage}/checkpoints", keep_checkpoints, checkpoint_every)
     start = 0
     newest = ckpt.restore_newest((trainable, opt_state), log)
     if newest is not None:
         (trainable, opt_state), meta, latest = newest
         if meta.get("digest") != digest:
-            raise ValueError(f"checkpoint {ckpt.directory}/{latest} belongs to another config ({meta.get('digest')})")
+            raise ValueError(f"checkpoint {ckpt.uri}/{latest} belongs to another config ({meta.get('digest')})")
         start = latest
         log.info("resuming from checkpoint", step=start, of=steps)
     grad_fn, apply = make_step_fns(graphdef, tx)

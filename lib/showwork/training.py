@@ -12,11 +12,13 @@ step, so a resumed run is bit-for-bit the uninterrupted one. The maths
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import tempfile
-import uuid
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,8 +28,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from showwork.bus import Bus
-from showwork.models import PAD_ID
+from showwork.bus import Bus, BusError
+from showwork.models import PAD_ID, host_array
 from showwork.sampling import final_hidden, project
 
 # ---------------------------------------------------------------- state
@@ -128,63 +130,145 @@ def _merged(states: tuple):
 # ---------------------------------------------------------------- checkpoints
 
 
+class DamagedCheckpoint(ValueError):
+    """A committed checkpoint whose files are missing, cut or unreadable."""
+
+
+COMMIT = "COMMIT.json"
+
+
 class Checkpoints:
-    """Orbax checkpoints of (trainable params, optimizer state) + JSON metadata.
+    """Checkpoints of (trainable params, optimizer state) + JSON metadata, on the bus.
+
+    A step is written by orbax into a local staging directory, its files are
+    copied to `<prefix>/<step>/` on the bus, and a commit record
+    `<prefix>/<step>/COMMIT.json` (every file with its size, and the
+    metadata) is created last. Only committed steps exist for readers, so a
+    checkpoint cut short by a kill is never restored, and a restore checks
+    every file's size before orbax reads it.
+
+    Why not orbax straight onto gs://: orbax finalizes a GCS checkpoint from a
+    background thread through gcsfs, outside our retry policy, and against
+    fake-gcs-server that finalize never returned. Going through the bus gives
+    checkpoints the same bounded retries, the same errors and the same
+    fault-injection tests as every other file.
 
     The arrays are stored as a flat, numbered list: their tree structure is
     rebuilt from the live model and optimizer, which are constructed the same
-    way on every run, and restore checks count and shapes. Orbax writes into
-    a temporary directory and commits by rename (commit_success.txt on GCS),
-    so a checkpoint cut short by a kill is never restored.
+    way on every run, and restore checks count and shapes. They are gathered
+    to host memory first (every host, so multi-host slices work): the state we
+    train, LoRA or full fine-tuning of a sub-billion model, fits there.
+    Process 0 writes; every process reads.
     """
 
-    def __init__(self, directory: str, keep: int, every: int):
+    def __init__(self, bus: Bus, prefix: str, keep: int, every: int):
         import orbax.checkpoint as ocp
 
-        emulator = os.environ.get("STORAGE_EMULATOR_HOST")
-        if emulator and directory.startswith("gs://"):
-            # tensorstore (under orbax) has its own GCS client: point it at the
-            # same emulator the bus uses, or it would try the real endpoint.
-            os.environ.setdefault("TENSORSTORE_GCS_HTTP_URL", emulator)
-        self.ocp = ocp
-        self.every = max(1, every)
-        self.directory = directory
-        self.manager = ocp.CheckpointManager(
-            directory, options=ocp.CheckpointManagerOptions(max_to_keep=max(1, keep), create=True),
-            item_names=("state", "meta"),
-        )
+        self.bus, self.prefix = bus, prefix.strip("/")
+        self.keep, self.every = max(1, keep), max(1, every)
+        self.staging = Path(tempfile.mkdtemp(prefix="showwork-ckpt-"))
+        me = jax.process_index()
+        # Each process checkpoints on its own into local disk: no cross-host barriers.
+        self.checkpointer = ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
+            primary_host=me, active_processes={me}))
+
+    @property
+    def uri(self) -> str:
+        return self.bus.uri(self.prefix)
+
+    def steps(self) -> list[int]:
+        """Committed steps, oldest first."""
+        steps = []
+        for key in self.bus.list(self.prefix):
+            head, _, name = key[len(self.prefix) + 1:].partition("/")
+            if name == COMMIT and head.isdigit():
+                steps.append(int(head))
+        return sorted(steps)
 
     def latest_step(self) -> int | None:
-        return self.manager.latest_step()
+        steps = self.steps()
+        return steps[-1] if steps else None
 
     def due(self, step: int) -> bool:
         """Whether `save(step, ...)` will write a checkpoint."""
         return step % self.every == 0
 
     def save(self, step: int, tree, meta: dict, force: bool = False) -> bool:
-        if step in self.manager.all_steps():
-            return True
         if not force and not self.due(step):
             return False
-        # jax arrays as they are: orbax writes each host's shards (multi-host safe).
-        leaves = {f"{i:05d}": x for i, x in enumerate(jax.tree.leaves(tree))}
-        self.manager.save(step, args=self.ocp.args.Composite(
-            state=self.ocp.args.StandardSave(leaves), meta=self.ocp.args.JsonSave(meta)), force=True)
-        self.manager.wait_until_finished()
+        commit_key = f"{self.prefix}/{step}/{COMMIT}"
+        if self.bus.exists(commit_key):
+            return True
+        leaves = [host_array(x) for x in jax.tree.leaves(tree)]  # a collective: every process
+        if jax.process_index() != 0:
+            return True
+        local = self.staging / str(step)
+        shutil.rmtree(local, ignore_errors=True)
+        self.checkpointer.save(local, {f"{i:05d}": x for i, x in enumerate(leaves)})
+        self.checkpointer.wait_until_finished()
+        # Files of an earlier, uncommitted attempt at this step would be
+        # harmless (never listed in a commit) but would pile up.
+        for key in self.bus.list(f"{self.prefix}/{step}"):
+            self.bus.delete(key)
+        files = {}
+        for path in sorted(p for p in local.rglob("*") if p.is_file()):
+            rel = path.relative_to(local).as_posix()
+            self.bus.put_file(f"{self.prefix}/{step}/{rel}", path)
+            files[rel] = path.stat().st_size
+        shutil.rmtree(local, ignore_errors=True)
+        shapes = [[list(x.shape), str(x.dtype)] for x in leaves]
+        self.bus.create(commit_key, json.dumps({"step": step, "meta": meta, "files": files, "arrays": shapes},
+                                               sort_keys=True).encode())
+        for old in self.steps()[:-self.keep]:
+            self.delete(old)
         return True
 
+    def delete(self, step: int) -> None:
+        """Uncommit first, so a kill halfway leaves only ignored files."""
+        self.bus.delete(f"{self.prefix}/{step}/{COMMIT}")
+        for key in self.bus.list(f"{self.prefix}/{step}"):
+            self.bus.delete(key)
+
     def restore(self, step: int, like):
-        """(tree shaped like `like`, meta) from checkpoint `step`."""
+        """(tree shaped and placed like `like`, meta) from checkpoint `step`.
+
+        Raises DamagedCheckpoint when the files do not match the commit
+        record or orbax cannot read them; a BusError (the bucket, not the
+        checkpoint, is failing) passes through.
+        """
+        where = f"{self.uri}/{step}"
+        try:
+            commit = self.bus.read_json(f"{self.prefix}/{step}/{COMMIT}")
+        except BusError as err:
+            if "not valid JSON" in str(err):
+                raise DamagedCheckpoint(f"{where}: {err}") from None
+            raise
         leaves, treedef = jax.tree.flatten(like)
-        abstract = {f"{i:05d}": jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=getattr(x, "sharding", None))
-                    for i, x in enumerate(leaves)}
-        restored = self.manager.restore(step, args=self.ocp.args.Composite(
-            state=self.ocp.args.StandardRestore(abstract), meta=self.ocp.args.JsonRestore()))
-        arrays = restored["state"]
-        if len(arrays) != len(leaves):
-            raise ValueError(f"checkpoint {self.directory}/{step} holds {len(arrays)} arrays, the model needs {len(leaves)}")
-        new = [jnp.asarray(arrays[f"{i:05d}"], dtype=x.dtype) for i, x in enumerate(leaves)]
-        return jax.tree.unflatten(treedef, new), dict(restored["meta"])
+        wanted = [[list(np.shape(x)), str(x.dtype)] for x in leaves]
+        if commit.get("arrays") != wanted:
+            # Not damage: another model or optimizer wrote it. Refuse, keep it.
+            raise ValueError(f"{where} holds arrays {_summary(commit.get('arrays'))}, this model and optimizer "
+                             f"need {_summary(wanted)}: was it written by another config?")
+        local = self.staging / f"restore-{step}"
+        shutil.rmtree(local, ignore_errors=True)
+        try:
+            for rel, size in commit["files"].items():
+                try:
+                    self.bus.get_file(f"{self.prefix}/{step}/{rel}", local / rel)
+                except FileNotFoundError:
+                    raise DamagedCheckpoint(f"{where}: {rel} is missing") from None
+                if (local / rel).stat().st_size != size:
+                    raise DamagedCheckpoint(f"{where}: {rel} has {(local / rel).stat().st_size} bytes, "
+                                            f"its commit record says {size}")
+            target = {f"{i:05d}": np.empty(np.shape(x), x.dtype) for i, x in enumerate(leaves)}
+            try:
+                arrays = self.checkpointer.restore(local, target)
+            except Exception as err:  # orbax and tensorstore raise many kinds for bad files
+                raise DamagedCheckpoint(f"{where}: {type(err).__name__}: {err}"[:600]) from None
+        finally:
+            shutil.rmtree(local, ignore_errors=True)
+        new = [_placed(np.asarray(arrays[f"{i:05d}"], dtype=x.dtype), x) for i, x in enumerate(leaves)]
+        return jax.tree.unflatten(treedef, new), dict(commit["meta"])
 
     def restore_newest(self, like, log, at_least: int = 0):
         """(tree, meta, step) from the newest readable checkpoint >= `at_least`, or None.
@@ -195,21 +279,37 @@ class Checkpoints:
         step gives the same weights: data order and sampling keys are pure
         functions of the step.
         """
-        for step in sorted(self.manager.all_steps(), reverse=True):
+        for step in reversed(self.steps()):
             if step < at_least:
                 break
             try:
                 tree, meta = self.restore(step, like)
-            except Exception as err:  # orbax and tensorstore raise many kinds for damaged files
+            except DamagedCheckpoint as err:
                 log.warning("checkpoint unreadable; removing it and using an older one", step=step,
-                            directory=self.directory, error=f"{type(err).__name__}: {err}"[:400])
-                self.manager.delete(step)
+                            directory=self.uri, error=str(err)[:400])
+                if jax.process_index() == 0:
+                    self.delete(step)
                 continue
             return tree, meta, step
         return None
 
     def close(self):
-        self.manager.close()
+        self.checkpointer.close()
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def _summary(arrays) -> str:
+    if not isinstance(arrays, list):
+        return "(not recorded)"
+    return f"{len(arrays)} arrays, {sum(int(np.prod(shape)) for shape, _ in arrays)} values"
+
+
+def _placed(host: np.ndarray, like):
+    """`host` on the devices and sharding of `like` (each process supplies its own shards)."""
+    sharding = getattr(like, "sharding", None)
+    if sharding is None:
+        return jnp.asarray(host)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 # ---------------------------------------------------------------- preemption

@@ -42,49 +42,93 @@ def tree(value: float):
     return {"w": jnp.full((4, 8), value), "b": jnp.full((8,), value)}
 
 
-def saved(directory, steps):
-    ckpt = training.Checkpoints(str(directory), keep=5, every=1)
+def saved(bus, steps):
+    ckpt = training.Checkpoints(bus, "sft/checkpoints", keep=5, every=1)
     for step in steps:
         ckpt.save(step, tree(float(step)), {"step": step})
     ckpt.close()
+    return training.Checkpoints(bus, "sft/checkpoints", keep=5, every=1)
+
+
+def state_files(bus, step):
+    """The array files of one step, biggest last (the commit record and metadata excluded)."""
+    keys = [k for k in bus.list(f"sft/checkpoints/{step}") if "/d/" in k]
+    assert keys
+    return sorted(keys, key=bus.size)
 
 
 def test_a_checkpoint_cut_short_by_a_kill_is_never_restored(tmp_path):
-    saved(tmp_path, [2, 4])
-    # What a kill mid-save leaves: orbax's temporary directory, never renamed.
-    shutil.copytree(tmp_path / "4", tmp_path / "6.orbax-checkpoint-tmp-1700000000")
-    ckpt = training.Checkpoints(str(tmp_path), keep=5, every=1)
-    assert ckpt.latest_step() == 4
+    bus = Bus(str(tmp_path))
+    saved(bus, [2, 4])
+    # What a kill mid-upload leaves: step 6's files without their commit record.
+    for key in bus.list("sft/checkpoints/4"):
+        if not key.endswith("COMMIT.json"):
+            bus.write_bytes(key.replace("/4/", "/6/"), bus.read_bytes(key))
+    ckpt = training.Checkpoints(bus, "sft/checkpoints", keep=5, every=1)
+    assert ckpt.steps() == [2, 4] and ckpt.latest_step() == 4
     restored, meta, step = ckpt.restore_newest(tree(0.0), Recorder())
     assert step == 4 and meta == {"step": 4} and float(restored["w"][0, 0]) == 4.0
+    # Saving step 6 for real replaces the leftovers instead of mixing with them.
+    assert ckpt.save(6, tree(6.0), {"step": 6})
+    assert float(ckpt.restore_newest(tree(0.0), Recorder())[0]["b"][0]) == 6.0
 
 
-@pytest.mark.parametrize("damage", ["truncate", "delete"])
+@pytest.mark.parametrize("damage", ["truncate", "delete", "overwrite", "commit record"])
 def test_a_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path, damage):
-    saved(tmp_path, [2, 4])
-    files = sorted((p for p in (tmp_path / "4").rglob("*") if p.is_file() and "state" in p.parts),
-                   key=lambda p: p.stat().st_size)
-    assert files
-    for path in files:
+    bus = Bus(str(tmp_path))
+    saved(bus, [2, 4])
+    for key in state_files(bus, 4):
+        data = bus.read_bytes(key)
         if damage == "truncate":
-            path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
-        else:
-            path.unlink()
-    ckpt = training.Checkpoints(str(tmp_path), keep=5, every=1)
+            bus.write_bytes(key, data[: len(data) // 3])
+        elif damage == "delete":
+            bus.delete(key)
+        elif damage == "overwrite":  # same size, garbage bytes: only orbax can tell
+            bus.write_bytes(key, bytes(len(data)))
+    if damage == "commit record":
+        bus.write_bytes("sft/checkpoints/4/COMMIT.json", b'{"step": 4, "fi')
+    ckpt = training.Checkpoints(bus, "sft/checkpoints", keep=5, every=1)
     log = Recorder()
     restored, meta, step = ckpt.restore_newest(tree(0.0), log)
     assert step == 2 and float(restored["b"][3]) == 2.0
     assert [(e, f["step"]) for e, f in log.events] == [("checkpoint unreadable; removing it and using an older one", 4)]
-    assert ckpt.latest_step() == 2  # the damaged one is gone, so the replayed step can be saved again
+    assert ckpt.steps() == [2]  # the damaged one is gone, so the replayed step can be saved again
+    assert not bus.list("sft/checkpoints/4")
     assert ckpt.save(4, tree(4.0), {"step": 4}) and ckpt.restore_newest(tree(0.0), Recorder())[2] == 4
 
 
 def test_no_readable_checkpoint_means_none(tmp_path):
-    saved(tmp_path, [3])
-    for path in (tmp_path / "3").rglob("*"):
-        if path.is_file() and "state" in path.parts:
-            path.unlink()
-    assert training.Checkpoints(str(tmp_path), keep=5, every=1).restore_newest(tree(0.0), Recorder()) is None
+    bus = Bus(str(tmp_path))
+    saved(bus, [3])
+    for key in state_files(bus, 3):
+        bus.delete(key)
+    assert training.Checkpoints(bus, "sft/checkpoints", keep=5, every=1).restore_newest(tree(0.0), Recorder()) is None
+
+
+def test_a_bucket_failing_during_restore_is_an_error_not_a_damaged_checkpoint(tmp_path, monkeypatch):
+    """A read that fails for the bucket's sake must never delete a good checkpoint."""
+    bus = Bus(str(tmp_path))
+    ckpt = saved(bus, [2, 4])
+
+    def unreachable(key, path):
+        raise BusError(f"cannot download {bus.uri(key)}: ServiceUnavailable")
+
+    monkeypatch.setattr(bus, "get_file", unreachable)
+    with pytest.raises(BusError, match="ServiceUnavailable"):
+        ckpt.restore_newest(tree(0.0), Recorder())
+    assert ckpt.steps() == [2, 4]
+
+
+def test_only_the_newest_checkpoints_are_kept_and_shapes_are_checked(tmp_path):
+    bus = Bus(str(tmp_path))
+    ckpt = training.Checkpoints(bus, "sft/checkpoints", keep=2, every=3)
+    assert [ckpt.save(s, tree(float(s)), {"step": s}) for s in range(1, 10)] == [s % 3 == 0 for s in range(1, 10)]
+    assert ckpt.steps() == [6, 9]
+    assert {k.split("/")[2] for k in bus.list("sft/checkpoints")} == {"6", "9"}
+    # Another model's checkpoint is refused by name and kept, not treated as damage.
+    with pytest.raises(ValueError, match="holds arrays 2 arrays, 40 values.*need 3 arrays, 42 values"):
+        ckpt.restore_newest({**tree(0.0), "extra": jnp.zeros(2)}, Recorder())
+    assert ckpt.steps() == [6, 9]
 
 
 def run(module, recipe, root, *extra, **env):
@@ -145,10 +189,8 @@ sft: {max_steps: 6, max_seq_len: 1024, checkpoint_every: 2, keep_checkpoints: 5,
     for key in bus.list("sft"):
         if not key.startswith("sft/checkpoints/"):
             bus.delete(key)
-    newest = tmp_path / "damaged" / "damaged" / "sft" / "checkpoints" / "6"
-    for path in newest.rglob("*"):
-        if path.is_file() and "state" in path.parts:
-            path.write_bytes(b"")
+    for key in state_files(bus, 6):
+        bus.write_bytes(key, b"")
     done = run("jobs.sft", recipe, tmp_path / "damaged")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "checkpoint unreadable" in done.stderr and "resuming from checkpoint" in done.stderr
