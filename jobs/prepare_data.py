@@ -22,4 +22,4 @@ def main(cfg, bus, args=None):
 
 
 if __name__ == "__main__":
-    cli.run(__doc__, main)
+    cli.run(__doc__, main, placement=cli.Placement.CPU)

@@ -27,4 +27,4 @@ def main(cfg, bus, args):
 
 
 if __name__ == "__main__":
-    cli.run(__doc__, main, add_arguments=add_arguments)
+    cli.run(__doc__, main, add_arguments=add_arguments, placement=cli.Placement.CPU)

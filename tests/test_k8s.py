@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -80,7 +81,7 @@ def tier_of(docs) -> dict:
 
 def test_overlays_cover_the_documented_set():
     assert {"hybrid-cpu", "hybrid-v5e-8", "grpo-baseline-v5e-8", "efficiency-v5e-4", "relay-consensus-v5e-8",
-            "eval-only-cpu", "eval-only-v5e-8"} <= set(OVERLAYS)
+            "eval-only-cpu", "eval-only-v5e-8", "hybrid-v5e-16"} <= set(OVERLAYS)
 
 
 @needs_kubectl
@@ -177,11 +178,18 @@ def test_tpu_placement_is_consistent(overlay):
         topology = selector["cloud.google.com/gke-tpu-topology"]
         assert selector["cloud.google.com/gke-tpu-accelerator"] == "tpu-v5-lite-podslice"
         assert int(chips) == TPU_CHIPS_PER_HOST[topology], (name, topology, chips)
-        assert tier["hosts"] == TPU_HOSTS[topology]
-        mesh_devices = 1
-        for d in tier["mesh"]["shape"]:
-            mesh_devices *= d
-        assert mesh_devices == TPU_CHIPS_PER_HOST[topology] * TPU_HOSTS[topology]
+        job = next(rj for rj in jobset(docs)["spec"]["replicatedJobs"] if rj["name"] == name)["template"]["spec"]
+        if name == "eval":
+            # Eval shards are independent pods: one host each, the tier's eval mesh.
+            assert TPU_HOSTS[topology] == 1, (name, topology)
+            mesh = tier.get("eval_mesh", tier["mesh"])
+        else:
+            # Training spans the slice: one pod per host, all at once (JobSet + jax.distributed).
+            assert tier["hosts"] == TPU_HOSTS[topology], (name, topology)
+            if tier["hosts"] > 1:
+                assert job["completionMode"] == "Indexed" and job["completions"] == job["parallelism"] == tier["hosts"]
+            mesh = tier["mesh"]
+        assert math.prod(mesh["shape"]) == TPU_CHIPS_PER_HOST[topology] * TPU_HOSTS[topology], (name, mesh)
 
 
 @needs_kubectl

@@ -56,3 +56,19 @@ def test_a_2x2_mesh_shards_training_and_matches_one_device(tmp_path):
     run("jobs.evaluate", recipe, four, tmp_path / "four", "--shards", "1", devices=4)
     records = Bus(str(tmp_path / "four" / "mesh")).read_jsonl("eval/grpo/shard-0-of-1.jsonl")
     assert len(records) == 4 and all(r["methods"]["greedy"]["samples"] for r in records)
+
+
+def test_each_job_of_a_multi_host_tier_runs_where_its_pods_are_placed(tmp_path):
+    """v5e-16 as k8s/components/v5e-16 places it: data-prep and the report on a
+    CPU node (one device, no mesh), eval shards as single-host pods (4 chips,
+    `tier.eval_mesh`), never joining the 4-host runtime the training jobs join."""
+    recipe = tmp_path / "multi.yaml"
+    recipe.write_text("recipe: mesh\nmodel: {name: tiny}\ndata: {source: reasoning-gym, train_size: 2, eval_size: 4, seed: 5}\n"
+                      "eval: {models: [base], methods: [greedy], max_tokens: 6}\n")
+    tier = TIERS / "v5e-16" / "tier.yaml"
+    run("jobs.prepare_data", recipe, tier, tmp_path, devices=1)
+    for shard in range(2):
+        run("jobs.evaluate", recipe, tier, tmp_path, "--shards", "2", "--shard", str(shard), devices=4)
+    run("jobs.report", recipe, tier, tmp_path, "--shards", "2", devices=1)
+    bus = Bus(str(tmp_path / "mesh"))
+    assert bus.read_json("report/metrics.json")["model_order"] == ["base"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import enum
 import os
 import sys
 
@@ -22,10 +23,23 @@ def parser(doc: str) -> argparse.ArgumentParser:
     return p
 
 
-def setup(args: argparse.Namespace):
-    """Load config, build the tier's mesh and open the bus, or exit with one clear line.
+class Placement(enum.Enum):
+    """Where a job's pods run, which decides the devices it may use.
 
-    Returns (config, bus, mesh).
+    The manifests place data-prep and the report on CPU nodes even in TPU
+    tiers, eval shards on single-host pods, and training on the whole slice.
+    """
+
+    CPU = "cpu"  # no accelerator and no mesh: data-prep, report
+    ONE_HOST = "one-host"  # this pod's devices only, `tier.eval_mesh`: eval shards
+    SLICE = "slice"  # every host of the tier, `tier.mesh`: SFT, GRPO, self-teach, local pipeline
+
+
+def setup(args: argparse.Namespace, placement: Placement = Placement.SLICE):
+    """Load config, build the mesh the job's placement gives it and open the bus,
+    or exit with one clear line.
+
+    Returns (config, bus, mesh); mesh is None for CPU jobs.
     """
     log_lib.configure()
     try:
@@ -33,20 +47,24 @@ def setup(args: argparse.Namespace):
     except config_lib.ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    import jax
+    mesh = None
+    if placement is not Placement.CPU:
+        import jax
 
-    from showwork import models
+        from showwork import models
 
-    if cfg.tier.hosts > 1:
-        # Multi-host TPU slices (JobSet, one pod per host): every process joins
-        # one JAX runtime before any device is touched.
-        jax.distributed.initialize()
-    try:
-        mesh = models.tier_mesh(cfg.tier.mesh)
-    except ValueError as err:  # more devices than this job sees: before any work starts
-        print(f"config error: {args.configs[-1]}: tier.mesh.shape: {err}; pick the tier that matches the node pool",
-              file=sys.stderr)
-        raise SystemExit(2) from None
+        if placement is Placement.SLICE and cfg.tier.hosts > 1:
+            # Multi-host TPU slices (JobSet, one pod per host): every process joins
+            # one JAX runtime before any device is touched.
+            jax.distributed.initialize()
+        key, shape = ("mesh", cfg.tier.mesh) if placement is Placement.SLICE else (
+            "eval_mesh" if cfg.tier.eval_mesh else "mesh", cfg.tier.mesh_for_eval())
+        try:
+            mesh = models.tier_mesh(shape)
+        except ValueError as err:  # more devices than this job sees: before any work starts
+            print(f"config error: {args.configs[-1]}: tier.{key}.shape: {err}; pick the tier that matches the "
+                  "node pool", file=sys.stderr)
+            raise SystemExit(2) from None
     run_id = args.run_id or cfg.recipe
     from showwork.bus import BusError
 
@@ -58,10 +76,11 @@ def setup(args: argparse.Namespace):
     return cfg, bus, mesh
 
 
-def run(doc: str, main, argv: list[str] | None = None, add_arguments=None):
+def run(doc: str, main, argv: list[str] | None = None, add_arguments=None, placement: Placement = Placement.SLICE):
     """Parse argv, load config, call `main(cfg, bus, args)`; known failures exit with one line.
 
-    `add_arguments(parser)` lets a job add its own flags.
+    `add_arguments(parser)` lets a job add its own flags; `placement` says
+    where its pods run (see Placement).
     """
     from showwork.bus import BusError, StageConflict
 
@@ -69,11 +88,13 @@ def run(doc: str, main, argv: list[str] | None = None, add_arguments=None):
     if add_arguments:
         add_arguments(p)
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    cfg, bus, mesh = setup(args)
-    import jax
-
+    cfg, bus, mesh = setup(args, placement)
     try:
-        # Every array the job creates lives on the tier's mesh: the loaders
+        if mesh is None:
+            return main(cfg, bus, args)
+        import jax
+
+        # Every array the job creates lives on the job's mesh: the loaders
         # shard weights FSDP x TP by tunix's annotations, activations follow.
         with jax.set_mesh(mesh):
             return main(cfg, bus, args)

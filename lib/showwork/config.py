@@ -244,11 +244,20 @@ class TierConfig:
     train_batch: int = 4  # prompts (GRPO) or sequences (SFT) per step, per replica
     eval_batch: int = 8
     eval_shards: int = 1
+    # The mesh of one eval pod. Eval shards are independent single-host pods,
+    # so a multi-host tier names a single-host mesh here; default: `mesh`.
+    eval_mesh: Optional[MeshConfig] = None
 
     def problems(self):
         for key in ("hosts", "train_batch", "eval_batch", "eval_shards"):
             if getattr(self, key) <= 0:
                 yield key, f"must be positive, got {getattr(self, key)}"
+        if self.hosts > 1 and self.eval_mesh is None:
+            yield "eval_mesh", (f"a {self.hosts}-host tier must give the mesh of one single-host eval pod: "
+                                "eval shards run on their own, not as one multi-host program")
+
+    def mesh_for_eval(self) -> MeshConfig:
+        return self.eval_mesh or self.mesh
 
 
 @dataclass(frozen=True)

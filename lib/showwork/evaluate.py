@@ -107,7 +107,7 @@ def model_for(bus: Bus, cfg, name: str):
     from showwork import models
 
     if name == "base":
-        return models.load(cfg.model.name, cfg.model.path, cfg.tier.dtype, mesh=models.tier_mesh(cfg.tier.mesh))
+        return models.load(cfg.model.name, cfg.model.path, cfg.tier.dtype, mesh=models.tier_mesh(cfg.tier.mesh_for_eval()))
     if name == "grpo":
         if cfg.grpo is None:
             raise ValueError("eval names model 'grpo' but the recipe has no grpo section")
@@ -118,7 +118,7 @@ def model_for(bus: Bus, cfg, name: str):
         raise ValueError(f"unknown model to evaluate {name!r}")
     if not bus.exists(f"{key}/config.json"):
         raise FileNotFoundError(f"model {name!r} is not on the bus yet: {bus.uri(key)} (run its stage first)")
-    return models.load_dir(training.local_model_dir(bus, key), cfg.tier.dtype, mesh=models.tier_mesh(cfg.tier.mesh))
+    return models.load_dir(training.local_model_dir(bus, key), cfg.tier.dtype, mesh=models.tier_mesh(cfg.tier.mesh_for_eval()))
 
 
 def run_shard(bus: Bus, cfg, model: str, index: int, count: int, log):

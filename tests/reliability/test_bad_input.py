@@ -32,6 +32,7 @@ data: {source: reasoning-gym, train_size: 4, eval_size: 2}
     (BASE + "grpo: {num_generations: 1}\n", "", "grpo.num_generations", "at least 2"),
     (BASE + "eval: {sampels: 4}\n", "", "eval.sampels", "unknown key"),
     (BASE + "eval: {samples: four}\n", "", "eval.samples", "expected an integer"),
+    (BASE, "hosts: 2\nmesh: {shape: [8, 1]}", "tier.eval_mesh", "single-host eval pod"),
 ])
 def test_impossible_configs_name_the_key_and_the_file(tmp_path, recipe, tier, key, says):
     r = tmp_path / "recipe.yaml"
@@ -45,15 +46,16 @@ def test_impossible_configs_name_the_key_and_the_file(tmp_path, recipe, tier, ke
     assert str(r) in message or str(t) in message
 
 
-def test_a_mesh_larger_than_the_machine_stops_the_job_before_any_work(tmp_path):
+@pytest.mark.parametrize("module, key", [("jobs.sft", "tier.mesh.shape"), ("jobs.evaluate", "tier.eval_mesh.shape")])
+def test_a_mesh_larger_than_the_machine_stops_the_job_before_any_work(tmp_path, module, key):
     r = tmp_path / "recipe.yaml"
-    r.write_text(BASE)
+    r.write_text(BASE + "sft: {max_steps: 1}\n")
     t = tmp_path / "tier.yaml"
-    t.write_text("tier: {name: big, mesh: {shape: [4, 2]}}\n")
-    done = subprocess.run([sys.executable, "-m", "jobs.prepare_data", str(r), str(t), "--root", str(tmp_path / "runs")],
+    t.write_text("tier: {name: big, mesh: {shape: [4, 2]}, eval_mesh: {shape: [8, 1]}}\n")
+    done = subprocess.run([sys.executable, "-m", module, str(r), str(t), "--root", str(tmp_path / "runs")],
                           cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
-    assert "tier.mesh.shape" in done.stderr and "needs 8 devices" in done.stderr and str(t) in done.stderr
+    assert key in done.stderr and "needs 8 devices" in done.stderr and str(t) in done.stderr
     assert not (tmp_path / "runs").exists()
 
 
