@@ -20,3 +20,19 @@ def test_sampler_benchmark_runs_on_tiny(tmp_path):
     for row in summary["results"]:
         assert row["ours_tok_s"] > 0 and 0 < row["ours_peak_fraction"] < 1
     assert summary["matmul_gflops"]["numpy"] > 1 and summary["flops_per_token"] > 0
+
+
+def test_training_step_benchmark_runs_on_tiny(tmp_path):
+    out = tmp_path / "train_step.json"
+    done = subprocess.run([sys.executable, "bench/train_step.py", "--model", "tiny", "--steps", "1",
+                           "--completion-tokens", "8", "--json", str(out)],
+                          cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(out.read_text())
+    assert [(r["stage"], r["mode"]) for r in summary["results"]] == [
+        ("sft", "lora-16"), ("sft", "full"), ("grpo", "lora-16")]
+    for row in summary["results"]:
+        assert row["ours_seconds_per_step"] > 0 and row["ours_peak_rss_mib"] > 100
+    sft_lora, sft_full, grpo = summary["results"]
+    assert sft_lora["ours_tokens_per_second"] > 0 and sft_full["ours_tokens_per_second"] > 0
+    assert grpo["ours_prompts_per_minute"] > 0 and 0 < grpo["ours_completion_tokens"] <= 8

@@ -1,0 +1,204 @@
+"""Training-step throughput: showwork's SFT and GRPO steps vs TRL's SFTTrainer and GRPOTrainer.
+
+Both sides train the same weights (Gemma 3 270M from the GGUF package; TRL
+gets them exported to a Hugging Face directory, float32) on the same texts
+with the same settings:
+* SFT: GSM8K-style chat prompts with long worked targets, every sequence cut
+  to --seq-len tokens (512), batch --batch, LoRA rank 16 (alpha 32, attention
+  and MLP projections) and full fine-tuning; tokens/s and peak RSS.
+* GRPO: G=4 completions of up to 128 new tokens per prompt (temperature 1,
+  top-k 50), the `hybrid` reward from lib/showwork/rewards.py on both sides,
+  beta 0.08, one optimizer step per rollout, LoRA rank 16; prompts/min and
+  peak RSS.
+Each measurement runs in its own process (so peak RSS is its own); the
+first step compiles (JAX) or warms up (torch) and is left out. Ours runs the
+product's own loops (`sft.train`, `grpo.train_session`) and reads the step
+times they log to metrics.jsonl.
+
+    .venv/bin/python bench/train_step.py --trl-python bench/.venv-torch/bin/python
+    .venv/bin/python bench/train_step.py --model tiny --steps 2 --completion-tokens 8   # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "lib"))
+
+LORA_TARGETS = "attention and MLP projections (q, k, v, o, gate, up, down)"
+
+
+def sft_rows(count: int, target_words: int) -> list[dict]:
+    """A GSM8K-style prompt with worked targets long enough to fill the sequence.
+
+    One prompt for every row, so every sequence has the same length and each
+    side's step has one shape. With varied lengths ours compiles once per
+    (prompt, completion) bucket pair, a handful per run, which a few-step
+    benchmark would otherwise count as step time.
+    """
+    sys.path.insert(0, str(ROOT / "bench"))
+    from sampler import gsm_prompts
+
+    (prompt,) = gsm_prompts(1)
+    rows = []
+    for n in range(count):
+        steps = " ".join(f"Step {i}: {i} x {n + 3} = {i * (n + 3)}." for i in range(1, 300))
+        target = " ".join(steps.split()[:target_words])
+        rows.append({"prompt": prompt, "target": f"<reasoning>{target}</reasoning><answer>{n}</answer>",
+                     "answer": str(n)})
+    return rows
+
+
+def grpo_rows(count: int) -> list[dict]:
+    from showwork import data, prompts
+
+    train, _, _ = data.build_splits("reasoning-gym", None, None, "gsm_symbolic", count, 0, 321, "readable", 2000, 8000)
+    system = ("Respond in the following format: <reasoning> your step-by-step working </reasoning> "
+              "<answer> the final number only </answer>")
+    return [{"prompt": prompts.chat_prompt(system, r.question), "answer": r.answer} for r in train]
+
+
+def recipe_text(job: dict) -> str:
+    lora = f"lora: {{rank: {job['lora_rank']}, alpha: {2 * job['lora_rank']}}}" if job["lora_rank"] else ""
+    model = f"model: {{name: {job['model']}{', ' + lora if lora else ''}}}"
+    if job["stage"] == "sft":
+        return f"""recipe: bench
+{model}
+data: {{source: reasoning-gym}}
+sft: {{batch_size: {job['batch']}, max_steps: {job['steps'] + 1}, max_seq_len: {job['seq_len']},
+      checkpoint_every: 1000000, optimizer: {{learning_rate: 1.0e-5}}}}
+"""
+    return f"""recipe: bench
+{model}
+data: {{source: reasoning-gym}}
+grpo:
+  batch_size: {job['prompts']}
+  num_generations: {job['generations']}
+  prompts_per_session: {job['prompts'] * (job['steps'] + 1)}
+  steps_per_session: {job['steps'] + 1}
+  checkpoint_every: 1000000
+  rollout: {{max_prompt_length: 256, max_tokens_to_generate: {job['completion_tokens']}, temperature: 1.0, top_k: 50}}
+  rewards: {{hybrid: 1.0}}
+"""
+
+
+def ours_worker(job: dict) -> dict:
+    """One measurement of our step, in this process."""
+    from showwork import config, grpo, log, models, sft, training
+    from showwork.bus import Bus
+
+    work = Path(tempfile.mkdtemp(prefix="showwork-bench-"))
+    (work / "recipe.yaml").write_text(recipe_text(job))
+    (work / "tier.yaml").write_text("tier: {name: bench, train_batch: 4}\n")
+    cfg = config.load(work / "recipe.yaml", work / "tier.yaml")
+    bus = Bus(str(work / "run"))
+    quiet = log.get("bench")
+    loaded = models.load(cfg.model.name)
+    if cfg.model.lora:
+        lora = cfg.model.lora
+        loaded.model = training.add_lora(loaded.model, lora.rank, lora.alpha, lora.targets, None, 0)
+    if job["stage"] == "sft":
+        s = cfg.sft
+        sft.train(bus, loaded, job["rows"], stage="sft", seed=0, batch=s.batch_size, accumulation=1, epochs=1,
+                  max_steps=s.max_steps, max_seq_len=s.max_seq_len, opt=s.optimizer, schedule=s.schedule,
+                  checkpoint_every=s.checkpoint_every, keep_checkpoints=1, digest="bench", log=quiet)
+        timed = bus.read_jsonl("sft/metrics.jsonl")[1:]
+        seconds = [job["tokens_per_step"] / r["tokens_per_second"] for r in timed]
+    else:
+        grpo.train_session(bus, loaded, job["rows"], session=0, grpo=cfg.grpo, batch=job["prompts"], seed=0,
+                           digest="bench", log=quiet)
+        timed = bus.read_jsonl("grpo/s-0/metrics.jsonl")[1:]
+        seconds = [r["step_seconds"] for r in timed]
+    out = {"step_seconds": seconds, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if job["stage"] == "grpo":
+        out["completion_tokens"] = sum(r["completion_tokens"] for r in timed) / len(timed)
+    return out
+
+
+def measure(python: str, script: Path, job: dict) -> dict:
+    done = subprocess.run([python, str(script), "--worker"], input=json.dumps(job), capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{script.name} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def summarize(stage: str, job: dict, result: dict) -> dict:
+    seconds = sum(result["step_seconds"]) / len(result["step_seconds"])
+    row = {"seconds_per_step": seconds, "peak_rss_mib": result["peak_rss_mib"]}
+    if stage == "sft":
+        row["tokens_per_second"] = job["tokens_per_step"] / seconds
+    else:
+        row["prompts_per_minute"] = 60 * job["prompts"] / seconds
+        row["completion_tokens"] = result.get("completion_tokens")
+    return row
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--model", default="gemma3-270m", choices=["gemma3-270m", "tiny"])
+    p.add_argument("--stages", nargs="+", default=["sft", "grpo"], choices=["sft", "grpo"])
+    p.add_argument("--steps", type=int, default=3, help="timed steps per measurement (one more warms up)")
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--batch", type=int, default=4, help="SFT sequences per step")
+    p.add_argument("--prompts", type=int, default=2, help="GRPO prompts per step")
+    p.add_argument("--generations", type=int, default=4)
+    p.add_argument("--completion-tokens", type=int, default=128)
+    p.add_argument("--trl-python", help="python of a venv with torch + TRL (bench/README.md)")
+    p.add_argument("--json", help="also write the results here")
+    args = p.parse_args(argv)
+    if args.worker:
+        print(json.dumps(ours_worker(json.loads(sys.stdin.read()))))
+        return None
+
+    from showwork import models, sft
+
+    loaded = models.load(args.model)
+    hf_dir = None
+    if args.trl_python:
+        hf_dir = Path(tempfile.mkdtemp(prefix="showwork-bench-hf-"))
+        models.export_hf(loaded, hf_dir)
+    results = []
+    for stage in args.stages:
+        modes = [("lora-16", 16), ("full", 0)] if stage == "sft" else [("lora-16", 16)]
+        for name, rank in modes:
+            job = {"stage": stage, "model": args.model, "lora_rank": rank, "steps": args.steps,
+                   "seq_len": args.seq_len, "batch": args.batch, "prompts": args.prompts,
+                   "generations": args.generations, "completion_tokens": args.completion_tokens,
+                   "lora_alpha": 2 * rank, "model_dir": str(hf_dir) if hf_dir else None}
+            if stage == "sft":
+                job["rows"] = sft_rows(args.batch * (args.steps + 1), args.seq_len)
+                seqs = sft.tokenize(job["rows"], loaded.tokenizer, args.seq_len)
+                lengths = [len(a) + len(b) for a, b in zip(seqs.prompts, seqs.completions)]
+                if len(lengths) < len(job["rows"]):
+                    raise SystemExit(f"--seq-len {args.seq_len} leaves no room for the target after some prompts")
+                job["tokens_per_step"] = args.batch * sum(lengths) / len(lengths)
+            else:
+                job["rows"] = grpo_rows(args.prompts * (args.steps + 1))
+            row = {"stage": stage, "mode": name, **{f"ours_{k}": v for k, v in
+                                                    summarize(stage, job, measure(sys.executable, Path(__file__), job)).items()}}
+            if hf_dir is not None:
+                theirs = measure(args.trl_python, Path(__file__).with_name("trl_step.py"), job)
+                row.update({f"trl_{k}": v for k, v in summarize(stage, job, theirs).items()})
+                key = "tokens_per_second" if stage == "sft" else "prompts_per_minute"
+                row["ratio"] = row[f"ours_{key}"] / row[f"trl_{key}"]
+            results.append(row)
+            print(json.dumps(row), flush=True)
+    summary = {"model": args.model, "seq_len": args.seq_len, "batch": args.batch, "prompts": args.prompts,
+               "generations": args.generations, "completion_tokens": args.completion_tokens, "steps": args.steps,
+               "lora_targets": LORA_TARGETS, "results": results}
+    print(json.dumps(summary, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
