@@ -87,6 +87,14 @@ def ours(loaded, ids: list[list[int]], batch: int, new_tokens: int, mode: str, r
     return {"tokens_per_second": produced / best, "seconds": best, "tokens": out.tokens}
 
 
+def write_summary(summary: dict, path: str | None) -> dict:
+    """Print the run's summary and, with --json, keep it in a file."""
+    print(json.dumps(summary, indent=1))
+    if path:
+        Path(path).write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="gemma3-270m", choices=["gemma3-270m", "tiny"])
@@ -128,10 +136,7 @@ def main(argv=None):
             print(json.dumps(row), flush=True)
     summary = {"model": args.model, "new_tokens": args.new_tokens, "matmul_gflops": peak,
                "flops_per_token": per_token, "results": results}
-    print(json.dumps(summary, indent=1))
-    if args.json:
-        Path(args.json).write_text(json.dumps(summary, indent=1) + "\n")
-    return summary
+    return write_summary(summary, args.json)
 
 
 if __name__ == "__main__":

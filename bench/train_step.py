@@ -158,6 +158,9 @@ def main(argv=None):
         print(json.dumps(ours_worker(json.loads(sys.stdin.read()))))
         return None
 
+    sys.path.insert(0, str(ROOT / "bench"))
+    from sampler import write_summary
+
     from showwork import models, sft
 
     loaded = models.load(args.model)
@@ -194,10 +197,7 @@ def main(argv=None):
     summary = {"model": args.model, "seq_len": args.seq_len, "batch": args.batch, "prompts": args.prompts,
                "generations": args.generations, "completion_tokens": args.completion_tokens, "steps": args.steps,
                "lora_targets": LORA_TARGETS, "results": results}
-    print(json.dumps(summary, indent=1))
-    if args.json:
-        Path(args.json).write_text(json.dumps(summary, indent=1) + "\n")
-    return summary
+    return write_summary(summary, args.json)
 
 
 if __name__ == "__main__":

@@ -56,10 +56,14 @@ class _LocalStore:
         except FileNotFoundError:
             raise FileNotFoundError(f"not on the bus: {self.uri(key)}") from None
 
-    def _temp(self, key: str, data: bytes) -> Path:
+    def _temp_name(self, key: str) -> Path:
+        """A hidden sibling of `key`'s file (skipped by `list`), its directory made."""
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+
+    def _temp(self, key: str, data: bytes) -> Path:
+        tmp = self._temp_name(key)
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
@@ -101,11 +105,9 @@ class _LocalStore:
         self._path(key).unlink(missing_ok=True)
 
     def put_file(self, key: str, path: Path) -> None:
-        path_on_bus = self._path(key)
-        path_on_bus.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path_on_bus.with_name(f".{path_on_bus.name}.{uuid.uuid4().hex}.tmp")
+        tmp = self._temp_name(key)
         shutil.copyfile(path, tmp)
-        os.replace(tmp, path_on_bus)
+        os.replace(tmp, self._path(key))
 
     def get_file(self, key: str, path: Path) -> None:
         try:

@@ -28,7 +28,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from showwork.bus import Bus, BusError
+from showwork.bus import Bus
 from showwork.models import PAD_ID, host_array
 from showwork.sampling import final_hidden, project
 
@@ -237,12 +237,11 @@ class Checkpoints:
         checkpoint, is failing) passes through.
         """
         where = f"{self.uri}/{step}"
+        raw = self.bus.read_bytes(f"{self.prefix}/{step}/{COMMIT}")  # a BusError passes through
         try:
-            commit = self.bus.read_json(f"{self.prefix}/{step}/{COMMIT}")
-        except BusError as err:
-            if "not valid JSON" in str(err):
-                raise DamagedCheckpoint(f"{where}: {err}") from None
-            raise
+            commit = json.loads(raw)
+        except json.JSONDecodeError as err:
+            raise DamagedCheckpoint(f"{where}: {COMMIT} is not valid JSON ({err})") from None
         leaves, treedef = jax.tree.flatten(like)
         wanted = [[list(np.shape(x)), str(x.dtype)] for x in leaves]
         if commit.get("arrays") != wanted:
