@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from showwork import logprobs
 from showwork.models import EOS_ID, PAD_ID, Loaded
 
 PROMPT_BUCKET = 32
@@ -104,12 +105,9 @@ def final_hidden(graphdef, state, tokens, positions, cache, mask):
 
 
 def project(model, hidden):
-    """Hidden states -> logits through the tied embedding (+ Gemma 2 soft-cap)."""
-    logits = jnp.dot(hidden, model.embedder.input_embedding.value.T)
-    cap = getattr(model.config, "final_logit_softcap", None)
-    if cap:
-        logits = jnp.tanh(logits / cap) * cap
-    return logits.astype(jnp.float32)
+    """Hidden states -> float32 logits through the tied embedding (+ Gemma 2 soft-cap)."""
+    return logprobs.logits(hidden, model.embedder.input_embedding.value,
+                           getattr(model.config, "final_logit_softcap", None))
 
 
 # A stop sequence: the token ids before its last token, and every token id

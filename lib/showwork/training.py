@@ -30,7 +30,8 @@ from flax import nnx
 
 from showwork.bus import Bus
 from showwork.models import PAD_ID, host_array
-from showwork.sampling import final_hidden, project
+from showwork.logprobs import token_logps
+from showwork.sampling import final_hidden
 
 # ---------------------------------------------------------------- state
 
@@ -74,6 +75,11 @@ def current_lr(opt_state) -> float:
 
 # ---------------------------------------------------------------- batches and log-probs
 
+# Rows of the output projection alive at once in completion_logps: 256 rows
+# of Gemma's 262k-token vocabulary are 268 MB of float32 logits, large enough
+# that each chunk's matmul still runs at full speed.
+LOGPS_CHUNK = 256
+
 
 def bucket_len(n: int, size: int) -> int:
     return max(size, -(-n // size) * size)
@@ -103,11 +109,13 @@ def pack(prompts: list[list[int]], completions: list[list[int]], prompt_bucket: 
     return prompt, completion, mask
 
 
-def completion_logps(graphdef, states: tuple, prompt, completion, completion_mask, temperature: float = 1.0):
+def completion_logps(graphdef, states: tuple, prompt, completion, completion_mask, temperature: float = 1.0,
+                     chunk: int = LOGPS_CHUNK):
     """Per-token log-probs [B, C] of `completion` given left-padded `prompt`.
 
     Logits are computed only for the C positions that predict completion
-    tokens: the output projection is most of the model's FLOPs.
+    tokens (the output projection is most of the model's FLOPs), `chunk`
+    rows at a time (see logprobs.py: the full [B, C, V] logits never exist).
     """
     tokens = jnp.concatenate([prompt, completion], axis=1)
     valid = jnp.concatenate([prompt != PAD_ID, completion_mask > 0], axis=1)
@@ -118,9 +126,11 @@ def completion_logps(graphdef, states: tuple, prompt, completion, completion_mas
     plen, clen = prompt.shape[1], completion.shape[1]
     hidden, _ = final_hidden(graphdef, _merged(states), tokens, positions, None, attn)
     model = nnx.merge(graphdef, *states)
-    logits = project(model, hidden[:, plen - 1:plen + clen - 1]) / temperature
-    logps = jax.nn.log_softmax(logits, axis=-1)
-    return jnp.take_along_axis(logps, completion[..., None], axis=-1)[..., 0]
+    rows = hidden[:, plen - 1:plen + clen - 1]
+    b, c, d = rows.shape
+    logps = token_logps(rows.reshape(b * c, d), model.embedder.input_embedding.value, completion.reshape(-1),
+                        getattr(model.config, "final_logit_softcap", None), temperature, chunk)
+    return logps.reshape(b, c)
 
 
 def _merged(states: tuple):
