@@ -96,11 +96,11 @@ def ours_worker(job: dict) -> dict:
 
     work = Path(tempfile.mkdtemp(prefix="showwork-bench-"))
     (work / "recipe.yaml").write_text(recipe_text(job))
-    (work / "tier.yaml").write_text("tier: {name: bench, train_batch: 4}\n")
+    (work / "tier.yaml").write_text(f"tier: {{name: bench, train_batch: 4, remat: {str(job.get('remat', False)).lower()}}}\n")
     cfg = config.load(work / "recipe.yaml", work / "tier.yaml")
     bus = Bus(str(work / "run"))
     quiet = log.get("bench")
-    loaded = models.load(cfg.model.name)
+    loaded = models.load(cfg.model.name, remat=cfg.tier.remat)
     if cfg.model.lora:
         lora = cfg.model.lora
         loaded.model = training.add_lora(loaded.model, lora.rank, lora.alpha, lora.targets, None, 0)
@@ -170,9 +170,14 @@ def main(argv=None):
         models.export_hf(loaded, hf_dir)
     results = []
     for stage in args.stages:
-        modes = [("lora-16", 16), ("full", 0)] if stage == "sft" else [("lora-16", 16)]
-        for name, rank in modes:
-            job = {"stage": stage, "model": args.model, "lora_rank": rank, "steps": args.steps,
+        # (name, LoRA rank, remat): remat recomputes activations in the
+        # backward pass on both sides (ours: tier.remat; TRL: gradient
+        # checkpointing, which TRL turns on by default). We remat full
+        # fine-tuning only (see config.Config.problems).
+        modes = [("lora-16", 16, False), ("full", 0, False), ("full-remat", 0, True)] if stage == "sft" else \
+            [("lora-16", 16, False)]
+        for name, rank, remat in modes:
+            job = {"stage": stage, "model": args.model, "lora_rank": rank, "remat": remat, "steps": args.steps,
                    "seq_len": args.seq_len, "batch": args.batch, "prompts": args.prompts,
                    "generations": args.generations, "completion_tokens": args.completion_tokens,
                    "lora_alpha": 2 * rank, "model_dir": str(hf_dir) if hf_dir else None}

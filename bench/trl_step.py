@@ -55,7 +55,9 @@ def main():
     out = tempfile.mkdtemp(prefix="showwork-bench-trl-")
     timer = StepTimes()
     common = dict(output_dir=out, max_steps=job["steps"] + 1, logging_steps=1, save_strategy="no", report_to=[],
-                  use_cpu=True, dataloader_num_workers=0, seed=0, gradient_accumulation_steps=1)
+                  use_cpu=True, dataloader_num_workers=0, seed=0, gradient_accumulation_steps=1,
+                  # TRL turns gradient checkpointing on by default; the job says whether both sides use it.
+                  gradient_checkpointing=job.get("remat", False))
     if job["stage"] == "sft":
         from trl import SFTConfig, SFTTrainer
 

@@ -81,3 +81,32 @@ def test_completion_logps_of_the_tiny_model_match_its_full_logits():
         logps = jax.nn.log_softmax(full[0, len(p) - 1:-1].astype(jnp.float32), axis=-1)
         expected = logps[jnp.arange(len(c)), jnp.asarray(c)]
         np.testing.assert_allclose(ours[i, :len(c)], expected, rtol=1e-4, atol=1e-4)
+
+
+
+def sft_grad(remat: bool):
+    loaded = models.load("tiny", seed=0, remat=remat)
+    graphdef, trainable, frozen = training.split(loaded.model)
+    prompt, completion, mask = training.pack([[5, 6, 7, 8]] * 2, [list(range(10, 60)), list(range(20, 45))])
+
+    def loss(t):
+        return -(training.completion_logps(graphdef, (t, frozen), prompt, completion, mask) * mask).sum()
+
+    step = jax.jit(jax.value_and_grad(loss))
+    temp = step.lower(trainable).compile().memory_analysis().temp_size_in_bytes
+    return step(trainable), temp
+
+
+def test_remat_gives_the_same_gradients_with_less_activation_memory():
+    (loss, grads), temp = sft_grad(False)
+    (loss_r, grads_r), temp_r = sft_grad(True)
+    np.testing.assert_allclose(loss_r, loss, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(grads_r), jax.tree.leaves(grads)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert temp_r < temp, (temp_r, temp)
+
+
+def test_lora_on_a_remat_model_is_refused_with_the_reason():
+    loaded = models.load("tiny", seed=0, remat=True)
+    with pytest.raises(ValueError, match="full fine-tuning"):
+        training.add_lora(loaded.model, 4, 8.0, models.DEFAULT_LORA_TARGETS)

@@ -247,6 +247,11 @@ class TierConfig:
     # The mesh of one eval pod. Eval shards are independent single-host pods,
     # so a multi-host tier names a single-host mesh here; default: `mesh`.
     eval_mesh: Optional[MeshConfig] = None
+    # Training recomputes each attention/MLP block's activations in the
+    # backward pass instead of storing them: ~1/3 more compute, much less
+    # memory (docs/BENCHMARKS.md). For a tier whose chips or nodes would not
+    # otherwise fit the batch.
+    remat: bool = False
 
     def problems(self):
         for key in ("hosts", "train_batch", "eval_batch", "eval_shards"):
@@ -281,6 +286,9 @@ class Config:
         for name in self.eval.models:
             if name in sections and sections[name] is None:
                 yield "eval.models", f"evaluates {name!r} but the recipe has no {name.replace('-', '_')} section"
+        if self.tier.remat and self.model.lora and (self.sft or self.grpo or self.self_teach):
+            yield "tier.remat", ("works with full fine-tuning only: qwix creates LoRA adapters while the model "
+                                 "runs, which nnx.remat's trace does not allow; drop model.lora or tier.remat")
         replicas = self.tier.mesh.shape[0]
         if self.grpo is not None:
             batch = self.grpo.batch_size or self.tier.train_batch

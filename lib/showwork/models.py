@@ -226,13 +226,26 @@ def _load_safetensors_dir(name: str, directory: Path, config, dtype, mesh):
     return loader.create_model_from_safe_tensors(str(directory), config, mesh=mesh, dtype=dtype)
 
 
-def load(name: str, path: str | None = None, dtype: str = "float32", mesh=None, seed: int = 0) -> Loaded:
-    """Load a model by name; `path` overrides where its weights come from."""
+def _with_remat(config, remat: bool):
+    """Recompute each attention and MLP block in the backward pass instead of keeping its activations.
+
+    tunix's `RematConfig.BLOCK`: about a third more compute per training step
+    for activation memory of one block instead of every layer's (measured in
+    docs/BENCHMARKS.md). Inference is unaffected.
+    """
+    if not remat:
+        return config
+    return dataclasses.replace(config, remat_config=type(config.remat_config).BLOCK)
+
+
+def load(name: str, path: str | None = None, dtype: str = "float32", mesh=None, seed: int = 0,
+         remat: bool = False) -> Loaded:
+    """Load a model by name; `path` overrides where its weights come from; `remat` see _with_remat."""
     if name not in MODEL_NAMES:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(MODEL_NAMES)}")
     jdtype = _DTYPES[dtype]
     if name == "tiny":
-        return tiny(dtype=dtype, seed=seed, mesh=mesh)
+        return tiny(dtype=dtype, seed=seed, mesh=mesh, remat=remat)
     if name == "gemma3-270m":
         gguf_path = Path(path) if path else gguf_weights.default_gguf_path()
         if not gguf_path.exists():
@@ -250,18 +263,19 @@ def load(name: str, path: str | None = None, dtype: str = "float32", mesh=None, 
         if not directory.is_dir():
             raise FileNotFoundError(f"model directory for {name} not found: {directory}")
         config = _hf_config(name, directory, jdtype)
+    config = _with_remat(config, remat)
     tokenizer = Tokenizer.from_file(directory / "tokenizer.model")
     model = _load_safetensors_dir(name, directory, config, jdtype, mesh)
     return Loaded(name=name, model=model, tokenizer=tokenizer, config=config)
 
 
-def load_dir(directory: str, dtype: str = "float32", mesh=None) -> Loaded:
+def load_dir(directory: str, dtype: str = "float32", mesh=None, remat: bool = False) -> Loaded:
     """Load an exported (Hugging Face layout) directory; its config.json names the family."""
     path = Path(directory)
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"no exported model at {directory} (config.json missing)")
     family = "gemma2-2b-it" if json.loads((path / "config.json").read_text()).get("model_type") == "gemma2" else "gemma3-1b-it"
-    loaded = load(family, path=str(path), dtype=dtype, mesh=mesh)
+    loaded = load(family, path=str(path), dtype=dtype, mesh=mesh, remat=remat)
     loaded.name = str(directory)
     return loaded
 
@@ -347,11 +361,11 @@ def tiny_config(vocab: int, dtype=jnp.float32):
     )
 
 
-def tiny(dtype: str = "float32", seed: int = 0, mesh=None) -> Loaded:
+def tiny(dtype: str = "float32", seed: int = 0, mesh=None, remat: bool = False) -> Loaded:
     from tunix.models.gemma3 import model as gemma3
 
     tokenizer = tiny_tokenizer()
-    config = tiny_config(tokenizer.vocab_size, _DTYPES[dtype])
+    config = _with_remat(tiny_config(tokenizer.vocab_size, _DTYPES[dtype]), remat)
     ctx = jax.set_mesh(mesh) if mesh is not None else _null()
     with ctx:
         model = gemma3.Gemma3(config, rngs=nnx.Rngs(params=seed))

@@ -162,7 +162,7 @@ def run(bus: Bus, cfg, log, rows: list[dict] | None = None, stage: str = "sft"):
     def body() -> StageResult:
         train_rows = rows if rows is not None else bus.read_jsonl("data/train.jsonl")
         loaded = models.load(cfg.model.name, cfg.model.path, cfg.tier.dtype, seed=sft.seed,
-                             mesh=models.tier_mesh(cfg.tier.mesh))
+                             mesh=models.tier_mesh(cfg.tier.mesh), remat=cfg.tier.remat)
         lora = cfg.model.lora
         if lora:
             loaded.model = training.add_lora(loaded.model, lora.rank, lora.alpha, lora.targets, lora.quantize, sft.seed)

@@ -465,6 +465,9 @@ def add_lora(model: nnx.Module, rank: int, alpha: float, targets: str, quantize:
     """models.apply_lora, recording alpha/rank on each adapted module for the merge."""
     from showwork import models
 
+    if getattr(getattr(model, "config", None), "remat_config", None) == type(model.config.remat_config).BLOCK:
+        raise ValueError("LoRA on a model loaded with remat=True: qwix creates the adapters while the model runs, "
+                         "which nnx.remat's trace does not allow (remat works with full fine-tuning)")
     model = models.apply_lora(model, rank=rank, alpha=alpha, targets=targets, quantize=quantize, seed=seed)
     for _, module in model.iter_modules():
         for name in list(vars(module)):
@@ -512,8 +515,8 @@ def start_model(bus: Bus, cfg, seed: int = 0):
 
     mesh = models.tier_mesh(cfg.tier.mesh)
     if cfg.sft is not None:
-        return models.load_dir(local_model_dir(bus, "sft/model"), cfg.tier.dtype, mesh=mesh)
-    return models.load(cfg.model.name, cfg.model.path, cfg.tier.dtype, seed=seed, mesh=mesh)
+        return models.load_dir(local_model_dir(bus, "sft/model"), cfg.tier.dtype, mesh=mesh, remat=cfg.tier.remat)
+    return models.load(cfg.model.name, cfg.model.path, cfg.tier.dtype, seed=seed, mesh=mesh, remat=cfg.tier.remat)
 
 
 def stop_for_preemption(ckpt: "Checkpoints", metrics: "Metrics", step: int, tree, meta: dict, saved: bool):
