@@ -210,6 +210,31 @@ def test_grpo_objective_matches_hand_computation():
     assert float(aux_kl["kl"]) > 0 and float(loss_kl) > float(loss)
 
 
+def test_grpo_single_update_uses_current_logps_as_old_without_another_forward(tiny):
+    """old=None (num_iterations 1) gives the loss and gradient of old = a separate forward pass."""
+    import jax
+    import jax.numpy as jnp
+
+    from showwork import models
+
+    loaded = models.tiny(seed=2)
+    loaded.model = training.add_lora(loaded.model, 4, 8.0, models.DEFAULT_LORA_TARGETS)
+    graphdef, trainable, frozen = training.split(loaded.model)
+    trainable = jax.tree.map(lambda x: x + 0.01, trainable)  # adapters away from zero: a real gradient
+    tx = training.optimizer(1e-3, 0.9, 0.99, 0.0, 1.0, 4, 0, 0.1)
+    logps_fn, grad_fn, _ = grpo.make_step_fns(graphdef, tx, beta=0.0, epsilon=0.2, temperature=1.0)
+    prompt, completion, mask = training.pack([[5, 6, 7], [8, 9]], [[10, 11, 12, 13], [14, 15]])
+    adv = jnp.array([1.0, -1.0])
+    old = logps_fn(trainable, frozen, prompt, completion, mask)
+    (loss, aux), grads = grad_fn(trainable, frozen, prompt, completion, mask, old, None, adv)
+    (loss_n, aux_n), grads_n = grad_fn(trainable, frozen, prompt, completion, mask, None, None, adv)
+    np.testing.assert_allclose(loss_n, loss, rtol=1e-5)
+    assert float(aux_n["kl"]) == 0.0 and float(aux_n["clip_fraction"]) == 0.0
+    assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads_n))
+    for a, b in zip(jax.tree.leaves(grads_n), jax.tree.leaves(grads)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+
+
 @pytest.mark.parametrize("quantize", [None, "int8", "int4", "nf4"])
 def test_lora_merge_matches_adapted_forward(tiny, quantize):
     """The exported (merged) model computes what the adapted model computed,
