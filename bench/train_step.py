@@ -151,6 +151,8 @@ def main(argv=None):
     p.add_argument("--prompts", type=int, default=2, help="GRPO prompts per step")
     p.add_argument("--generations", type=int, default=4)
     p.add_argument("--completion-tokens", type=int, default=128)
+    p.add_argument("--modes", nargs="+", default=["lora-16", "full", "full-remat"],
+                   choices=["lora-16", "full", "full-remat"], help="SFT modes to measure (GRPO runs lora-16)")
     p.add_argument("--trl-python", help="python of a venv with torch + TRL (bench/README.md)")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
@@ -174,8 +176,8 @@ def main(argv=None):
         # backward pass on both sides (ours: tier.remat; TRL: gradient
         # checkpointing, which TRL turns on by default). We remat full
         # fine-tuning only (see config.Config.problems).
-        modes = [("lora-16", 16, False), ("full", 0, False), ("full-remat", 0, True)] if stage == "sft" else \
-            [("lora-16", 16, False)]
+        modes = [m for m in [("lora-16", 16, False), ("full", 0, False), ("full-remat", 0, True)]
+                 if m[0] in args.modes] if stage == "sft" else [("lora-16", 16, False)]
         for name, rank, remat in modes:
             job = {"stage": stage, "model": args.model, "lora_rank": rank, "remat": remat, "steps": args.steps,
                    "seq_len": args.seq_len, "batch": args.batch, "prompts": args.prompts,

@@ -30,7 +30,7 @@ def test_training_step_benchmark_runs_on_tiny(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(out.read_text())
     assert [(r["stage"], r["mode"]) for r in summary["results"]] == [
-        ("sft", "lora-16"), ("sft", "full"), ("grpo", "lora-16")]
+        ("sft", "lora-16"), ("sft", "full"), ("sft", "full-remat"), ("grpo", "lora-16")]
     for row in summary["results"]:
         assert row["ours_seconds_per_step"] > 0 and row["ours_peak_rss_mib"] > 100
     sft_lora, sft_full, grpo = summary["results"]
