@@ -33,6 +33,6 @@ def test_training_step_benchmark_runs_on_tiny(tmp_path):
         ("sft", "lora-16"), ("sft", "full"), ("sft", "full-remat"), ("grpo", "lora-16")]
     for row in summary["results"]:
         assert row["ours_seconds_per_step"] > 0 and row["ours_peak_rss_mib"] > 100
-    sft_lora, sft_full, grpo = summary["results"]
-    assert sft_lora["ours_tokens_per_second"] > 0 and sft_full["ours_tokens_per_second"] > 0
+    *sfts, grpo = summary["results"]
+    assert all(row["ours_tokens_per_second"] > 0 for row in sfts)
     assert grpo["ours_prompts_per_minute"] > 0 and 0 < grpo["ours_completion_tokens"] <= 8
