@@ -248,9 +248,10 @@ class TierConfig:
     # so a multi-host tier names a single-host mesh here; default: `mesh`.
     eval_mesh: Optional[MeshConfig] = None
     # Training recomputes each attention/MLP block's activations in the
-    # backward pass instead of storing them: ~1/3 more compute, much less
-    # memory (docs/BENCHMARKS.md). For a tier whose chips or nodes would not
-    # otherwise fit the batch.
+    # backward pass instead of storing them: more compute (7% slower on
+    # Gemma 3 270M full SFT on CPU), less activation memory; worth it where
+    # activations set the peak (long sequences, big batches). Measured in
+    # docs/BENCHMARKS.md. Full fine-tuning only.
     remat: bool = False
 
     def problems(self):

@@ -139,7 +139,9 @@ def train_session(bus: Bus, loaded, rows: list[dict], *, session: int, grpo, bat
 
     # Prompts over the rollout's prompt budget are left out (counted), so every
     # step packs to one fixed shape and compiles once.
-    fits = [r for r in rows if len(loaded.tokenizer.encode(r["prompt"], bos=True)) <= roll.max_prompt_length]
+    lengths = [len(loaded.tokenizer.encode(r["prompt"], bos=True)) for r in rows]
+    fits = [r for r, n in zip(rows, lengths) if n <= roll.max_prompt_length]
+    lengths = [n for n in lengths if n <= roll.max_prompt_length]
     if not fits:
         raise ValueError(f"no training prompt fits rollout.max_prompt_length={roll.max_prompt_length}")
     if len(fits) < len(rows):
@@ -151,8 +153,7 @@ def train_session(bus: Bus, loaded, rows: list[dict], *, session: int, grpo, bat
     # prompts is not padded to max_prompt_length, which costs every forward
     # pass (measured: 256 vs 160 positions on the benchmark's prompts).
     used = {order[(local * batch + i) % len(order)] for local in range(last - first) for i in range(batch)}
-    prompt_len = min(roll.max_prompt_length, training.bucket_len(
-        max(len(loaded.tokenizer.encode(rows[i]["prompt"], bos=True)) for i in used), sampling.PROMPT_BUCKET))
+    prompt_len = min(roll.max_prompt_length, training.bucket_len(max(lengths[i] for i in used), sampling.PROMPT_BUCKET))
     logps_fn, grad_fn, apply = make_step_fns(graphdef, tx, grpo.beta, grpo.epsilon, max(roll.temperature, 1e-3))
     settings = sampling.SampleSettings(roll.max_tokens_to_generate, roll.temperature, roll.top_k, roll.top_p)
     metrics = training.Metrics(bus, "grpo", f"grpo/s-{session}/metrics.jsonl", resume_step=start)

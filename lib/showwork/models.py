@@ -229,8 +229,8 @@ def _load_safetensors_dir(name: str, directory: Path, config, dtype, mesh):
 def _with_remat(config, remat: bool):
     """Recompute each attention and MLP block in the backward pass instead of keeping its activations.
 
-    tunix's `RematConfig.BLOCK`: about a third more compute per training step
-    for activation memory of one block instead of every layer's (measured in
+    tunix's `RematConfig.BLOCK`: each block's forward pass runs again in the
+    backward pass, so only block inputs are stored (cost measured in
     docs/BENCHMARKS.md). Inference is unaffected.
     """
     if not remat:

@@ -465,7 +465,8 @@ def add_lora(model: nnx.Module, rank: int, alpha: float, targets: str, quantize:
     """models.apply_lora, recording alpha/rank on each adapted module for the merge."""
     from showwork import models
 
-    if getattr(getattr(model, "config", None), "remat_config", None) == type(model.config.remat_config).BLOCK:
+    remat = getattr(getattr(model, "config", None), "remat_config", None)
+    if remat is not None and remat.name != "NONE":
         raise ValueError("LoRA on a model loaded with remat=True: qwix creates the adapters while the model runs, "
                          "which nnx.remat's trace does not allow (remat works with full fine-tuning)")
     model = models.apply_lora(model, rank=rank, alpha=alpha, targets=targets, quantize=quantize, seed=seed)
