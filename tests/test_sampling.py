@@ -26,6 +26,32 @@ def test_sampling_depends_on_row_seed_not_batch_mates(tiny):
     assert a.tokens != c.tokens
 
 
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_group_prefill_gives_the_rows_they_would_get_alone(tiny, temperature):
+    """group=G prefills each run of G identical prompts once and shares its
+    cache: the same tokens as prefilling every row, row seeds included."""
+    settings = sampling.SampleSettings(max_new_tokens=12, temperature=temperature, top_k=40)
+    prompts = [p for p in PROMPTS[:3] for _ in range(2)]
+    seeds = list(range(11, 17))
+    each = sampling.generate(tiny, prompts, settings, batch_size=4, prompt_len=64, row_seeds=seeds)
+    shared = sampling.generate(tiny, prompts, settings, batch_size=4, prompt_len=64, row_seeds=seeds, group=2)
+    assert shared.tokens == each.tokens
+    assert shared.prompt_tokens == each.prompt_tokens
+    if temperature:
+        assert shared.tokens[0] != shared.tokens[1]  # one prompt, two different completions
+
+
+@pytest.mark.parametrize("prompts, batch, group, match", [
+    (["a", "a", "b", "c"], 4, 2, "not one prompt repeated"),
+    (["a", "a", "a"], 4, 2, "must divide"),
+    (["a", "a", "b", "b"], 3, 2, "must divide"),
+    (["a", "a"], 2, 0, "must divide"),
+])
+def test_group_rejects_prompts_that_are_not_runs(tiny, prompts, batch, group, match):
+    with pytest.raises(ValueError, match=match):
+        sampling.generate(tiny, prompts, sampling.SampleSettings(max_new_tokens=2), batch_size=batch, group=group)
+
+
 def test_top_k_one_equals_greedy(tiny):
     greedy = sampling.generate(tiny, PROMPTS, sampling.SampleSettings(max_new_tokens=8), batch_size=4)
     topk1 = sampling.generate(tiny, PROMPTS, sampling.SampleSettings(max_new_tokens=8, temperature=0.7, top_k=1),

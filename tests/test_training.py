@@ -282,3 +282,44 @@ def test_config_for_training_sections(tmp_path):
     bad.write_text(TINY_GRPO.replace("numbers: 1.0", "numberz: 1.0"))
     with pytest.raises(config.ConfigError, match="unknown reward 'numberz'"):
         config.load(bad, CPU)
+
+
+@pytest.mark.parametrize("quantize", [None, "int8"])
+def test_fold_into_base_computes_what_the_adapted_model_computes(tiny, quantize):
+    """GRPO samples from the base model with the adapters folded in: same
+    logits as the adapted model, and refolding follows the adapters as they
+    train (the base's own weights are overwritten each time, not added to)."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from showwork import models
+
+    base = models.tiny(seed=4).model
+    adapted = training.add_lora(base, 4, 8.0, models.DEFAULT_LORA_TARGETS, quantize)
+    ids = jnp.asarray([[2, 40, 41, 42, 43, 44]])
+    pos = jnp.arange(6)[None]
+    mask = jnp.tril(jnp.ones((6, 6), bool))[None]
+    for round_ in range(2):
+        state = nnx.state(adapted, nnx.LoRAParam)
+        leaves, tree = jax.tree.flatten(state)
+        nnx.update(adapted, jax.tree.unflatten(tree, [x + 0.05 * jax.random.normal(jax.random.key(10 * round_ + i), x.shape)
+                                                       for i, x in enumerate(leaves)]))
+        want, _ = adapted(ids, pos, None, mask)
+        folded = training.fold_into(base, adapted)
+        assert folded is base
+        got, _ = folded(ids, pos, None, mask)
+        assert np.abs(np.asarray(want) - np.asarray(got)).max() < 1e-4
+    # the adapted model keeps its adapters: folding does not touch it
+    assert any(name.endswith("_lora_a") and getattr(m, name) is not None
+               for _, m in nnx.iter_modules(adapted) for name in vars(m))
+
+
+def test_fold_into_refuses_a_model_without_the_adapted_weights(tiny):
+    from flax import nnx
+
+    from showwork import models
+
+    adapted = training.add_lora(models.tiny(seed=4).model, 4, 8.0, models.DEFAULT_LORA_TARGETS)
+    with pytest.raises(ValueError, match="no weight .* pass the model that add_lora was given"):
+        training.fold_into(nnx.Linear(2, 2, rngs=nnx.Rngs(0)), adapted)

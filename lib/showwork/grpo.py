@@ -15,6 +15,7 @@ adapters, so it costs no memory.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -111,8 +112,14 @@ def steps_per_session(per_session: int, review_ratio: float, batch: int, fixed: 
 
 
 def train_session(bus: Bus, loaded, rows: list[dict], *, session: int, grpo, batch: int, seed: int,
-                  digest: str, log) -> dict:
-    """Run session `session` (0-based) on `loaded.model` in place; returns its metrics."""
+                  digest: str, log, base: nnx.Module | None = None) -> dict:
+    """Run session `session` (0-based) on `loaded.model` in place; returns its metrics.
+
+    `base`: with LoRA, the model `add_lora` was given. Rollouts then sample
+    from it with the current adapters folded into its weights
+    (training.fold_into), which decodes faster than running the adapters;
+    None samples from `loaded.model` itself.
+    """
     steps = steps_per_session(grpo.prompts_per_session, grpo.review_ratio, batch, grpo.steps_per_session)
     total = steps * grpo.sessions
     first, last = session * steps, (session + 1) * steps
@@ -165,10 +172,11 @@ def train_session(bus: Bus, loaded, rows: list[dict], *, session: int, grpo, bat
             picked = [rows[order[(local * batch + i) % len(order)]] for i in range(batch)]
             with training.StepTimer() as timer:
                 nnx.update(loaded.model, trainable)
+                policy = loaded if base is None else dataclasses.replace(loaded, model=training.fold_into(base, loaded.model))
                 prompts = [r["prompt"] for r in picked for _ in range(g)]
                 gold = [r["answer"] for r in picked for _ in range(g)]
-                samples = sampling.generate(loaded, prompts, settings, seed=seed * 1_000_003 + step,
-                                            batch_size=len(prompts), prompt_len=prompt_len)
+                samples = sampling.generate(policy, prompts, settings, seed=seed * 1_000_003 + step,
+                                            batch_size=len(prompts), prompt_len=prompt_len, group=g)
                 totals, parts = rewards_lib.combined(grpo.rewards, prompts, samples.texts, gold)
                 adv = compute_advantages(np.asarray(totals, np.float32), g)
                 prompt, completion, mask = training.pack(samples.prompt_tokens, samples.completion_ids,
@@ -227,10 +235,12 @@ def run(bus: Bus, cfg, session: int, log):
         rows = bus.read_jsonl("data/train.jsonl")
         loaded = training.start_model(bus, cfg, grpo.seed)
         lora = cfg.model.lora
+        base = None
         if lora:
-            loaded.model = training.add_lora(loaded.model, lora.rank, lora.alpha, lora.targets, lora.quantize, grpo.seed)
+            base = loaded.model
+            loaded.model = training.add_lora(base, lora.rank, lora.alpha, lora.targets, lora.quantize, grpo.seed)
         final = train_session(bus, loaded, rows, session=session, grpo=grpo, batch=grpo.batch_size or cfg.tier.train_batch,
-                              seed=grpo.seed, digest=digest, log=log)
+                              seed=grpo.seed, digest=digest, log=log, base=base)
         if lora:
             training.merged_params(loaded.model)
         outputs = training.export(bus, f"{stage}/model", loaded)

@@ -168,11 +168,16 @@ def _cut(gen: list[int], stop_ids: tuple[int, ...], sequences: tuple[StopSequenc
 @partial(nnx.jit, static_argnames=("max_new", "temperature", "top_k", "top_p", "stop_ids", "sequences"))
 def _generate(model, prompt_ids, prompt_valid, row_keys, *, max_new, temperature, top_k, top_p, stop_ids,
               sequences=()):
-    batch, plen = prompt_ids.shape
+    # prompt_ids holds one row per group of identical prompts; row_keys one
+    # per output row. Each group's prompt is prefilled once, then its cache
+    # and first logits are repeated for the group's rows.
+    unique, plen = prompt_ids.shape
+    batch = row_keys.shape[0]
+    group = batch // unique
     size = plen + max_new
     dtype = model.embedder.input_embedding.value.dtype
-    cache = _empty_cache(model.config, batch, size, dtype)
-    valid = jnp.zeros((batch, size), jnp.bool_).at[:, :plen].set(prompt_valid)
+    cache = _empty_cache(model.config, unique, size, dtype)
+    valid = jnp.zeros((unique, size), jnp.bool_).at[:, :plen].set(prompt_valid)
     positions = jnp.maximum(jnp.cumsum(prompt_valid, axis=-1) - 1, 0).astype(jnp.int32)
     slots = jnp.arange(size)
     causal = slots[None, :plen, None] >= slots[None, None, :]  # [1, plen, size]
@@ -181,6 +186,9 @@ def _generate(model, prompt_ids, prompt_valid, row_keys, *, max_new, temperature
     hidden, cache = final_hidden(graphdef, params, prompt_ids, positions, cache, mask)
     logits = project(model, hidden[:, -1])
     lengths = prompt_valid.sum(axis=-1).astype(jnp.int32)
+    if group > 1:
+        logits, cache, valid, lengths = jax.tree.map(lambda x: jnp.repeat(x, group, axis=0),
+                                                     (logits, cache, valid, lengths))
     stops = jnp.asarray(stop_ids, jnp.int32)
 
     def body(state):
@@ -212,18 +220,26 @@ def _generate(model, prompt_ids, prompt_valid, row_keys, *, max_new, temperature
 def generate(loaded: Loaded, prompts: list[str], settings: SampleSettings, *, seed: int = 0,
              batch_size: int = 8, stop_ids: tuple[int, ...] | None = None,
              prompt_len: int | None = None, row_seeds: list[int] | None = None,
-             stop_strings: tuple[str, ...] = ()) -> Samples:
+             stop_strings: tuple[str, ...] = (), group: int = 1) -> Samples:
     """Complete each prompt (BOS is prepended); rows are processed in batches.
 
     `prompt_len` fixes the padded prompt length (one compiled program for
     every batch); by default it is the batch's longest prompt, bucketed.
     Row i samples with its own key from `row_seeds[i]` (default: seed and
     i), so a row's tokens do not depend on its batch-mates.
+    `group`: the prompts come in runs of `group` identical ones (GRPO's G
+    completions of one prompt); each run's prompt is prefilled once and its
+    KV cache shared by the run's rows (G times less prefill).
     """
     if row_seeds is None:
         row_seeds = [seed * 1_000_003 + i for i in range(len(prompts))]
     if len(row_seeds) != len(prompts):
         raise ValueError("row_seeds must have one seed per prompt")
+    if group < 1 or batch_size % group or len(prompts) % group:
+        raise ValueError(f"group={group} must divide batch_size ({batch_size}) and the number of prompts ({len(prompts)})")
+    for start in range(0, len(prompts), group):
+        if any(p != prompts[start] for p in prompts[start:start + group]):
+            raise ValueError(f"group={group}: prompts {start}..{start + group - 1} are not one prompt repeated")
     tok = loaded.tokenizer
     stop_ids = tuple(stop_ids or (EOS_ID, tok.end_of_turn_id))
     sequences = stop_sequences(tok, tuple(stop_strings))
@@ -245,7 +261,7 @@ def generate(loaded: Loaded, prompts: list[str], settings: SampleSettings, *, se
             ok[r, plen - len(row):] = row != [PAD_ID]
         seeds = row_seeds[start:start + batch_size] + [0] * (batch_size - rows)
         keys = jax.vmap(jax.random.key)(jnp.asarray(np.asarray([x % 2**32 for x in seeds], np.uint32)))
-        out, done = _generate(loaded.model, jnp.asarray(ids), jnp.asarray(ok), keys,
+        out, done = _generate(loaded.model, jnp.asarray(ids[::group]), jnp.asarray(ok[::group]), keys,
                               max_new=settings.max_new_tokens, temperature=float(settings.temperature),
                               top_k=settings.top_k, top_p=settings.top_p, stop_ids=stop_ids,
                               sequences=sequences)

@@ -409,30 +409,30 @@ class StepTimer:
 # ---------------------------------------------------------------- export
 
 
-def merged_params(model: nnx.Module) -> nnx.Module:
-    """Fold LoRA adapters into the base weights in place (W += A·B·alpha/rank).
+def _lora_folds(model: nnx.Module) -> list[tuple[str, nnx.Module, str, jax.Array]]:
+    """(module path, module, weight name, W + A·B·alpha/rank) for each LoRA-adapted weight.
 
     qwix stores `<w>_lora_a` / `<w>_lora_b` next to each adapted weight; for
     einsum weights it also records the einsum it used, from which we read
     how A and B contract back to the weight's layout.
 
     QLoRA: the frozen base is held quantised (a qwix QArray) and the adapters
-    were trained against that quantised base, so the export folds them into
+    were trained against that quantised base, so they are folded into
     dequantise(Q(W)), the weight the trained model actually computed with,
     not into the original W (whose difference the adapters never saw).
     """
     import qwix
     from qwix._src.providers.ptq import WithAux  # qwix exports no public name for its weight wrapper
 
-    for _, module in nnx.iter_modules(model):
+    folds = []
+    for path, module in nnx.iter_modules(model):
         for name in list(vars(module)):
-            if not name.endswith("_lora_a"):
+            if not name.endswith("_lora_a") or getattr(module, name) is None:
                 continue
             base = name[: -len("_lora_a")]
             a = getattr(module, name).value
             b = getattr(module, base + "_lora_b").value
             weight = getattr(module, base)
-            scale = _lora_scale(module, base)
             einsum_str = getattr(module, base + "_lora_einsum_str", None)
             if isinstance(weight, WithAux):
                 current = qwix.dequantize(weight.array) if isinstance(weight.array, qwix.QArray) else weight.array
@@ -444,14 +444,42 @@ def merged_params(model: nnx.Module) -> nnx.Module:
                 delta = jnp.einsum(f"{inputs[1]},{inputs[2]}->{rhs}", a, b)
             else:
                 delta = (a @ b).reshape(current.shape)
-            merged = current + (scale * delta).astype(current.dtype)
-            if isinstance(weight, WithAux):
-                setattr(module, base, nnx.Param(merged))
-            else:
-                weight.value = merged
-            setattr(module, name, None)
-            setattr(module, base + "_lora_b", None)
+            folds.append((path, module, base, current + (_lora_scale(module, base) * delta).astype(current.dtype)))
+    return folds
+
+
+def merged_params(model: nnx.Module) -> nnx.Module:
+    """Fold LoRA adapters into the base weights in place (W += A·B·alpha/rank), for export."""
+    from qwix._src.providers.ptq import WithAux
+
+    for _, module, base, merged in _lora_folds(model):
+        weight = getattr(module, base)
+        if isinstance(weight, WithAux):  # QLoRA: the export holds the plain folded weight
+            setattr(module, base, nnx.Param(merged))
+        else:
+            weight.value = merged
+        setattr(module, base + "_lora_a", None)
+        setattr(module, base + "_lora_b", None)
     return model
+
+
+def fold_into(base: nnx.Module, adapted: nnx.Module) -> nnx.Module:
+    """`base`, the model `add_lora` wrapped, with `adapted`'s current adapters folded into its weights.
+
+    For sampling: one matmul per weight instead of the adapter's two extra
+    skinny ones per projection per decoded token (measured: GRPO's rollout
+    of 8 × 128 tokens took 27 s through the adapters, 19 s on the plain
+    model). `base` keeps the arrays of the weights that have no adapter
+    (the embedding, norms), shared with `adapted`, so the cost is one copy
+    of the adapted weights.
+    """
+    modules = dict(nnx.iter_modules(base))
+    for path, _, name, merged in _lora_folds(adapted):
+        if path not in modules or not isinstance(getattr(modules[path], name, None), nnx.Param):
+            raise ValueError(f"fold_into: the base model has no weight {name!r} at {path}; "
+                             "pass the model that add_lora was given")
+        getattr(modules[path], name).value = merged
+    return base
 
 
 def _lora_scale(module, base: str) -> float:
