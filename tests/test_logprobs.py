@@ -110,3 +110,16 @@ def test_lora_on_a_remat_model_is_refused_with_the_reason():
     loaded = models.load("tiny", seed=0, remat=True)
     with pytest.raises(ValueError, match="full fine-tuning"):
         training.add_lora(loaded.model, 4, 8.0, models.DEFAULT_LORA_TARGETS)
+
+
+@pytest.mark.parametrize("n, chunk, shape", [
+    (1664, 256, (7, 238)),  # 4 × 416 completion positions: 2 padding rows, not 128
+    (256, 256, (1, 256)),
+    (257, 256, (2, 129)),
+    (1, 256, (1, 1)),
+    (7, 3, (3, 3)),
+])
+def test_chunks_are_equal_and_at_most_chunk_rows(n, chunk, shape):
+    hs, ts = logprobs._chunked(jnp.ones((n, 4)), jnp.zeros((n,), jnp.int32), chunk)
+    assert hs.shape == (*shape, 4) and ts.shape == shape
+    assert shape[1] <= chunk and shape[0] * shape[1] - n < shape[0]

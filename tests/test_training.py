@@ -323,3 +323,19 @@ def test_fold_into_refuses_a_model_without_the_adapted_weights(tiny):
     adapted = training.add_lora(models.tiny(seed=4).model, 4, 8.0, models.DEFAULT_LORA_TARGETS)
     with pytest.raises(ValueError, match="no weight .* pass the model that add_lora was given"):
         training.fold_into(nnx.Linear(2, 2, rngs=nnx.Rngs(0)), adapted)
+
+
+@pytest.mark.parametrize("n, size, cap, want", [
+    (416, 128, 416, 416),   # SFT data cut at max_seq_len: no bucket past the data
+    (300, 128, 416, 384),   # a shorter batch still gets its bucket
+    (385, 128, 400, 400),   # the bucket (512) would pass the cap
+    (1, 128, 416, 128),
+    (128, 128, 1000, 128),
+])
+def test_capped_bucket_table(n, size, cap, want):
+    assert training.capped_bucket(n, size, cap) == want
+
+
+def test_capped_bucket_refuses_a_length_over_its_cap():
+    with pytest.raises(ValueError, match="over the cap"):
+        training.capped_bucket(500, 128, 416)

@@ -42,12 +42,19 @@ def _rows_logps(hidden, embedding, targets, softcap, temperature):
 
 
 def _chunked(hidden, targets, chunk: int):
-    """[N, ...] -> [N/chunk, chunk, ...], padding N up to a whole number of chunks."""
+    """[N, ...] -> [K, ceil(N/K), ...]: K = ceil(N/chunk) equal chunks of at most `chunk` rows.
+
+    Equal chunks rather than full ones plus a remainder: the padding rows
+    still go through the projection, and 1,664 rows in chunks of 256 would
+    pad 128 of them (7 × 256), where 7 × 238 pads 2.
+    """
     n = hidden.shape[0]
-    pad = -n % chunk
+    count = -(-n // chunk)
+    size = -(-n // count)
+    pad = count * size - n
     hidden = jnp.pad(hidden, ((0, pad), (0, 0)))
     targets = jnp.pad(targets, (0, pad))
-    return hidden.reshape(-1, chunk, hidden.shape[-1]), targets.reshape(-1, chunk)
+    return hidden.reshape(count, size, hidden.shape[-1]), targets.reshape(count, size)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))

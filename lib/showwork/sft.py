@@ -108,8 +108,12 @@ def train(bus: Bus, loaded, rows: list[dict], *, stage: str, seed: int, batch: i
     grad_fn, apply = make_step_fns(graphdef, tx)
     # One prompt width for the run and completions in 128-token buckets: a
     # handful of compiled shapes instead of one per length (compiles cost
-    # more than the padding on CPU and TPU alike).
+    # more than the padding on CPU and TPU alike). A bucket never reaches
+    # past the run's longest completion: data cut at max_seq_len is all
+    # full-length, and rounding it up to the next bucket cost 19% more
+    # positions on the benchmark (96 + 416 tokens packed as 96 + 512).
     prompt_len = training.bucket_len(max(len(p) for p in seqs.prompts), 32)
+    longest = max(len(c) for c in seqs.completions)
     metrics = training.Metrics(bus, stage, f"{stage}/metrics.jsonl", resume_step=start)
     last = {}
     with training.PreemptionGuard() as guard:
@@ -118,9 +122,10 @@ def train(bus: Bus, loaded, rows: list[dict], *, stage: str, seed: int, batch: i
                 grads_sum, losses, tokens = None, [], 0
                 for micro in range(accumulation):
                     idx = order(n, seed, (step * accumulation + micro) * batch, batch)
-                    prompt, completion, mask = training.pack([seqs.prompts[i] for i in idx],
-                                                             [seqs.completions[i] for i in idx],
-                                                             prompt_len=prompt_len, completion_bucket=128)
+                    completions = [seqs.completions[i] for i in idx]
+                    clen = training.capped_bucket(max(len(c) for c in completions), 128, longest)
+                    prompt, completion, mask = training.pack([seqs.prompts[i] for i in idx], completions,
+                                                             prompt_len=prompt_len, completion_len=clen)
                     loss, grads = grad_fn(trainable, frozen, prompt, completion, mask)
                     grads_sum = grads if grads_sum is None else jax.tree.map(jnp.add, grads_sum, grads)
                     losses.append(float(loss))

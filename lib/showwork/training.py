@@ -85,6 +85,14 @@ def bucket_len(n: int, size: int) -> int:
     return max(size, -(-n // size) * size)
 
 
+def capped_bucket(n: int, size: int, cap: int) -> int:
+    """bucket_len(n, size), but never past `cap` (the longest length the run has): data cut to a
+    maximum length is all that length, and the next bucket up would pad every row of it."""
+    if n > cap:
+        raise ValueError(f"length {n} is over the cap {cap}")
+    return min(bucket_len(n, size), cap)
+
+
 def pack(prompts: list[list[int]], completions: list[list[int]], prompt_bucket: int = 32,
          completion_bucket: int = 32, prompt_len: int | None = None,
          completion_len: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
