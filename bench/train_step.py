@@ -119,6 +119,7 @@ def ours_worker(job: dict) -> dict:
     out = {"step_seconds": seconds, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     if job["stage"] == "grpo":
         out["completion_tokens"] = sum(r["completion_tokens"] for r in timed) / len(timed)
+        out["sample_seconds"] = [r["sample_seconds"] for r in timed]  # the rollout's share of each step
     return out
 
 
@@ -137,6 +138,8 @@ def summarize(stage: str, job: dict, result: dict) -> dict:
     else:
         row["prompts_per_minute"] = 60 * job["prompts"] / seconds
         row["completion_tokens"] = result.get("completion_tokens")
+        if "sample_seconds" in result:
+            row["sample_seconds_per_step"] = sum(result["sample_seconds"]) / len(result["sample_seconds"])
     return row
 
 

@@ -5,6 +5,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO, job_env
 
 
@@ -36,3 +38,32 @@ def test_training_step_benchmark_runs_on_tiny(tmp_path):
     *sfts, grpo = summary["results"]
     assert all(row["ours_tokens_per_second"] > 0 for row in sfts)
     assert grpo["ours_prompts_per_minute"] > 0 and 0 < grpo["ours_completion_tokens"] <= 8
+    assert 0 < grpo["ours_sample_seconds_per_step"] < grpo["ours_seconds_per_step"]
+
+
+def test_step_profile_runs_on_tiny_and_accounts_for_the_step(tmp_path):
+    out = tmp_path / "profile.json"
+    done = subprocess.run([sys.executable, "bench/profile_step.py", "--model", "tiny", "--batch", "2", "--json", str(out)],
+                          cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(out.read_text())
+    shares = summary["by_category_seconds"]
+    assert shares.get("matmul", 0) > 0
+    assert set(shares) <= {"matmul", "copy", "exp/log", "elementwise"}
+    # the per-op shares add up to the time some op was running, within the traced step
+    assert abs(sum(shares.values()) - summary["ops_busy_seconds"]) < 1e-3
+    assert 0 < summary["ops_busy_seconds"] <= summary["step_seconds_traced"] * 1.05
+    assert summary["top_ops"] and all(op["seconds"] > 0 for op in summary["top_ops"])
+
+
+def test_wall_shares_split_overlapping_ops_evenly():
+    sys.path.insert(0, str(REPO / "bench"))
+    from profile_step import category, wall_shares
+
+    # a: 0-4 µs alone for 2, shared with b for 2; b alone 4-6; a gap 6-8; c 8-9
+    shares, busy = wall_shares([(0, 4, "a"), (2, 6, "b"), (8, 9, "c")])
+    assert busy == pytest.approx(7e-6)
+    assert shares == pytest.approx({"a": 3e-6, "b": 3e-6, "c": 1e-6})
+    assert [category(op) for op in ["ynn_fusion.3", "dot.1", "copy_bitcast_fusion.2", "subtract_exponential_fusion",
+                                    "bitcast_transpose_fusion", "multiply_add_fusion"]] == [
+        "matmul", "matmul", "copy", "exp/log", "copy", "elementwise"]

@@ -123,3 +123,19 @@ def test_chunks_are_equal_and_at_most_chunk_rows(n, chunk, shape):
     hs, ts = logprobs._chunked(jnp.ones((n, 4)), jnp.zeros((n,), jnp.int32), chunk)
     assert hs.shape == (*shape, 4) and ts.shape == shape
     assert shape[1] <= chunk and shape[0] * shape[1] - n < shape[0]
+
+
+@pytest.mark.parametrize("shape, vocab, parts, softcap", [
+    ((8, 16), 64, 2, None),
+    ((3, 1, 16), 64, 4, None),    # decode's [B, 1, D]
+    ((5, 16), 64, 2, 30.0),       # Gemma 2's soft-cap after the slices
+    ((4, 16), 63, 2, None),       # a vocabulary that does not split: one dot
+])
+def test_sliced_projection_gives_the_plain_logits(shape, vocab, parts, softcap):
+    key = jax.random.key(0)
+    hidden = jax.random.normal(key, shape)
+    embedding = jax.random.normal(jax.random.fold_in(key, 1), (vocab, shape[-1]))
+    plain = logprobs.logits(hidden, embedding, softcap)
+    sliced = logprobs.logits(hidden, embedding, softcap, parts)
+    assert sliced.shape == (*shape[:-1], vocab) and sliced.dtype == jnp.float32
+    np.testing.assert_allclose(sliced, plain, rtol=1e-6, atol=1e-6)

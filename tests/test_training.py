@@ -339,3 +339,25 @@ def test_capped_bucket_table(n, size, cap, want):
 def test_capped_bucket_refuses_a_length_over_its_cap():
     with pytest.raises(ValueError, match="over the cap"):
         training.capped_bucket(500, 128, 416)
+
+
+def test_optimizer_step_reuses_its_input_buffers_and_matches_optax():
+    """make_apply donates weights and moments (no second copy of
+    full fine-tuning's state at the peak) and computes optax's AdamW step."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    tx = training.optimizer(1e-2, 0.9, 0.99, 0.01, 1.0, 10, 0, 0.1)
+    params = {"w": jnp.arange(12.0).reshape(3, 4), "b": jnp.ones(4)}
+    grads = {"w": jnp.full((3, 4), 0.5), "b": jnp.linspace(-1, 1, 4)}
+    state = tx.init(params)
+    want_updates, want_state = tx.update(grads, state, params)
+    want = optax.apply_updates(params, want_updates)
+    inputs = (jax.tree.map(jnp.copy, params), jax.tree.map(jnp.copy, state), jax.tree.map(jnp.copy, grads))
+    new, new_state, norm = training.make_apply(tx)(*inputs)
+    for a, b in zip(jax.tree.leaves((new, new_state)), jax.tree.leaves((want, want_state))):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    np.testing.assert_allclose(norm, optax.global_norm(grads), rtol=1e-6)
+    assert all(x.is_deleted() for x in jax.tree.leaves(inputs[0]))
+    assert not any(x.is_deleted() for x in jax.tree.leaves(inputs[2]))

@@ -21,7 +21,6 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 from tunix.rl import common as tunix_common
 from tunix.rl.algo_core import compute_advantages
@@ -71,14 +70,7 @@ def make_step_fns(graphdef, tx, beta: float, epsilon: float, temperature: float)
         old = jax.lax.stop_gradient(logps) if old is None else old
         return objective(logps, old, ref, adv, mask, beta, epsilon)
 
-    grad_fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
-
-    @jax.jit
-    def apply(trainable, opt_state, grads):
-        updates, opt_state = tx.update(grads, opt_state, trainable)
-        return optax.apply_updates(trainable, updates), opt_state, optax.global_norm(grads)
-
-    return logps_jit, grad_fn, apply
+    return logps_jit, jax.jit(jax.value_and_grad(loss_fn, has_aux=True)), training.make_apply(tx)
 
 
 # ---------------------------------------------------------------- prompts per session
@@ -127,7 +119,9 @@ def train_session(bus: Bus, loaded, rows: list[dict], *, session: int, grpo, bat
     tx = training.optimizer(opt.learning_rate, opt.b1, opt.b2, opt.weight_decay, opt.max_grad_norm, total,
                             training.warmup_steps(sch.warmup_steps, sch.warmup_ratio, total), sch.end_value_ratio)
     graphdef, trainable, frozen = training.split(loaded.model)
-    reference = trainable  # the starting weights (zero LoRA adapters, or the full model)
+    # The starting weights (zero LoRA adapters, or the full model), copied:
+    # the optimizer step reuses the trainable arrays' buffers.
+    reference = jax.tree.map(jnp.copy, trainable) if grpo.beta else None
     opt_state = tx.init(trainable)
     ckpt = training.Checkpoints(bus, "grpo/checkpoints", grpo.keep_checkpoints, grpo.checkpoint_every)
     start = first
@@ -175,15 +169,16 @@ def train_session(bus: Bus, loaded, rows: list[dict], *, session: int, grpo, bat
                 policy = loaded if base is None else dataclasses.replace(loaded, model=training.fold_into(base, loaded.model))
                 prompts = [r["prompt"] for r in picked for _ in range(g)]
                 gold = [r["answer"] for r in picked for _ in range(g)]
-                samples = sampling.generate(policy, prompts, settings, seed=seed * 1_000_003 + step,
-                                            batch_size=len(prompts), prompt_len=prompt_len, group=g)
+                with training.StepTimer() as sampled:
+                    samples = sampling.generate(policy, prompts, settings, seed=seed * 1_000_003 + step,
+                                                batch_size=len(prompts), prompt_len=prompt_len, group=g)
                 totals, parts = rewards_lib.combined(grpo.rewards, prompts, samples.texts, gold)
                 adv = compute_advantages(np.asarray(totals, np.float32), g)
                 prompt, completion, mask = training.pack(samples.prompt_tokens, samples.completion_ids,
                                                          prompt_len=prompt_len,
                                                          completion_len=roll.max_tokens_to_generate)
                 old = logps_fn(trainable, frozen, prompt, completion, mask) if grpo.num_iterations > 1 else None
-                ref = logps_fn(reference, frozen, prompt, completion, mask) if grpo.beta else None
+                ref = logps_fn(reference, frozen, prompt, completion, mask) if reference is not None else None
                 adv = jnp.asarray(adv, jnp.float32)
                 for _ in range(grpo.num_iterations):
                     (loss, aux), grads = grad_fn(trainable, frozen, prompt, completion, mask, old, ref, adv)
@@ -196,7 +191,7 @@ def train_session(bus: Bus, loaded, rows: list[dict], *, session: int, grpo, bat
                 "loss": float(loss), "kl": float(aux["kl"]), "clip_fraction": float(aux["clip_fraction"]),
                 "learning_rate": lr, "grad_norm": float(grad_norm),
                 "completion_tokens": float(np.mean([len(t) for t in samples.completion_ids])),
-                "step_seconds": timer.seconds,
+                "step_seconds": timer.seconds, "sample_seconds": sampled.seconds,
                 **{f"reward_{name}": float(np.mean(v)) for name, v in parts.items()},
             }
             metrics.log(step + 1, **summary)

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
 from showwork import training
@@ -72,14 +71,7 @@ def make_step_fns(graphdef, tx):
         logps = training.completion_logps(graphdef, (trainable, frozen), prompt, completion, mask)
         return -(logps * mask).sum() / jnp.maximum(mask.sum(), 1.0)
 
-    grad_fn = jax.jit(jax.value_and_grad(loss_fn))
-
-    @jax.jit
-    def apply(trainable, opt_state, grads):
-        updates, opt_state = tx.update(grads, opt_state, trainable)
-        return optax.apply_updates(trainable, updates), opt_state, optax.global_norm(grads)
-
-    return grad_fn, apply
+    return jax.jit(jax.value_and_grad(loss_fn)), training.make_apply(tx)
 
 
 def train(bus: Bus, loaded, rows: list[dict], *, stage: str, seed: int, batch: int, accumulation: int,
