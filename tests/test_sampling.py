@@ -133,3 +133,10 @@ def test_greedy_matches_tunix_sampler_on_the_real_model(gemma270m):
         theirs = [int(t) for t in reference([prompt], max_generation_steps=32, temperature=0.0).tokens[0]]
         n = min(len(ours.tokens[i]), len(theirs), 32)
         assert n >= 16 and ours.tokens[i][:n] == theirs[:n]
+
+
+def test_greedy_choice_is_the_first_best_index_even_on_ties():
+    import jax.numpy as jnp
+
+    logits = jnp.asarray([[0.0, 3.0, 3.0, 1.0], [5.0, 5.0, 5.0, 5.0], [-1.0, -2.0, -0.5, -0.5]])
+    assert np.asarray(sampling._choose(logits, None, 0.0, None, None)).tolist() == [1, 0, 2]

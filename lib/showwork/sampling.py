@@ -64,7 +64,9 @@ def _choose(logits, keys, temperature: float, top_k: int | None, top_p: float | 
     its batch, so results do not depend on batching or sharding.
     """
     if temperature <= 0.0:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        # top_k(·, 1) is argmax (the first best index) and runs ~40% faster
+        # than argmax's variadic reduce on XLA:CPU (32 × 262k: 12 vs 19 ms).
+        return jax.lax.top_k(logits, 1)[1][:, 0].astype(jnp.int32)
     return jax.vmap(lambda k, l: _choose_row(l, k, temperature, top_k, top_p))(keys, logits)
 
 
