@@ -1,6 +1,8 @@
 """Where an SFT step's time goes, op by op: one step of `sft.make_step_fns`
 (gradient only; the optimizer step is milliseconds for LoRA) traced with
-jax.profiler, XLA:CPU's per-op trace events turned on.
+jax.profiler, XLA:CPU's per-op trace events turned on. `--stage decode`
+traces the sampler instead: `sampling.generate` (greedy) from one-token
+prompts, so the trace is the decode loop with next to no prefill.
 
 Every instant of the step is shared equally among the XLA ops running then
 (XLA:CPU runs independent ops on its thread pool at the same time), so the
@@ -13,6 +15,7 @@ XLA:CPU made of them:
 The largest single ops are listed with the JAX operation they came from.
 
     .venv/bin/python bench/profile_step.py --json /tmp/profile.json
+    .venv/bin/python bench/profile_step.py --stage decode --batch 32 --new-tokens 32
     .venv/bin/python bench/profile_step.py --model tiny --batch 2   # smoke
 """
 
@@ -91,7 +94,9 @@ def op_sources(hlo_text: str) -> dict[str, str]:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="gemma3-270m", choices=["gemma3-270m", "tiny"])
-    p.add_argument("--mode", default="lora-16", choices=["lora-16", "full"])
+    p.add_argument("--stage", default="sft", choices=["sft", "decode"])
+    p.add_argument("--mode", default="lora-16", choices=["lora-16", "full"], help="SFT only")
+    p.add_argument("--new-tokens", type=int, default=32, help="decode only")
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--top", type=int, default=12, help="largest single ops to list")
@@ -101,11 +106,59 @@ def main(argv=None):
     import jax
 
     from sampler import write_summary
+
+    from showwork import models
+
+    loaded = models.load(args.model)
+    if args.stage == "decode":
+        from showwork import sampling
+
+        settings = sampling.SampleSettings(args.new_tokens)
+        rows = ["x"] * args.batch
+        hlo = ""
+
+        def step():
+            sampling.generate(loaded, rows, settings, batch_size=args.batch, stop_ids=(-1,))
+        shape = {"batch": args.batch, "new_tokens": args.new_tokens}
+    else:
+        step, hlo, shape = sft_step(args, loaded)
+    step()  # compile and warm up
+    start = time.perf_counter()
+    step()
+    untraced = time.perf_counter() - start
+
+    trace_dir = Path(tempfile.mkdtemp(prefix="showwork-profile-"))
+    jax.profiler.start_trace(str(trace_dir), create_perfetto_trace=True)
+    start = time.perf_counter()
+    step()
+    traced = time.perf_counter() - start
+    jax.profiler.stop_trace()
+    (trace_file,) = trace_dir.rglob("perfetto_trace.json.gz")
+    shares, busy = wall_shares(op_intervals(trace_file))
+    by_category: collections.Counter = collections.Counter()
+    for op, seconds in shares.items():
+        by_category[category(op)] += seconds
+    sources = op_sources(hlo)
+    top = sorted(shares.items(), key=lambda kv: -kv[1])[:args.top]
+    summary = {
+        "model": args.model, "stage": args.stage, **shape,
+        "step_seconds_untraced": untraced, "step_seconds_traced": traced, "ops_busy_seconds": busy,
+        "by_category_seconds": dict(by_category.most_common()),
+        "top_ops": [{"op": op, "seconds": s, "category": category(op), "source": sources.get(op, "")}
+                    for op, s in top],
+        "trace": str(trace_file),
+    }
+    return write_summary(summary, args.json)
+
+
+def sft_step(args, loaded):
+    """(run one gradient step, its compiled HLO text, the batch's shape) for SFT as sft.train packs it."""
+    import jax
+
     from train_step import sft_rows
 
     from showwork import models, sft, training
 
-    loaded = models.load(args.model)
     if args.mode == "lora-16":
         loaded.model = training.add_lora(loaded.model, 16, 32.0, models.DEFAULT_LORA_TARGETS)
     seqs = sft.tokenize(sft_rows(args.batch, args.seq_len), loaded.tokenizer, args.seq_len)
@@ -120,34 +173,9 @@ def main(argv=None):
     grad_fn, _ = sft.make_step_fns(graphdef, training.optimizer(1e-5, 0.9, 0.99, 0.0, 1.0, 10, 0, 0.1))
     step_args = (trainable, frozen, prompt, completion, mask)
     hlo = grad_fn.lower(*step_args).compile().as_text()
-    jax.block_until_ready(grad_fn(*step_args))  # warm-up
-    start = time.perf_counter()
-    jax.block_until_ready(grad_fn(*step_args))
-    untraced = time.perf_counter() - start
-
-    trace_dir = Path(tempfile.mkdtemp(prefix="showwork-profile-"))
-    jax.profiler.start_trace(str(trace_dir), create_perfetto_trace=True)
-    start = time.perf_counter()
-    jax.block_until_ready(grad_fn(*step_args))
-    traced = time.perf_counter() - start
-    jax.profiler.stop_trace()
-    (trace_file,) = trace_dir.rglob("perfetto_trace.json.gz")
-    shares, busy = wall_shares(op_intervals(trace_file))
-    by_category: collections.Counter = collections.Counter()
-    for op, seconds in shares.items():
-        by_category[category(op)] += seconds
-    sources = op_sources(hlo)
-    top = sorted(shares.items(), key=lambda kv: -kv[1])[:args.top]
-    summary = {
-        "model": args.model, "mode": args.mode, "batch": args.batch, "prompt_len": int(prompt.shape[1]),
-        "completion_len": int(completion.shape[1]), "target_tokens": int(mask.sum()),
-        "step_seconds_untraced": untraced, "step_seconds_traced": traced, "ops_busy_seconds": busy,
-        "by_category_seconds": dict(by_category.most_common()),
-        "top_ops": [{"op": op, "seconds": s, "category": category(op), "source": sources.get(op, "")}
-                    for op, s in top],
-        "trace": str(trace_file),
-    }
-    return write_summary(summary, args.json)
+    shape = {"mode": args.mode, "batch": args.batch, "prompt_len": int(prompt.shape[1]),
+             "completion_len": int(completion.shape[1]), "target_tokens": int(mask.sum())}
+    return (lambda: jax.block_until_ready(grad_fn(*step_args))), hlo, shape
 
 
 if __name__ == "__main__":

@@ -67,3 +67,14 @@ def test_wall_shares_split_overlapping_ops_evenly():
     assert [category(op) for op in ["ynn_fusion.3", "dot.1", "copy_bitcast_fusion.2", "subtract_exponential_fusion",
                                     "bitcast_transpose_fusion", "multiply_add_fusion"]] == [
         "matmul", "matmul", "copy", "exp/log", "copy", "elementwise"]
+
+
+def test_decode_profile_runs_on_tiny(tmp_path):
+    out = tmp_path / "decode.json"
+    done = subprocess.run([sys.executable, "bench/profile_step.py", "--model", "tiny", "--stage", "decode",
+                           "--batch", "4", "--new-tokens", "4", "--json", str(out)],
+                          cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(out.read_text())
+    assert summary["stage"] == "decode" and summary["new_tokens"] == 4
+    assert summary["by_category_seconds"].get("matmul", 0) > 0
