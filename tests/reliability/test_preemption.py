@@ -31,7 +31,7 @@ model: {name: tiny, lora: {rank: 4, alpha: 8}}
 data: {source: reasoning-gym, train_size: 24, eval_size: 4, seed: 5}
 grpo:
   prompts_per_session: 8
-  steps_per_session: 6
+  steps_per_session: 10
   num_generations: 2
   checkpoint_every: 1
   rollout: {max_prompt_length: 512, max_tokens_to_generate: 10, temperature: 1.0, top_k: 30}
@@ -80,7 +80,7 @@ def same_weights(a_path, b_path):
 
 @pytest.mark.parametrize("text, job, event, stage, steps, seed", [
     (SFT, "jobs.sft", "sft step", "sft", 10, 2026),
-    (GRPO, "jobs.grpo_session", "grpo step", "grpo/s-0", 6, 7),
+    (GRPO, "jobs.grpo_session", "grpo step", "grpo/s-0", 10, 7),
 ], ids=["sft", "grpo"])
 def test_training_killed_at_a_random_step_resumes_to_the_same_model(tmp_path, text, job, event, stage, steps, seed):
     rng = random.Random(seed)
@@ -90,7 +90,10 @@ def test_training_killed_at_a_random_step_resumes_to_the_same_model(tmp_path, te
     for root in ("clean", "killed"):
         run("jobs.prepare_data", recipe, tmp_path / root)
     run(job, recipe, tmp_path / "clean")
-    step, delay = rng.randint(3, steps - 2), rng.uniform(0.0, 0.5)  # a checkpoint exists by step 3
+    # A checkpoint exists by step 3; at least 4 steps are left, so the kill
+    # lands before the job can finish (a tiny GRPO step is a fraction of
+    # the 0.5 s delay).
+    step, delay = rng.randint(3, steps - 4), rng.uniform(0.0, 0.5)
     assert killed(job, recipe, tmp_path / "killed", event=event, step=step, delay=delay) == -signal.SIGKILL
     bus = Bus(str(tmp_path / "killed" / name))
     assert not bus.exists(f"{stage}/_SUCCESS")
