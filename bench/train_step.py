@@ -101,9 +101,11 @@ def ours_worker(job: dict) -> dict:
     bus = Bus(str(work / "run"))
     quiet = log.get("bench")
     loaded = models.load(cfg.model.name, remat=cfg.tier.remat)
+    base = None
     if cfg.model.lora:
         lora = cfg.model.lora
-        loaded.model = training.add_lora(loaded.model, lora.rank, lora.alpha, lora.targets, None, 0)
+        base = loaded.model  # as grpo.run does: rollouts sample with the adapters folded into it
+        loaded.model = training.add_lora(base, lora.rank, lora.alpha, lora.targets, None, 0)
     if job["stage"] == "sft":
         s = cfg.sft
         sft.train(bus, loaded, job["rows"], stage="sft", seed=0, batch=s.batch_size, accumulation=1, epochs=1,
@@ -113,7 +115,7 @@ def ours_worker(job: dict) -> dict:
         seconds = [job["tokens_per_step"] / r["tokens_per_second"] for r in timed]
     else:
         grpo.train_session(bus, loaded, job["rows"], session=0, grpo=cfg.grpo, batch=job["prompts"], seed=0,
-                           digest="bench", log=quiet)
+                           digest="bench", log=quiet, base=base)
         timed = bus.read_jsonl("grpo/s-0/metrics.jsonl")[1:]
         seconds = [r["step_seconds"] for r in timed]
     out = {"step_seconds": seconds, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
