@@ -75,7 +75,7 @@ def test_choose_respects_top_k():
     seen = set()
     for step in range(50):
         step_keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(keys)
-        seen |= set(np.asarray(sampling._choose(logits, step_keys, 1.0, 3, None)).tolist())
+        seen |= set(np.asarray(sampling._choose(logits[None], step_keys, 1.0, 3, None)).tolist())
     assert seen <= {97, 98, 99} and len(seen) >= 2
 
 
@@ -135,8 +135,21 @@ def test_greedy_matches_tunix_sampler_on_the_real_model(gemma270m):
         assert n >= 16 and ours.tokens[i][:n] == theirs[:n]
 
 
-def test_greedy_choice_is_the_first_best_index_even_on_ties():
+@pytest.mark.parametrize("parts, block", [(1, 512), (2, 512), (2, 2), (4, 1), (1, 3)])
+def test_greedy_choice_is_the_first_best_index_even_on_ties(parts, block):
+    """The greedy pick from vocabulary slices, however they are cut into
+    blocks, is argmax over the row: the first best index on ties, across
+    slice and block boundaries."""
     import jax.numpy as jnp
 
-    logits = jnp.asarray([[0.0, 3.0, 3.0, 1.0], [5.0, 5.0, 5.0, 5.0], [-1.0, -2.0, -0.5, -0.5]])
-    assert np.asarray(sampling._choose(logits, None, 0.0, None, None)).tolist() == [1, 0, 2]
+    logits = np.asarray([[0.0, 3.0, 3.0, 1.0, 0.0, 3.0, -9.0, 2.0, 1.0, 0.0, 3.0, 3.0],
+                         [5.0] * 12,
+                         [-1.0, -2.0, -0.5, -0.5, -3.0, -0.5, -0.7, -9.0, -0.5, -1.0, -1.0, -1.0],
+                         [0.0] * 11 + [7.0],
+                         [1e30, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1e30]], np.float32)
+    rows, vocab = logits.shape
+    slices = jnp.asarray(logits.reshape(rows, parts, vocab // parts).transpose(1, 0, 2))
+    picked = np.asarray(sampling._first_best(slices, block)).tolist()
+    assert picked == [1, 0, 2, 11, 0] == np.argmax(logits, axis=1).tolist()
+    if block == sampling.PICK_BLOCK:
+        assert np.asarray(sampling._choose(slices, None, 0.0, None, None)).tolist() == picked

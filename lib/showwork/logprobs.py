@@ -41,12 +41,26 @@ def logits(hidden, embedding, softcap: float | None, parts: int = 1):
     """
     vocab, dim = embedding.shape
     if parts > 1 and vocab % parts == 0:
-        rows = hidden.reshape(-1, dim)
-        sliced = jnp.einsum("bd,cvd->cbv", rows, embedding.reshape(parts, vocab // parts, dim))
-        out = jnp.moveaxis(sliced, 0, 1).reshape(*hidden.shape[:-1], vocab)
-    else:
-        out = jnp.dot(hidden, embedding.T)
+        sliced = logit_slices(hidden.reshape(-1, dim), embedding, softcap, parts)
+        return jnp.moveaxis(sliced, 0, 1).reshape(*hidden.shape[:-1], vocab)
+    out = jnp.dot(hidden, embedding.T)
     if softcap:  # Gemma 2's final soft-cap; Gemma 3 has none
+        out = jnp.tanh(out / softcap) * softcap
+    return out.astype(jnp.float32)
+
+
+def logit_slices(rows, embedding, softcap: float | None, parts: int):
+    """Rows [R, D] -> float32 logits as `parts` vocabulary slices [parts, R, V / parts].
+
+    `logits(..., parts)` without its last transpose: a consumer that can
+    work slice by slice (the sampler's greedy pick) skips writing the
+    [R, V] array a second time. `parts` must divide V (1 always does).
+    """
+    vocab, dim = embedding.shape
+    if vocab % parts:
+        raise ValueError(f"{parts} slices do not divide a vocabulary of {vocab}")
+    out = jnp.einsum("bd,cvd->cbv", rows, embedding.reshape(parts, vocab // parts, dim))
+    if softcap:
         out = jnp.tanh(out / softcap) * softcap
     return out.astype(jnp.float32)
 

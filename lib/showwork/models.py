@@ -362,13 +362,21 @@ def tiny_config(vocab: int, dtype=jnp.float32):
 
 
 def tiny(dtype: str = "float32", seed: int = 0, mesh=None, remat: bool = False) -> Loaded:
-    from tunix.models.gemma3 import model as gemma3
-
     tokenizer = tiny_tokenizer()
     config = _with_remat(tiny_config(tokenizer.vocab_size, _DTYPES[dtype]), remat)
     ctx = jax.set_mesh(mesh) if mesh is not None else _null()
     with ctx:
-        model = gemma3.Gemma3(config, rngs=nnx.Rngs(params=seed))
+        model = random_gemma3(config, seed)
+    if mesh is not None:
+        shard(model, mesh)
+    return Loaded(name="tiny", model=model, tokenizer=tokenizer, config=config)
+
+
+def random_gemma3(config, seed: int = 0) -> nnx.Module:
+    """A Gemma 3 of `config` with random weights (tests, smoke runs)."""
+    from tunix.models.gemma3 import model as gemma3
+
+    model = gemma3.Gemma3(config, rngs=nnx.Rngs(params=seed))
     # tunix initialises MLP kernels to zero; a model that ignores its MLP
     # would make tests of training blind, so give every weight some noise.
     key = jax.random.key(seed + 1)
@@ -380,9 +388,7 @@ def tiny(dtype: str = "float32", seed: int = 0, mesh=None, remat: bool = False) 
         for leaf, k in zip(leaves, keys)
     ]
     nnx.update(model, jax.tree.unflatten(treedef, leaves))
-    if mesh is not None:
-        shard(model, mesh)
-    return Loaded(name="tiny", model=model, tokenizer=tokenizer, config=config)
+    return model
 
 
 class _null:
