@@ -2,7 +2,9 @@
 (gradient only; the optimizer step is milliseconds for LoRA) traced with
 jax.profiler, XLA:CPU's per-op trace events turned on. `--stage decode`
 traces the sampler instead: `sampling.generate` (greedy) from one-token
-prompts, so the trace is the decode loop with next to no prefill.
+prompts left-padded to --prompt-len (the trace includes that prefill; its
+ops are listed apart from the loop's), and reports `decode_step_ms`, the
+time of a decoded token for the batch with the prefill subtracted.
 
 Every instant of the step is shared equally among the XLA ops running then
 (XLA:CPU runs independent ops on its thread pool at the same time), so the
@@ -15,7 +17,7 @@ XLA:CPU made of them:
 The largest single ops are listed with the JAX operation they came from.
 
     .venv/bin/python bench/profile_step.py --json /tmp/profile.json
-    .venv/bin/python bench/profile_step.py --stage decode --batch 32 --new-tokens 32
+    .venv/bin/python bench/profile_step.py --stage decode --batch 32 --new-tokens 32 --prompt-len 160
     .venv/bin/python bench/profile_step.py --model tiny --batch 2   # smoke
 """
 
@@ -97,6 +99,8 @@ def main(argv=None):
     p.add_argument("--stage", default="sft", choices=["sft", "decode"])
     p.add_argument("--mode", default="lora-16", choices=["lora-16", "full"], help="SFT only")
     p.add_argument("--new-tokens", type=int, default=32, help="decode only")
+    p.add_argument("--prompt-len", type=int, default=32,
+                   help="decode only: prompt slots (left padding), so the cache has prompt-len + new-tokens slots")
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--top", type=int, default=12, help="largest single ops to list")
@@ -113,13 +117,14 @@ def main(argv=None):
     if args.stage == "decode":
         from showwork import sampling
 
-        settings = sampling.SampleSettings(args.new_tokens)
         rows = ["x"] * args.batch
         hlo = ""
 
-        def step():
-            sampling.generate(loaded, rows, settings, batch_size=args.batch, stop_ids=(-1,))
-        shape = {"batch": args.batch, "new_tokens": args.new_tokens}
+        def step(new_tokens=args.new_tokens):
+            sampling.generate(loaded, rows, sampling.SampleSettings(new_tokens), batch_size=args.batch,
+                              stop_ids=(-1,), prompt_len=args.prompt_len)
+        shape = {"batch": args.batch, "new_tokens": args.new_tokens, "prompt_len": args.prompt_len,
+                 "decode_step_ms": decode_step_ms(step, args.new_tokens)}
     else:
         step, hlo, shape = sft_step(args, loaded)
     step()  # compile and warm up
@@ -149,6 +154,18 @@ def main(argv=None):
         "trace": str(trace_file),
     }
     return write_summary(summary, args.json)
+
+
+def decode_step_ms(generate, new_tokens: int) -> float:
+    """Milliseconds a decoded token for the whole batch, prefill left out:
+    the time of `new_tokens` minus that of one (the prefill and first pick)."""
+    times = {}
+    for n in (1, new_tokens):
+        generate(n)  # compile
+        start = time.perf_counter()
+        generate(n)
+        times[n] = time.perf_counter() - start
+    return (times[new_tokens] - times[1]) / max(new_tokens - 1, 1) * 1000
 
 
 def sft_step(args, loaded):

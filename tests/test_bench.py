@@ -77,4 +77,5 @@ def test_decode_profile_runs_on_tiny(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(out.read_text())
     assert summary["stage"] == "decode" and summary["new_tokens"] == 4
+    assert summary["decode_step_ms"] > 0
     assert summary["by_category_seconds"].get("matmul", 0) > 0

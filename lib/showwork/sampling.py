@@ -16,6 +16,11 @@ Used by evaluation and by GRPO rollouts. Design choices (and why):
   sequence (evaluation stops at `</answer>`: what follows cannot change the
   score, and a base model that keeps talking would otherwise run to the
   token limit).
+* Plain Gemma 3 weights run through `showwork.decoder`, a forward pass with
+  the weights and the KV cache laid out for the decode loop (1.6x faster a
+  step than tunix's modules at batch 32); adapted or quantized models and
+  Gemma 2 run through the modules. Greedy picks from the projection's
+  vocabulary slices directly (`_first_best`).
 * Deterministic: the same seed, prompts and settings give the same tokens.
 """
 
