@@ -153,3 +153,22 @@ def test_greedy_choice_is_the_first_best_index_even_on_ties(parts, block):
     assert picked == [1, 0, 2, 11, 0] == np.argmax(logits, axis=1).tolist()
     if block == sampling.PICK_BLOCK:
         assert np.asarray(sampling._choose(slices, None, 0.0, None, None)).tolist() == picked
+
+
+@pytest.mark.parametrize("parts, block, k", [(1, 512, 5), (2, 4, 3), (2, 4, 24), (2, 4, 48), (4, 1, 7), (1, 3, 1), (2, 6, 12)])
+def test_best_candidates_are_the_top_k_of_the_whole_row(parts, block, k):
+    """Top-k through the blocks with the largest maxima gives what top_k over
+    the whole row gives: the same values and ids, best first, lower id first
+    on ties (rows with heavy ties, one huge logit, all equal)."""
+    import jax
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(7)
+    logits = np.stack([rng.standard_normal(48), rng.integers(0, 4, 48), np.zeros(48),
+                       np.where(np.arange(48) == 40, 1e30, rng.standard_normal(48))]).astype(np.float32)
+    rows, vocab = logits.shape
+    slices = jnp.asarray(logits.reshape(rows, parts, vocab // parts).transpose(1, 0, 2))
+    values, ids = sampling._best(slices, k, block)
+    want_values, want_ids = jax.lax.top_k(jnp.asarray(logits), k)
+    assert np.asarray(ids).tolist() == np.asarray(want_ids).tolist()
+    np.testing.assert_array_equal(np.asarray(values), np.asarray(want_values))

@@ -71,8 +71,21 @@ def _choose(slices, keys, temperature: float, top_k: int | None, top_p: float | 
     """
     if temperature <= 0.0:
         return _first_best(slices)
-    logits = jnp.moveaxis(slices, 0, 1).reshape(slices.shape[1], -1)
-    return jax.vmap(lambda k, l: _choose_row(l, k, temperature, top_k, top_p))(keys, logits)
+    k = top_k or (TOP_P_CANDIDATES if top_p is not None and top_p < 1.0 else None)
+    if k is None:  # the whole vocabulary
+        logits = jnp.moveaxis(slices, 0, 1).reshape(slices.shape[1], -1) / temperature
+        return jax.vmap(lambda key, row: jax.random.categorical(key, row))(keys, logits).astype(jnp.int32)
+    values, ids = _best(slices, min(k, slices.shape[0] * slices.shape[2]))
+    return jax.vmap(lambda key, v, i: _choose_among(v / temperature, i, key, top_p))(keys, values, ids)
+
+
+def _choose_among(values, ids, key, top_p: float | None):
+    """Draw from candidates sorted best first ([k] logits, already divided by the temperature)."""
+    if top_p is not None and top_p < 1.0:
+        probs = jax.nn.softmax(values)
+        before = jnp.cumsum(probs) - probs  # mass strictly above each candidate
+        values = jnp.where(before < top_p, values, -jnp.inf)  # the best token always survives
+    return ids[jax.random.categorical(key, values)].astype(jnp.int32)
 
 
 # Greedy pick in blocks of this many logits (when it divides a slice).
@@ -100,18 +113,26 @@ def _first_best(slices, block: int = PICK_BLOCK):
     return (part * width + at * size + inside).astype(jnp.int32)
 
 
-def _choose_row(logits, key, temperature: float, top_k: int | None, top_p: float | None):
-    logits = (logits / temperature)[None]
-    k = top_k or (TOP_P_CANDIDATES if top_p is not None and top_p < 1.0 else None)
-    if k is None:
-        return jax.random.categorical(key, logits, axis=-1)[0].astype(jnp.int32)
-    values, indices = jax.lax.top_k(logits, min(k, logits.shape[-1]))  # sorted, descending
-    if top_p is not None and top_p < 1.0:
-        probs = jax.nn.softmax(values, axis=-1)
-        before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly above each candidate
-        values = jnp.where(before < top_p, values, -jnp.inf)  # the best token always survives
-    choice = jax.random.categorical(key, values, axis=-1)
-    return jnp.take_along_axis(indices, choice[:, None], axis=-1)[0, 0].astype(jnp.int32)
+def _best(slices, k: int, block: int = PICK_BLOCK):
+    """Each row's k largest logits, best first, and their token ids ([B, k] each) from [C, B, W] slices.
+
+    A row's k best logits lie in the k blocks with the largest maxima (a
+    logit outside them has k larger ones above it, the blocks' maxima), so
+    top_k runs over those k blocks (k x `block` candidates) instead of the
+    whole 262k vocabulary, after a plain max over blocks.
+    """
+    parts, rows, width = slices.shape
+    size = block if width % block == 0 else width
+    count = width // size
+    blocks = slices.reshape(parts, rows, count, size)
+    maxima = jnp.transpose(blocks.max(axis=-1), (1, 0, 2)).reshape(rows, parts * count)  # vocabulary order
+    _, chosen = jax.lax.top_k(maxima, min(k, parts * count))  # [B, nb]
+    chosen = jnp.sort(chosen, axis=-1)  # candidates in vocabulary order: ties go to the lower id, as in top_k
+    part, at = chosen // count, chosen % count
+    candidates = blocks[part, jnp.arange(rows)[:, None], at]  # [B, nb, size]
+    ids = (part * width + at * size)[..., None] + jnp.arange(size)
+    values, where = jax.lax.top_k(candidates.reshape(rows, -1), k)
+    return values, jnp.take_along_axis(ids.reshape(rows, -1), where, axis=-1)
 
 
 def _empty_cache(config, batch: int, size: int, dtype) -> dict:
