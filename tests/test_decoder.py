@@ -113,3 +113,34 @@ def test_real_model_decoder_matches_the_modules(gemma270m):
     want = _hidden_states(*sampling._module_path(model, 2, size)[:2], ids, ok, 6, size)
     got = _hidden_states(*sampling._decoder_path(model, decoder.weights(model), 2, size)[:2], ids, ok, 6, size)
     assert np.abs(got - want).max() < 1e-4 * np.abs(want).max()
+
+
+def test_bfloat16_weights_decode_in_bfloat16_close_to_the_modules():
+    """A bfloat16 tier samples with bfloat16 weights and cache; the two paths
+    round differently (the decoder's fused gate/up matmul) but stay close."""
+    loaded = models.tiny(dtype="bfloat16", seed=5)
+    model = loaded.model
+    ids, ok = _left_padded([[2, 40, 41, 42, 43, 44, 45], [2, 50, 51]], 8)
+    size = 8 + 5
+    weights = decoder.weights(model)
+    run, cache, _ = sampling._decoder_path(model, weights, 2, size)
+    assert {x.dtype for x in jax.tree.leaves(cache)} == {jnp.dtype(jnp.bfloat16)}
+    got = _hidden_states(run, cache, ids, ok, 5, size).astype(np.float32)
+    want = _hidden_states(*sampling._module_path(model, 2, size)[:2], ids, ok, 5, size).astype(np.float32)
+    assert np.abs(got - want).max() < 3e-2 * np.abs(want).max()
+    out = sampling.generate(loaded, ["Tom has 3 apples.", "x"], sampling.SampleSettings(max_new_tokens=6), batch_size=2)
+    assert all(len(t) <= 6 for t in out.tokens) and any(out.tokens)
+
+
+@pytest.mark.slow
+def test_real_model_in_bfloat16_starts_like_float32(gemma270m):
+    """A bfloat16 tier's sampler on Gemma 3 270M: greedy text starts as the
+    float32 model's does (measured: the first 11, 9 and 32 of 32 tokens
+    agree; bfloat16 rounding then picks a different near-tie)."""
+    prompts = ["The capital of France is", "Natalia sold clips to 48 of her friends in April, and then she sold",
+               "<start_of_turn>user\nWhat is 12 times 7? Think step by step.<end_of_turn>\n<start_of_turn>model\n"]
+    settings = sampling.SampleSettings(max_new_tokens=16)
+    full = sampling.generate(gemma270m, prompts, settings, batch_size=4).tokens
+    half = sampling.generate(models.load("gemma3-270m", dtype="bfloat16"), prompts, settings, batch_size=4).tokens
+    for a, b in zip(full, half):
+        assert a[:6] == b[:6]
