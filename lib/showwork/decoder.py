@@ -22,7 +22,7 @@ come from layout, not from the maths, each paid on every decoded token:
   both on XLA:CPU, measured 36 -> 12 ms a step at batch 32, 192 slots).
 
 Measured on the project's 2-core EPYC, batch 32, 192 cache slots: a decode
-step 254 ms through the tunix modules, 170-190 ms here (docs/BENCHMARKS.md).
+step 254 ms through the tunix modules, 162 ms here (docs/BENCHMARKS.md).
 
 Only plain Gemma 3 weights take this path (`weights` returns None for
 LoRA-wrapped or quantized models and for other families, which sample
@@ -59,10 +59,12 @@ def _plain(model) -> bool:
         return False
     # qwix LoRA / QLoRA leave adapter or quantized leaves that the module's
     # call intercepts; those models go through the modules.
-    for _, leaf in nnx.iter_graph(model):
-        if isinstance(leaf, nnx.Variable) and not (type(leaf) is nnx.Param and isinstance(leaf.get_value(), jax.Array)):
-            if not isinstance(leaf, nnx.Intermediate):
-                return False
+    for _, node in nnx.iter_graph(model):
+        if isinstance(node, nnx.Intermediate):  # activations sown by an earlier call
+            continue
+        if isinstance(node, nnx.Variable) and (type(node) is not nnx.Param
+                                               or not isinstance(node.get_value(), jax.Array)):
+            return False
     return True
 
 
@@ -101,7 +103,7 @@ def weights(model) -> dict | None:
             "layers": [_layer_weights(layer, dim) for layer in model.layers]}
 
 
-def layers(model) -> tuple[Layer, ...]:
+def layer_specs(model) -> tuple[Layer, ...]:
     from tunix.models.gemma3 import model as gemma3
 
     return tuple(

@@ -241,7 +241,7 @@ def _module_path(model, rows: int, size: int):
 def _decoder_path(model, weights: dict, rows: int, size: int):
     """(run, cache, repeat) through showwork.decoder: plain Gemma 3 weights laid out for decoding."""
     config = model.config
-    specs = decoder.layers(model)
+    specs = decoder.layer_specs(model)
     cache = decoder.empty_cache(config.num_layers, rows, config.num_kv_heads, config.head_dim, size,
                                 weights["embedding"].dtype)
 
