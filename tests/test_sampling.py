@@ -149,7 +149,7 @@ def test_greedy_choice_is_the_first_best_index_even_on_ties(parts, block):
                          [1e30, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1e30]], np.float32)
     rows, vocab = logits.shape
     slices = jnp.asarray(logits.reshape(rows, parts, vocab // parts).transpose(1, 0, 2))
-    picked = np.asarray(sampling._first_best(slices, block)).tolist()
+    picked = np.asarray(sampling._best(slices, 1, block)[1][:, 0]).tolist()
     assert picked == [1, 0, 2, 11, 0] == np.argmax(logits, axis=1).tolist()
     if block == sampling.PICK_BLOCK:
         assert np.asarray(sampling._choose(slices, None, 0.0, None, None)).tolist() == picked

@@ -37,11 +37,10 @@ class Rollout(base_rollout.BaseRollout):
             top_k=None if c.top_k in (None, -1) else int(c.top_k),
             top_p=None if c.top_p is None or c.top_p >= 1.0 else float(c.top_p))
         seed = 0 if c.seed is None else int(np.asarray(c.seed).reshape(-1)[0])
+        prompt_len = sampling.bucket(c.max_prompt_length)
         samples = sampling.generate(self.loaded, prompts, settings, seed=seed, batch_size=self.batch_size,
-                                    stop_ids=tuple(c.eos_tokens) if c.eos_tokens else None,
-                                    prompt_len=sampling.bucket(c.max_prompt_length))
-        prompt, completion, mask = training.pack(samples.prompt_tokens, samples.completion_ids,
-                                                 prompt_len=sampling.bucket(c.max_prompt_length))
+                                    stop_ids=tuple(c.eos_tokens) if c.eos_tokens else None, prompt_len=prompt_len)
+        prompt, completion, mask = training.pack(samples.prompt_tokens, samples.completion_ids, prompt_len=prompt_len)
         logprobs = None
         if c.return_logprobs:
             scored = np.asarray(self._logps(prompt, completion, mask))

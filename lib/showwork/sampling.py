@@ -19,8 +19,8 @@ Used by evaluation and by GRPO rollouts. Design choices (and why):
 * Plain Gemma 3 weights run through `showwork.decoder`, a forward pass with
   the weights and the KV cache laid out for the decode loop (1.6x faster a
   step than tunix's modules at batch 32); adapted or quantized models and
-  Gemma 2 run through the modules. Greedy picks from the projection's
-  vocabulary slices directly (`_first_best`).
+  Gemma 2 run through the modules. Greedy and top-k picks read the
+  projection's vocabulary slices directly, block by block (`_best`).
 * Deterministic: the same seed, prompts and settings give the same tokens.
 """
 
@@ -70,7 +70,7 @@ def _choose(slices, keys, temperature: float, top_k: int | None, top_p: float | 
     its batch, so results do not depend on batching or sharding.
     """
     if temperature <= 0.0:
-        return _first_best(slices)
+        return _best(slices, 1)[1][:, 0].astype(jnp.int32)
     k = top_k or (TOP_P_CANDIDATES if top_p is not None and top_p < 1.0 else None)
     if k is None:  # the whole vocabulary
         logits = jnp.moveaxis(slices, 0, 1).reshape(slices.shape[1], -1) / temperature
@@ -88,29 +88,9 @@ def _choose_among(values, ids, key, top_p: float | None):
     return ids[jax.random.categorical(key, values)].astype(jnp.int32)
 
 
-# Greedy pick in blocks of this many logits (when it divides a slice).
+# Top-k and greedy picks look at the vocabulary in blocks of this many
+# logits (when it divides a slice).
 PICK_BLOCK = 512
-
-
-def _first_best(slices, block: int = PICK_BLOCK):
-    """Each row's index of its largest logit, the first one on ties, from [C, B, W] vocabulary slices.
-
-    A plain max over blocks of `block` logits, then argmax over the
-    blocks' maxima and inside the one winning block: on XLA:CPU, 32 rows of
-    Gemma's 262k logits take 3 ms this way against 15 ms for top_k(·, 1)
-    and 19 for argmax over the rows (argmax's variadic reduce is slow), and
-    the slices are read as they are, without first transposing them to
-    [B, V] (another 5 ms).
-    """
-    parts, rows, width = slices.shape
-    size = block if width % block == 0 else width
-    count = width // size
-    blocks = slices.reshape(parts, rows, count, size)
-    maxima = jnp.transpose(blocks.max(axis=-1), (1, 0, 2)).reshape(rows, parts * count)  # vocabulary order
-    which = jnp.argmax(maxima, axis=-1)  # the first block holding the row's maximum
-    part, at = which // count, which % count
-    inside = jnp.argmax(blocks[part, jnp.arange(rows), at], axis=-1)
-    return (part * width + at * size + inside).astype(jnp.int32)
 
 
 def _best(slices, k: int, block: int = PICK_BLOCK):
@@ -119,7 +99,11 @@ def _best(slices, k: int, block: int = PICK_BLOCK):
     A row's k best logits lie in the k blocks with the largest maxima (a
     logit outside them has k larger ones above it, the blocks' maxima), so
     top_k runs over those k blocks (k x `block` candidates) instead of the
-    whole 262k vocabulary, after a plain max over blocks.
+    whole 262k vocabulary, after a plain max over blocks. With k = 1 this is
+    the greedy pick: on XLA:CPU, 32 rows of Gemma's 262k logits take 2-3 ms
+    against 15 ms for top_k(·, 1) over the rows and 19 for argmax (whose
+    variadic reduce is slow), and the slices are read as they are, without
+    first transposing them to [B, V] (another 5 ms).
     """
     parts, rows, width = slices.shape
     size = block if width % block == 0 else width
