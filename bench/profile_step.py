@@ -156,15 +156,19 @@ def main(argv=None):
     return write_summary(summary, args.json)
 
 
-def decode_step_ms(generate, new_tokens: int) -> float:
+def decode_step_ms(generate, new_tokens: int, repeats: int = 3) -> float:
     """Milliseconds a decoded token for the whole batch, prefill left out:
-    the time of `new_tokens` minus that of one (the prefill and first pick)."""
+    the time of `new_tokens` minus that of one (the prefill and first pick),
+    each the best of `repeats` runs (a difference of two times is noisy)."""
     times = {}
     for n in (1, new_tokens):
         generate(n)  # compile
-        start = time.perf_counter()
-        generate(n)
-        times[n] = time.perf_counter() - start
+        runs = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            generate(n)
+            runs.append(time.perf_counter() - start)
+        times[n] = min(runs)
     return (times[new_tokens] - times[1]) / max(new_tokens - 1, 1) * 1000
 
 
