@@ -1,7 +1,7 @@
 """Where an SFT step's time goes, op by op: one step of `sft.make_step_fns`
 (gradient only; the optimizer step is milliseconds for LoRA) traced with
 jax.profiler, XLA:CPU's per-op trace events turned on. `--stage decode`
-traces the sampler instead: `sampling.generate` (greedy) from one-token
+traces the sampler instead: `sampler.generate` (greedy) from one-token
 prompts left-padded to --prompt-len (the trace includes that prefill; its
 ops are listed apart from the loop's), and reports `decode_step_ms`, the
 time of a decoded token for the batch with the prefill subtracted.
@@ -111,17 +111,24 @@ def main(argv=None):
 
     from sampler import write_summary
 
-    from showwork import models
+    from showwork.sample import forward
 
-    loaded = models.load(args.model)
+    from showwork.model import loader
+
+    from showwork.model import lora
+
+    from showwork.sample import sampler
+
+    from showwork.train import step as step_lib
+
+    loaded = loader.load(args.model)
     if args.stage == "decode":
-        from showwork import sampling
 
         rows = ["x"] * args.batch
         hlo = ""
 
         def step(new_tokens=args.new_tokens):
-            sampling.generate(loaded, rows, sampling.SampleSettings(new_tokens), batch_size=args.batch,
+            sampler.generate(loaded, rows, sampler.SampleSettings(new_tokens), batch_size=args.batch,
                               stop_ids=(-1,), prompt_len=args.prompt_len)
         shape = {"batch": args.batch, "new_tokens": args.new_tokens, "prompt_len": args.prompt_len,
                  "decode_step_ms": decode_step_ms(step, args.new_tokens)}
@@ -178,20 +185,20 @@ def sft_step(args, loaded):
 
     from train_step import sft_rows
 
-    from showwork import models, sft, training
+    from showwork.train import sft
 
     if args.mode == "lora-16":
-        loaded.model = training.add_lora(loaded.model, 16, 32.0, models.DEFAULT_LORA_TARGETS)
+        loaded.model = lora.add(loaded.model, LoraConfig(16, 32.0, lora.DEFAULT_TARGETS))
     seqs = sft.tokenize(sft_rows(args.batch, args.seq_len), loaded.tokenizer, args.seq_len)
     if len(seqs.prompts) < args.batch:
         raise SystemExit(f"--seq-len {args.seq_len} leaves no room for the target after the prompt")
     # Packed the way sft.train packs a batch.
     longest = max(len(c) for c in seqs.completions)
-    prompt, completion, mask = training.pack(
-        seqs.prompts, seqs.completions, prompt_len=training.bucket_len(max(len(x) for x in seqs.prompts), 32),
-        completion_len=training.capped_bucket(longest, 128, longest))
-    graphdef, trainable, frozen = training.split(loaded.model)
-    grad_fn, _ = sft.make_step_fns(graphdef, training.optimizer(1e-5, 0.9, 0.99, 0.0, 1.0, 10, 0, 0.1))
+    prompt, completion, mask = forward.pack(
+        seqs.prompts, seqs.completions, prompt_len=forward.bucket(max(len(x) for x in seqs.prompts), 32),
+        completion_len=forward.capped_bucket(longest, 128, longest))
+    graphdef, trainable, frozen = step_lib.split(loaded.model)
+    grad_fn, _ = sft.make_step_fns(graphdef, step_lib.optimizer(OptimizerConfig(1e-5, 0.9, 0.99, 0.0, 1.0), ScheduleConfig(warmup_steps=0, end_value_ratio=0.1), 10))
     step_args = (trainable, frozen, prompt, completion, mask)
     hlo = grad_fn.lower(*step_args).compile().as_text()
     shape = {"mode": args.mode, "batch": args.batch, "prompt_len": int(prompt.shape[1]),

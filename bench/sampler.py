@@ -25,7 +25,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
-from showwork import data, models, prompts, sampling  # noqa: E402
+from showwork.task import data
+from showwork.task import prompts
+from showwork.model import export
+from showwork.model import loader
+from showwork.sample import sampler
 
 MODES = {  # name -> (temperature, top_k, top_p)
     "greedy": (0.0, None, None),
@@ -73,14 +77,14 @@ def flops_per_token(config) -> float:
 
 def ours(loaded, ids: list[list[int]], batch: int, new_tokens: int, mode: str, repeats: int) -> dict:
     temperature, top_k, top_p = MODES[mode]
-    settings = sampling.SampleSettings(new_tokens, temperature, top_k, top_p)
+    settings = sampler.SampleSettings(new_tokens, temperature, top_k, top_p)
     texts = [loaded.tokenizer.decode(row[1:]) for row in ids[:batch]]  # generate() re-adds BOS
     never = (-1,)  # no token stops a row: both sides generate exactly new_tokens
-    sampling.generate(loaded, texts, settings, batch_size=batch, stop_ids=never)  # compile
+    sampler.generate(loaded, texts, settings, batch_size=batch, stop_ids=never)  # compile
     best = None
     for _ in range(repeats):
         start = time.perf_counter()
-        out = sampling.generate(loaded, texts, settings, batch_size=batch, stop_ids=never)
+        out = sampler.generate(loaded, texts, settings, batch_size=batch, stop_ids=never)
         seconds = time.perf_counter() - start
         best = seconds if best is None else min(best, seconds)
     produced = sum(len(t) for t in out.completion_ids)
@@ -105,7 +109,7 @@ def main(argv=None):
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
 
-    loaded = models.load(args.model)
+    loaded = loader.load(args.model)
     texts = gsm_prompts(max(args.batches))
     ids = [loaded.tokenizer.encode(t, bos=True) for t in texts]
     peak = matmul_peak_gflops()
@@ -114,7 +118,7 @@ def main(argv=None):
     hf_dir = None
     if args.hf_python:
         hf_dir = Path(tempfile.mkdtemp(prefix="showwork-bench-hf-"))
-        models.export_hf(loaded, hf_dir)
+        export.export_hf(loaded, hf_dir)
     for batch in args.batches:
         for mode in MODES:
             row = {"batch": batch, "mode": mode}

@@ -22,6 +22,7 @@ times they log to metrics.jsonl.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import subprocess
@@ -57,7 +58,10 @@ def sft_rows(count: int, target_words: int) -> list[dict]:
 
 
 def grpo_rows(count: int) -> list[dict]:
-    from showwork import data, prompts
+    from showwork.task import data
+    from showwork.task import prompts
+    from showwork.model import export
+    from showwork.model import loader
 
     train, _, _ = data.build_splits("reasoning-gym", None, None, "gsm_symbolic", count, 0, 321, "readable", 2000, 8000)
     system = ("Respond in the following format: <reasoning> your step-by-step working </reasoning> "
@@ -91,7 +95,9 @@ grpo:
 
 def ours_worker(job: dict) -> dict:
     """One measurement of our step, in this process."""
-    from showwork import config, grpo, log, models, sft, training
+    from showwork import config, log
+    from showwork.train import grpo
+    from showwork.train import sft
     from showwork.bus import Bus
 
     work = Path(tempfile.mkdtemp(prefix="showwork-bench-"))
@@ -100,22 +106,20 @@ def ours_worker(job: dict) -> dict:
     cfg = config.load(work / "recipe.yaml", work / "tier.yaml")
     bus = Bus(str(work / "run"))
     quiet = log.get("bench")
-    loaded = models.load(cfg.model.name, remat=cfg.tier.remat)
+    loaded = loader.load(cfg.model.name, remat=cfg.tier.remat)
     base = None
     if cfg.model.lora:
-        lora = cfg.model.lora
         base = loaded.model  # as grpo.run does: rollouts sample with the adapters folded into it
-        loaded.model = training.add_lora(base, lora.rank, lora.alpha, lora.targets, None, 0)
+        loaded.model = lora.add(base, cfg.model.lora, 0)
     if job["stage"] == "sft":
         s = cfg.sft
-        sft.train(bus, loaded, job["rows"], stage="sft", seed=0, batch=s.batch_size, accumulation=1, epochs=1,
-                  max_steps=s.max_steps, max_seq_len=s.max_seq_len, opt=s.optimizer, schedule=s.schedule,
-                  checkpoint_every=s.checkpoint_every, keep_checkpoints=1, digest="bench", log=quiet)
+        settings = dataclasses.replace(s, seed=0, gradient_accumulation=1, epochs=1, keep_checkpoints=1)
+        sft.train(bus, loaded, job["rows"], settings, batch=s.batch_size, stage="sft", digest="bench", log=quiet)
         timed = bus.read_jsonl("sft/metrics.jsonl")[1:]
         seconds = [job["tokens_per_step"] / r["tokens_per_second"] for r in timed]
     else:
-        grpo.train_session(bus, loaded, job["rows"], session=0, grpo=cfg.grpo, batch=job["prompts"], seed=0,
-                           digest="bench", log=quiet, base=base)
+        grpo.train_session(bus, loaded, job["rows"], session=0, grpo=dataclasses.replace(cfg.grpo, seed=0),
+                           batch=job["prompts"], digest="bench", log=quiet, base=base)
         timed = bus.read_jsonl("grpo/s-0/metrics.jsonl")[1:]
         seconds = [r["step_seconds"] for r in timed]
     out = {"step_seconds": seconds, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -168,13 +172,13 @@ def main(argv=None):
     sys.path.insert(0, str(ROOT / "bench"))
     from sampler import write_summary
 
-    from showwork import models, sft
+    from showwork.train import sft
 
-    loaded = models.load(args.model)
+    loaded = loader.load(args.model)
     hf_dir = None
     if args.trl_python:
         hf_dir = Path(tempfile.mkdtemp(prefix="showwork-bench-hf-"))
-        models.export_hf(loaded, hf_dir)
+        export.export_hf(loaded, hf_dir)
     results = []
     for stage in args.stages:
         # (name, LoRA rank, remat): remat recomputes activations in the

@@ -20,7 +20,7 @@ from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
-from showwork import rewards  # noqa: E402
+from showwork.task import rewards
 
 # The same modules our LoRA adapts (lib/showwork/config.py LoraConfig.targets).
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

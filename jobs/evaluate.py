@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 
-from showwork import cli, evaluate, log
+from showwork import cli, log
+from showwork.eval import evaluate
 
 
 def add_arguments(parser):

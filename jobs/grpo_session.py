@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 
-from showwork import cli, grpo, log
+from showwork import cli, log
+from showwork.train import grpo
 
 
 def add_arguments(parser):

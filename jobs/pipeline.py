@@ -12,19 +12,20 @@ from __future__ import annotations
 
 import sys
 
-from showwork import cli, log, pipeline
+from showwork import cli, log, pipeline, stages
 
 
 def add_arguments(parser):
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--from", dest="start", choices=pipeline.NAMES, help="start at this stage")
-    group.add_argument("--only", choices=pipeline.NAMES, help="run just this stage")
+    group.add_argument("--from", dest="start", choices=stages.NAMES, help="start at this stage")
+    group.add_argument("--only", choices=stages.NAMES, help="run just this stage")
 
 
 def main(cfg, bus, args):
     logger = log.get("pipeline", run=bus.root, recipe=cfg.recipe)
     try:
-        seconds = pipeline.run(cfg, bus, logger, args.start, args.only)
+        with cli.exit_zero_on_preemption(logger):
+            seconds = pipeline.run(cfg, bus, logger, args.start, args.only)
     except (ValueError, RuntimeError) as err:
         logger.error(str(err))
         print(f"error: {err}", file=sys.stderr)

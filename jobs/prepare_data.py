@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 
-from showwork import cli, data, log
+from showwork import cli, log, stages
+from showwork.task import data
 
 
 def main(cfg, bus, args=None):
     logger = log.get("prepare_data", run=bus.root)
-    marker, _ = data.prepare(bus, cfg.data, cfg.prompt.system, logger)
-    stats = bus.read_json("data/stats.json")
+    marker, _ = data.prepare(bus, cfg, logger)
+    stats = bus.read_json(stages.DATA_STATS)
     print(json.dumps({"bus": bus.root, **stats}, indent=1))
     return marker
 

@@ -8,7 +8,8 @@ Refuses to merge while shards are missing, naming them.
 
 from __future__ import annotations
 
-from showwork import cli, log, report
+from showwork import cli, log
+from showwork.eval import report
 
 
 def add_arguments(parser):

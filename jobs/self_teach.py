@@ -8,7 +8,8 @@ Skipped when done; sampling is not repeated after a restart; SFT resumes from it
 
 from __future__ import annotations
 
-from showwork import cli, log, self_teach
+from showwork import cli, log
+from showwork.train import self_teach
 
 
 def main(cfg, bus, args=None):

@@ -8,7 +8,8 @@ Skipped when done; on SIGTERM saves a checkpoint and exits 0; re-run resumes.
 
 from __future__ import annotations
 
-from showwork import cli, log, sft
+from showwork import cli, log
+from showwork.train import sft
 
 
 def main(cfg, bus, args=None):

@@ -48,16 +48,16 @@ def bus(request, tmp_path):
 
 @pytest.fixture(scope="session")
 def gemma270m():
-    from showwork import models
+    from showwork.model import loader
 
-    return models.load("gemma3-270m")
+    return loader.load("gemma3-270m")
 
 
 @pytest.fixture(scope="session")
 def tiny():
-    from showwork import models
+    from showwork.model import tiny as tiny_model
 
-    return models.tiny()
+    return tiny_model.load()
 
 
 def job_env(**extra) -> dict:

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from showwork import answers
+from showwork.task import answers
 
 # (completion, expected canonical value, expected method)
 EXTRACTION = [

@@ -9,7 +9,8 @@ from collections import Counter
 import pytest
 
 from conftest import REPO, RECIPES, TIERS, job_env
-from showwork import answers, data
+from showwork.task import answers
+from showwork.task import data
 from showwork.bus import Bus
 
 GSM8K_ROWS = [

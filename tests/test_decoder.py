@@ -7,11 +7,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from showwork import decoder, models, sampling, training
+from showwork.sample import decoder
+from showwork.model import loader
+from showwork.model import lora
+from showwork.sample import sampler
+from showwork.model import tiny as tiny_model
 
 
 def _variant(tiny, seed=3, **changes):
-    return models.random_gemma3(dataclasses.replace(tiny.config, **changes), seed)
+    return tiny_model.random_gemma3(dataclasses.replace(tiny.config, **changes), seed)
 
 
 def _left_padded(rows: list[list[int]], width: int):
@@ -52,8 +56,8 @@ def test_forward_matches_the_modules(tiny, changes):
     size = 12 + 9
     weights = decoder.weights(model)
     assert weights is not None
-    want = _hidden_states(*sampling._module_path(model, 3, size)[:2], ids, ok, 9, size)
-    got = _hidden_states(*sampling._decoder_path(model, weights, 3, size)[:2], ids, ok, 9, size)
+    want = _hidden_states(*sampler._module_path(model, 3, size)[:2], ids, ok, 9, size)
+    got = _hidden_states(*sampler._decoder_path(model, weights, 3, size)[:2], ids, ok, 9, size)
     scale = np.abs(want).max()
     assert np.abs(got - want).max() < 1e-5 * scale
 
@@ -62,22 +66,22 @@ def test_repeated_cache_gives_each_row_its_prompt(tiny):
     model = _variant(tiny, num_heads=4, num_kv_heads=2)
     ids, ok = _left_padded([[2, 40, 41, 42], [2, 50]], 4)
     size = 8
-    run, cache, repeat = sampling._decoder_path(model, decoder.weights(model), 2, size)
+    run, cache, repeat = sampler._decoder_path(model, decoder.weights(model), 2, size)
     valid = jnp.zeros((2, size), bool).at[:, :4].set(ok)
     positions = jnp.maximum(jnp.cumsum(ok, axis=-1) - 1, 0).astype(jnp.int32)
     _, cache = run(ids, positions, cache, 0, valid)
     shared = repeat(cache, 3)
-    run6, alone, _ = sampling._decoder_path(model, decoder.weights(model), 6, size)
+    run6, alone, _ = sampler._decoder_path(model, decoder.weights(model), 6, size)
     _, alone = run6(jnp.repeat(ids, 3, axis=0), jnp.repeat(positions, 3, axis=0), alone, 0, jnp.repeat(valid, 3, axis=0))
     for a, b in zip(jax.tree.leaves(shared), jax.tree.leaves(alone)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
 
 
 def test_adapted_and_quantized_models_sample_through_the_modules(tiny):
-    base = models.tiny(seed=4).model
+    base = tiny_model.load(seed=4).model
     assert decoder.weights(base) is not None
     for quantize in (None, "int8"):
-        adapted = training.add_lora(models.tiny(seed=4).model, 4, 8.0, models.DEFAULT_LORA_TARGETS, quantize)
+        adapted = lora.add(tiny_model.load(seed=4).model, LoraConfig(4, 8.0, lora.DEFAULT_TARGETS, quantize))
         assert decoder.weights(adapted) is None
 
 
@@ -86,17 +90,17 @@ def test_folded_adapters_sample_what_the_adapted_model_samples(tiny):
     its folded base through the decoder; greedy and sampled tokens agree."""
     from flax import nnx
 
-    base = models.tiny(seed=4).model
-    adapted = training.add_lora(base, 4, 8.0, models.DEFAULT_LORA_TARGETS)
+    base = tiny_model.load(seed=4).model
+    adapted = lora.add(base, LoraConfig(4, 8.0, lora.DEFAULT_TARGETS))
     leaves, tree = jax.tree.flatten(nnx.state(adapted, nnx.LoRAParam))
     nnx.update(adapted, jax.tree.unflatten(tree, [x + 0.05 * jax.random.normal(jax.random.key(i), x.shape)
                                                   for i, x in enumerate(leaves)]))
     prompts = ["Tom has 3 apples.", "Natalia sold 48 clips", "x", "What is 2+2?"]
-    for settings in (sampling.SampleSettings(max_new_tokens=12),
-                     sampling.SampleSettings(max_new_tokens=12, temperature=1.0, top_k=20)):
-        through_modules = sampling.generate(dataclasses.replace(tiny, model=adapted), prompts, settings, batch_size=4)
-        folded = training.fold_into(base, adapted)
-        through_decoder = sampling.generate(dataclasses.replace(tiny, model=folded), prompts, settings, batch_size=4)
+    for settings in (sampler.SampleSettings(max_new_tokens=12),
+                     sampler.SampleSettings(max_new_tokens=12, temperature=1.0, top_k=20)):
+        through_modules = sampler.generate(dataclasses.replace(tiny, model=adapted), prompts, settings, batch_size=4)
+        folded = lora.fold_into(base, adapted)
+        through_decoder = sampler.generate(dataclasses.replace(tiny, model=folded), prompts, settings, batch_size=4)
         assert through_decoder.tokens == through_modules.tokens
 
 
@@ -110,25 +114,25 @@ def test_real_model_decoder_matches_the_modules(gemma270m):
     ids, ok = _left_padded(rows, 32)
     size = 32 + 6
     model = gemma270m.model
-    want = _hidden_states(*sampling._module_path(model, 2, size)[:2], ids, ok, 6, size)
-    got = _hidden_states(*sampling._decoder_path(model, decoder.weights(model), 2, size)[:2], ids, ok, 6, size)
+    want = _hidden_states(*sampler._module_path(model, 2, size)[:2], ids, ok, 6, size)
+    got = _hidden_states(*sampler._decoder_path(model, decoder.weights(model), 2, size)[:2], ids, ok, 6, size)
     assert np.abs(got - want).max() < 1e-4 * np.abs(want).max()
 
 
 def test_bfloat16_weights_decode_in_bfloat16_close_to_the_modules():
     """A bfloat16 tier samples with bfloat16 weights and cache; the two paths
     round differently (the decoder's fused gate/up matmul) but stay close."""
-    loaded = models.tiny(dtype="bfloat16", seed=5)
+    loaded = tiny_model.load(dtype="bfloat16", seed=5)
     model = loaded.model
     ids, ok = _left_padded([[2, 40, 41, 42, 43, 44, 45], [2, 50, 51]], 8)
     size = 8 + 5
     weights = decoder.weights(model)
-    run, cache, _ = sampling._decoder_path(model, weights, 2, size)
+    run, cache, _ = sampler._decoder_path(model, weights, 2, size)
     assert {x.dtype for x in jax.tree.leaves(cache)} == {jnp.dtype(jnp.bfloat16)}
     got = _hidden_states(run, cache, ids, ok, 5, size).astype(np.float32)
-    want = _hidden_states(*sampling._module_path(model, 2, size)[:2], ids, ok, 5, size).astype(np.float32)
+    want = _hidden_states(*sampler._module_path(model, 2, size)[:2], ids, ok, 5, size).astype(np.float32)
     assert np.abs(got - want).max() < 3e-2 * np.abs(want).max()
-    out = sampling.generate(loaded, ["Tom has 3 apples.", "x"], sampling.SampleSettings(max_new_tokens=6), batch_size=2)
+    out = sampler.generate(loaded, ["Tom has 3 apples.", "x"], sampler.SampleSettings(max_new_tokens=6), batch_size=2)
     assert all(len(t) <= 6 for t in out.tokens) and any(out.tokens)
 
 
@@ -139,8 +143,8 @@ def test_real_model_in_bfloat16_starts_like_float32(gemma270m):
     agree; bfloat16 rounding then picks a different near-tie)."""
     prompts = ["The capital of France is", "Natalia sold clips to 48 of her friends in April, and then she sold",
                "<start_of_turn>user\nWhat is 12 times 7? Think step by step.<end_of_turn>\n<start_of_turn>model\n"]
-    settings = sampling.SampleSettings(max_new_tokens=16)
-    full = sampling.generate(gemma270m, prompts, settings, batch_size=4).tokens
-    half = sampling.generate(models.load("gemma3-270m", dtype="bfloat16"), prompts, settings, batch_size=4).tokens
+    settings = sampler.SampleSettings(max_new_tokens=16)
+    full = sampler.generate(gemma270m, prompts, settings, batch_size=4).tokens
+    half = sampler.generate(loader.load("gemma3-270m", dtype="bfloat16"), prompts, settings, batch_size=4).tokens
     for a, b in zip(full, half):
         assert a[:6] == b[:6]

@@ -8,7 +8,9 @@ import sys
 import pytest
 
 from conftest import REPO, TIERS, job_env
-from showwork import evaluate, report, voting
+from showwork.eval import evaluate
+from showwork.eval import report
+from showwork.eval import voting
 from showwork.bus import Bus
 
 CPU = TIERS / "cpu" / "tier.yaml"
@@ -42,7 +44,7 @@ def test_majority(values, answer, count, margin):
 
 
 def test_numeric_equivalents_are_one_answer():
-    from showwork import answers
+    from showwork.task import answers
 
     texts = ["<answer>18</answer>", "<answer>18.0</answer>", "<answer>$18</answer>", "<answer>17</answer>"]
     vote = voting.majority([answers.extract(t).value for t in texts])
@@ -304,7 +306,7 @@ def test_training_curves_come_from_tensorboard_event_files(tmp_path):
     tensorboardX, read back without TensorFlow, replayed steps deduplicated."""
     from tensorboardX import SummaryWriter
 
-    from showwork import events
+    from showwork.eval import events
 
     bus = Bus(str(tmp_path / "run"))
     for run, steps in (("first", range(1, 5)), ("resumed", range(3, 7))):  # steps 3-4 replayed

@@ -6,15 +6,26 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from showwork import data, grpo, log, models, rewards, sampling, sft, training
+from showwork import log
+from showwork.task import data
+from showwork.train import grpo
+from showwork.task import rewards
+from showwork.train import sft
+from showwork.sample import forward
+from showwork.model import loader
+from showwork.sample import logprobs
+from showwork.model import lora
+from showwork.sample import sampler
+from showwork.train import step as step_lib
 from showwork.bus import Bus
+from showwork.config import LoraConfig, OptimizerConfig, ScheduleConfig, SftConfig
 from showwork.config import GrpoConfig, OptimizerConfig, PromptConfig, RolloutConfig, ScheduleConfig
 
 
 def mean_loss(loaded, seqs):
-    graphdef, trainable, frozen = training.split(loaded.model)
-    prompt, completion, mask = training.pack(seqs.prompts, seqs.completions)
-    logps = training.completion_logps(graphdef, (trainable, frozen), jnp.asarray(prompt), jnp.asarray(completion),
+    graphdef, trainable, frozen = step_lib.split(loaded.model)
+    prompt, completion, mask = forward.pack(seqs.prompts, seqs.completions)
+    logps = logprobs.completion_logps(graphdef, (trainable, frozen), jnp.asarray(prompt), jnp.asarray(completion),
                                       jnp.asarray(mask))
     return float(-(logps * mask).sum() / mask.sum())
 
@@ -23,14 +34,14 @@ def mean_loss(loaded, seqs):
 def test_sft_lowers_loss_on_a_fixed_set(tmp_path):
     train, _, _ = data.build_splits("reasoning-gym", None, None, "gsm_symbolic", 6, 0, 1, "readable", 2000, 8000)
     rows = [data.formatted(r, PromptConfig().system) for r in train]
-    loaded = models.load("gemma3-270m")
-    loaded.model = training.add_lora(loaded.model, 8, 16.0, models.DEFAULT_LORA_TARGETS)
+    loaded = loader.load("gemma3-270m")
+    loaded.model = lora.add(loaded.model, LoraConfig(8, 16.0, lora.DEFAULT_TARGETS))
     seqs = sft.tokenize(rows, loaded.tokenizer, 512)
     before = mean_loss(loaded, seqs)
     opt = OptimizerConfig(learning_rate=3e-4, weight_decay=0.0)
-    final = sft.train(Bus(str(tmp_path)), loaded, rows, stage="sft", seed=0, batch=2, accumulation=1, epochs=3,
-                      max_steps=None, max_seq_len=512, opt=opt, schedule=ScheduleConfig(warmup_steps=1),
-                      checkpoint_every=100, keep_checkpoints=1, digest="t", log=log.get("test"))
+    settings = SftConfig(seed=0, epochs=3, max_seq_len=512, optimizer=opt, schedule=ScheduleConfig(warmup_steps=1),
+                         checkpoint_every=100, keep_checkpoints=1)
+    final = sft.train(Bus(str(tmp_path)), loaded, rows, settings, batch=2, stage="sft", digest="t", log=log.get("test"))
     after = mean_loss(loaded, seqs)
     assert final["steps"] == 9
     assert after < 0.8 * before, (before, after)
@@ -48,12 +59,12 @@ def arithmetic(rng, n):
 def test_grpo_raises_reward_with_a_correctness_reward(tmp_path):
     rng = random.Random(0)
     rows, held_out = arithmetic(rng, 64), arithmetic(rng, 32)
-    loaded = models.load("gemma3-270m")
-    loaded.model = training.add_lora(loaded.model, 16, 32.0, models.DEFAULT_LORA_TARGETS)
-    settings = sampling.SampleSettings(max_new_tokens=6, temperature=1.0, top_k=50)
+    loaded = loader.load("gemma3-270m")
+    loaded.model = lora.add(loaded.model, LoraConfig(16, 32.0, lora.DEFAULT_TARGETS))
+    settings = sampler.SampleSettings(max_new_tokens=6, temperature=1.0, top_k=50)
 
     def accuracy():
-        out = sampling.generate(loaded, [r["prompt"] for r in held_out], settings, seed=123, batch_size=32, prompt_len=32)
+        out = sampler.generate(loaded, [r["prompt"] for r in held_out], settings, seed=123, batch_size=32, prompt_len=32)
         return float(np.mean(rewards.correct(None, out.texts, [r["answer"] for r in held_out])))
 
     before = accuracy()
@@ -63,7 +74,7 @@ def test_grpo_raises_reward_with_a_correctness_reward(tmp_path):
                      rollout=RolloutConfig(max_prompt_length=32, max_tokens_to_generate=6, temperature=1.0, top_k=50),
                      rewards={"correct": 1.0}, checkpoint_every=1000)
     bus = Bus(str(tmp_path))
-    grpo.train_session(bus, loaded, rows, session=0, grpo=cfg, batch=4, seed=0, digest="t", log=log.get("test"))
+    grpo.train_session(bus, loaded, rows, session=0, grpo=cfg, batch=4, digest="t", log=log.get("test"))
     curve = [r["reward"] for r in bus.read_jsonl("grpo/s-0/metrics.jsonl")]
     after = accuracy()
     assert len(curve) == 8

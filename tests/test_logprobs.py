@@ -5,7 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from showwork import logprobs, models, training
+from showwork.sample import logprobs
+from showwork.sample import forward
+from showwork.model import loader
+from showwork.sample import logprobs
+from showwork.model import lora
+from showwork.train import step as step_lib
 
 
 def plain(hidden, embedding, targets, softcap, temperature):
@@ -66,13 +71,13 @@ def test_frozen_embedding_adds_no_projection_work():
 
 
 def test_completion_logps_of_the_tiny_model_match_its_full_logits():
-    loaded = models.load("tiny", seed=0)
-    graphdef, trainable, frozen = training.split(loaded.model)
+    loaded = loader.load("tiny", seed=0)
+    graphdef, trainable, frozen = step_lib.split(loaded.model)
     rng = np.random.default_rng(0)
     prompts = [list(rng.integers(3, 200, size=k)) for k in (5, 9, 3)]
     completions = [list(rng.integers(3, 200, size=k)) for k in (4, 11, 1)]
-    prompt, completion, mask = training.pack(prompts, completions)
-    ours = training.completion_logps(graphdef, (trainable, frozen), jnp.asarray(prompt), jnp.asarray(completion),
+    prompt, completion, mask = forward.pack(prompts, completions)
+    ours = logprobs.completion_logps(graphdef, (trainable, frozen), jnp.asarray(prompt), jnp.asarray(completion),
                                      jnp.asarray(mask), 1.0, chunk=5)
     for i, (p, c) in enumerate(zip(prompts, completions)):
         tokens = jnp.asarray([p + c])
@@ -85,12 +90,12 @@ def test_completion_logps_of_the_tiny_model_match_its_full_logits():
 
 
 def sft_grad(remat: bool):
-    loaded = models.load("tiny", seed=0, remat=remat)
-    graphdef, trainable, frozen = training.split(loaded.model)
-    prompt, completion, mask = training.pack([[5, 6, 7, 8]] * 2, [list(range(10, 60)), list(range(20, 45))])
+    loaded = loader.load("tiny", seed=0, remat=remat)
+    graphdef, trainable, frozen = step_lib.split(loaded.model)
+    prompt, completion, mask = forward.pack([[5, 6, 7, 8]] * 2, [list(range(10, 60)), list(range(20, 45))])
 
     def loss(t):
-        return -(training.completion_logps(graphdef, (t, frozen), prompt, completion, mask) * mask).sum()
+        return -(logprobs.completion_logps(graphdef, (t, frozen), prompt, completion, mask) * mask).sum()
 
     step = jax.jit(jax.value_and_grad(loss))
     temp = step.lower(trainable).compile().memory_analysis().temp_size_in_bytes
@@ -107,9 +112,9 @@ def test_remat_gives_the_same_gradients_with_less_activation_memory():
 
 
 def test_lora_on_a_remat_model_is_refused_with_the_reason():
-    loaded = models.load("tiny", seed=0, remat=True)
+    loaded = loader.load("tiny", seed=0, remat=True)
     with pytest.raises(ValueError, match="full fine-tuning"):
-        training.add_lora(loaded.model, 4, 8.0, models.DEFAULT_LORA_TARGETS)
+        lora.add(loaded.model, LoraConfig(4, 8.0, lora.DEFAULT_TARGETS))
 
 
 @pytest.mark.parametrize("n, chunk, shape", [

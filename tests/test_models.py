@@ -1,4 +1,4 @@
-"""models.py: the real Gemma 3 270M (golden values), tokenizer, tiny model, LoRA, meshes, safetensors."""
+"""showwork.model: the real Gemma 3 270M (golden values), tokenizer, tiny model, LoRA, meshes, safetensors."""
 
 import json
 import random
@@ -9,7 +9,16 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from showwork import models
+from showwork.model import export
+
+from showwork.model import loader
+
+from showwork.model import lora
+
+from showwork.model import meshes
+
+from showwork.model import families
+from showwork.model import tiny as tiny_model
 
 # Hugging Face transformers reading the same GGUF in float32 (ARCHITECTURE.md).
 GOLDEN = {"▁the": -1.654, "▁a": -2.198, "▁Paris": -2.477, "▁one": -2.632}
@@ -25,7 +34,9 @@ def forward(loaded, ids):
 
 @pytest.mark.slow
 def test_golden_next_token_logprobs(gemma270m):
-    logprobs = models.next_token_logprobs(gemma270m, "The capital of France is")
+    ids = gemma270m.tokenizer.encode("The capital of France is", bos=True)
+    logits = forward(gemma270m, ids)[-1].astype(np.float64)
+    logprobs = logits - np.log(np.exp(logits - logits.max()).sum()) - logits.max()
     top = [gemma270m.tokenizer.piece(i) for i in np.argsort(-logprobs)[:4]]
     assert top == list(GOLDEN)
     for piece, expected in GOLDEN.items():
@@ -109,47 +120,47 @@ def test_tiny_model_forward_is_causal(tiny):
 
 
 def test_tiny_is_deterministic_by_seed():
-    a, b, c = models.tiny(seed=1), models.tiny(seed=1), models.tiny(seed=2)
+    a, b, c = tiny_model.load(seed=1), tiny_model.load(seed=1), tiny_model.load(seed=2)
     ids = a.tokenizer.encode("x + y", bos=True)
     np.testing.assert_array_equal(forward(a, ids), forward(b, ids))
     assert not np.allclose(forward(a, ids), forward(c, ids))
 
 
 def test_lora_starts_equal_to_base_and_adds_few_params():
-    base = models.tiny(seed=3)
+    base = tiny_model.load(seed=3)
     ids = base.tokenizer.encode("48 + 24 = 72", bos=True)
     before = forward(base, ids)
     n_base = sum(x.size for x in jax.tree.leaves(nnx.state(base.model, nnx.Param)))
-    lora_model = models.apply_lora(base.model, rank=4, alpha=8.0)
+    lora_model = lora.apply(base.model, rank=4, alpha=8.0)
     lora_state = nnx.state(lora_model, nnx.LoRAParam)
     n_lora = sum(x.size for x in jax.tree.leaves(lora_state))
     assert 0 < n_lora < n_base / 5
     paths = {"/".join(map(str, p)) for p, _ in jax.tree_util.tree_flatten_with_path(lora_state.to_pure_dict())[0]}
     assert any("q_einsum" in p for p in paths) and any("down_proj" in p for p in paths)
-    after = forward(models.Loaded("tiny", lora_model, base.tokenizer, base.config), ids)
+    after = forward(loader.Loaded("tiny", lora_model, base.tokenizer, base.config), ids)
     np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5)
 
 
 def test_mesh_from_tier_and_clear_error_when_too_big():
-    mesh = models.make_mesh((1, 1), ("fsdp", "tp"))
+    mesh = meshes.make_mesh((1, 1), ("fsdp", "tp"))
     assert mesh.shape == {"fsdp": 1, "tp": 1}
     with pytest.raises(ValueError, match="needs 64 devices, only"):
-        models.make_mesh((8, 8), ("fsdp", "tp"))
+        meshes.make_mesh((8, 8), ("fsdp", "tp"))
     with pytest.raises(ValueError, match="differ in length"):
-        models.make_mesh((1,), ("fsdp", "tp"))
+        meshes.make_mesh((1,), ("fsdp", "tp"))
 
 
 def test_tiny_model_under_a_mesh():
-    mesh = models.make_mesh((1, 1), ("fsdp", "tp"))
-    loaded = models.tiny(mesh=mesh)
+    mesh = meshes.make_mesh((1, 1), ("fsdp", "tp"))
+    loaded = tiny_model.load(mesh=mesh)
     assert np.isfinite(forward(loaded, [2, 10, 11])).all()
 
 
 def test_gemma3_safetensors_export_loads_back_identically(tmp_path, tiny):
-    out = models.export_hf(tiny, tmp_path / "hf")
+    out = export.export_hf(tiny, tmp_path / "hf")
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "gemma3_text" and config["num_hidden_layers"] == 2
-    loaded = models.load("gemma3-1b-it", path=str(out))
+    loaded = loader.load("gemma3-1b-it", path=str(out))
     ids = tiny.tokenizer.encode("Weng earns $12 an hour.", bos=True)
     np.testing.assert_allclose(forward(loaded, ids), forward(tiny, ids), rtol=1e-5, atol=1e-5)
 
@@ -178,7 +189,7 @@ def test_gemma2_safetensors_checkpoint_maps_every_tensor(tmp_path, tiny):
         "model_type": "gemma2", "num_hidden_layers": layers, "vocab_size": vocab, "hidden_size": d,
         "intermediate_size": f, "num_attention_heads": n, "num_key_value_heads": k, "head_dim": h,
         "sliding_window": 16, "final_logit_softcapping": 30.0, "attn_logit_softcapping": 50.0}))
-    loaded = models.load("gemma2-2b-it", path=str(directory))
+    loaded = loader.load("gemma2-2b-it", path=str(directory))
     state = nnx.state(loaded.model, nnx.Param).to_pure_dict()
     np.testing.assert_array_equal(np.asarray(state["embedder"]["input_embedding"]), tensors["model.embed_tokens.weight"])
     np.testing.assert_array_equal(np.asarray(state["layers"][1]["mlp"]["down_proj"]["kernel"]),
@@ -197,11 +208,11 @@ def test_gemma2_safetensors_checkpoint_maps_every_tensor(tmp_path, tiny):
 ])
 def test_missing_weights_are_one_clear_error(name, path, error, words):
     with pytest.raises(error, match=words):
-        models.load(name, path=path)
+        loader.load(name, path=path)
 
 
 def test_directory_without_safetensors(tmp_path, tiny):
-    (tmp_path / "config.json").write_text(json.dumps(models.hf_config_json(tiny.config)))
+    (tmp_path / "config.json").write_text(json.dumps(families.for_config(tiny.config).config_json(tiny.config)))
     (tmp_path / "tokenizer.model").write_bytes(tiny.tokenizer.sp.serialized_model_proto())
     with pytest.raises(FileNotFoundError, match="no \\*.safetensors files"):
-        models.load("gemma3-1b-pt", path=str(tmp_path))
+        loader.load("gemma3-1b-pt", path=str(tmp_path))

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from showwork import rewards
+from showwork.task import rewards
 
 GOOD = "<reasoning>48 / 2 = 24 clips in May. 48 + 24 = 72 in total.</reasoning>\n<answer>72</answer>"
 WRONG = "<reasoning>48 + 48 = 96</reasoning><answer>96</answer>"

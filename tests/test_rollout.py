@@ -8,9 +8,12 @@ from flax import nnx
 from tunix.rl import common
 from tunix.rl.rollout import base_rollout
 
-from showwork import models, sampling
-from showwork.models import EOS_ID, PAD_ID
-from showwork.rollout import Rollout
+from showwork.sample import sampler
+
+from showwork.model import tiny as tiny_model
+from showwork.model.tokenizer import EOS_ID
+from showwork.model.tokenizer import PAD_ID
+from showwork.sample.rollout import Rollout
 
 PROMPTS = ["Tom has 3 apples.", "Natalia sold 48 clips", "x"]
 
@@ -20,7 +23,7 @@ def test_generate_is_the_sampler_behind_tunix_rollout_config(tiny):
     assert isinstance(rollout, base_rollout.BaseRollout)
     config = base_rollout.RolloutConfig(max_tokens_to_generate=10, temperature=0.0, top_p=1.0, max_prompt_length=40)
     out = rollout.generate(PROMPTS, config)
-    want = sampling.generate(tiny, PROMPTS, sampling.SampleSettings(max_new_tokens=10), batch_size=4, prompt_len=64)
+    want = sampler.generate(tiny, PROMPTS, sampler.SampleSettings(max_new_tokens=10), batch_size=4, prompt_len=64)
     assert [t.tolist() for t in out.tokens] == want.completion_ids
     assert out.text == want.texts
     assert out.left_padded_prompt_tokens.shape == (3, 64)
@@ -61,13 +64,13 @@ def test_logprobs_agree_with_tunix_per_token_logps(tiny):
 
 
 def test_update_params_samples_from_the_new_weights(tiny):
-    rollout = Rollout(models.tiny(seed=0), batch_size=4)
-    other = models.tiny(seed=9)
+    rollout = Rollout(tiny_model.load(seed=0), batch_size=4)
+    other = tiny_model.load(seed=9)
     config = base_rollout.RolloutConfig(max_tokens_to_generate=8, temperature=0.0, max_prompt_length=40)
     before = [t.tolist() for t in rollout.generate(PROMPTS, config).tokens]
     rollout.update_params(nnx.state(other.model, nnx.Param))
     after = [t.tolist() for t in rollout.generate(PROMPTS, config).tokens]
-    want = sampling.generate(other, PROMPTS, sampling.SampleSettings(max_new_tokens=8), batch_size=4).completion_ids
+    want = sampler.generate(other, PROMPTS, sampler.SampleSettings(max_new_tokens=8), batch_size=4).completion_ids
     assert after == want != before
 
 

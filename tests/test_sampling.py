@@ -1,28 +1,28 @@
-"""sampling.py: determinism, batching independence, top-k/top-p, stops; real-model agreement."""
+"""sampler.py: determinism, batching independence, top-k/top-p, stops; real-model agreement."""
 
 import numpy as np
 import pytest
 
-from showwork import sampling
+from showwork.sample import sampler
 
 PROMPTS = ["Tom has 3 apples.", "<start_of_turn>user\nWhat is 2+2?<end_of_turn>\n<start_of_turn>model\n",
            "Natalia sold 48 clips", "x"]
 
 
 def test_greedy_is_deterministic_and_batch_independent(tiny):
-    settings = sampling.SampleSettings(max_new_tokens=10)
-    batched = sampling.generate(tiny, PROMPTS, settings, batch_size=4, prompt_len=64)
-    alone = [sampling.generate(tiny, [p], settings, batch_size=4, prompt_len=64).tokens[0] for p in PROMPTS]
+    settings = sampler.SampleSettings(max_new_tokens=10)
+    batched = sampler.generate(tiny, PROMPTS, settings, batch_size=4, prompt_len=64)
+    alone = [sampler.generate(tiny, [p], settings, batch_size=4, prompt_len=64).tokens[0] for p in PROMPTS]
     assert batched.tokens == alone
     assert all(len(t) <= 10 for t in batched.tokens)
 
 
 def test_sampling_depends_on_row_seed_not_batch_mates(tiny):
-    settings = sampling.SampleSettings(max_new_tokens=12, temperature=1.0, top_k=40)
-    a = sampling.generate(tiny, PROMPTS, settings, batch_size=4, prompt_len=64, row_seeds=[1, 2, 3, 4])
-    b = sampling.generate(tiny, PROMPTS[::-1], settings, batch_size=2, prompt_len=64, row_seeds=[4, 3, 2, 1])
+    settings = sampler.SampleSettings(max_new_tokens=12, temperature=1.0, top_k=40)
+    a = sampler.generate(tiny, PROMPTS, settings, batch_size=4, prompt_len=64, row_seeds=[1, 2, 3, 4])
+    b = sampler.generate(tiny, PROMPTS[::-1], settings, batch_size=2, prompt_len=64, row_seeds=[4, 3, 2, 1])
     assert a.tokens == b.tokens[::-1]
-    c = sampling.generate(tiny, PROMPTS, settings, batch_size=4, prompt_len=64, row_seeds=[5, 6, 7, 8])
+    c = sampler.generate(tiny, PROMPTS, settings, batch_size=4, prompt_len=64, row_seeds=[5, 6, 7, 8])
     assert a.tokens != c.tokens
 
 
@@ -30,11 +30,11 @@ def test_sampling_depends_on_row_seed_not_batch_mates(tiny):
 def test_group_prefill_gives_the_rows_they_would_get_alone(tiny, temperature):
     """group=G prefills each run of G identical prompts once and shares its
     cache: the same tokens as prefilling every row, row seeds included."""
-    settings = sampling.SampleSettings(max_new_tokens=12, temperature=temperature, top_k=40)
+    settings = sampler.SampleSettings(max_new_tokens=12, temperature=temperature, top_k=40)
     prompts = [p for p in PROMPTS[:3] for _ in range(2)]
     seeds = list(range(11, 17))
-    each = sampling.generate(tiny, prompts, settings, batch_size=4, prompt_len=64, row_seeds=seeds)
-    shared = sampling.generate(tiny, prompts, settings, batch_size=4, prompt_len=64, row_seeds=seeds, group=2)
+    each = sampler.generate(tiny, prompts, settings, batch_size=4, prompt_len=64, row_seeds=seeds)
+    shared = sampler.generate(tiny, prompts, settings, batch_size=4, prompt_len=64, row_seeds=seeds, group=2)
     assert shared.tokens == each.tokens
     assert shared.prompt_tokens == each.prompt_tokens
     if temperature:
@@ -49,19 +49,19 @@ def test_group_prefill_gives_the_rows_they_would_get_alone(tiny, temperature):
 ])
 def test_group_rejects_prompts_that_are_not_runs(tiny, prompts, batch, group, match):
     with pytest.raises(ValueError, match=match):
-        sampling.generate(tiny, prompts, sampling.SampleSettings(max_new_tokens=2), batch_size=batch, group=group)
+        sampler.generate(tiny, prompts, sampler.SampleSettings(max_new_tokens=2), batch_size=batch, group=group)
 
 
 def test_top_k_one_equals_greedy(tiny):
-    greedy = sampling.generate(tiny, PROMPTS, sampling.SampleSettings(max_new_tokens=8), batch_size=4)
-    topk1 = sampling.generate(tiny, PROMPTS, sampling.SampleSettings(max_new_tokens=8, temperature=0.7, top_k=1),
+    greedy = sampler.generate(tiny, PROMPTS, sampler.SampleSettings(max_new_tokens=8), batch_size=4)
+    topk1 = sampler.generate(tiny, PROMPTS, sampler.SampleSettings(max_new_tokens=8, temperature=0.7, top_k=1),
                               batch_size=4)
     assert greedy.tokens == topk1.tokens
 
 
 def test_tiny_top_p_keeps_only_the_best_token(tiny):
-    greedy = sampling.generate(tiny, PROMPTS, sampling.SampleSettings(max_new_tokens=8), batch_size=4)
-    nucleus = sampling.generate(tiny, PROMPTS, sampling.SampleSettings(max_new_tokens=8, temperature=1.0, top_p=1e-6),
+    greedy = sampler.generate(tiny, PROMPTS, sampler.SampleSettings(max_new_tokens=8), batch_size=4)
+    nucleus = sampler.generate(tiny, PROMPTS, sampler.SampleSettings(max_new_tokens=8, temperature=1.0, top_p=1e-6),
                                 batch_size=4)
     assert greedy.tokens == nucleus.tokens
 
@@ -75,30 +75,30 @@ def test_choose_respects_top_k():
     seen = set()
     for step in range(50):
         step_keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(keys)
-        seen |= set(np.asarray(sampling._choose(logits[None], step_keys, 1.0, 3, None)).tolist())
+        seen |= set(np.asarray(sampler._choose(logits[None], step_keys, 1.0, 3, None)).tolist())
     assert seen <= {97, 98, 99} and len(seen) >= 2
 
 
 def test_stop_token_ends_a_row(tiny):
-    out = sampling.generate(tiny, PROMPTS, sampling.SampleSettings(max_new_tokens=6), batch_size=4,
+    out = sampler.generate(tiny, PROMPTS, sampler.SampleSettings(max_new_tokens=6), batch_size=4,
                             stop_ids=tuple(range(tiny.tokenizer.vocab_size)))  # every token stops
     assert out.tokens == [[], [], [], []] and all(out.stopped)
     assert all(len(c) == 1 for c in out.completion_ids)
 
 
 def test_stop_sequence_ends_a_row_and_stays_in_the_text(tiny):
-    free = sampling.generate(tiny, PROMPTS, sampling.SampleSettings(max_new_tokens=12), batch_size=4)
+    free = sampler.generate(tiny, PROMPTS, sampler.SampleSettings(max_new_tokens=12), batch_size=4)
     # Stop at whatever the first row says in its tokens 2..3: that row must end
     # right there, with the sequence kept; the rows are otherwise unchanged.
     target = tuple(free.tokens[0][2:4])
     assert len(target) == 2
-    cut = sampling.generate(tiny, PROMPTS, sampling.SampleSettings(max_new_tokens=12), batch_size=4,
+    cut = sampler.generate(tiny, PROMPTS, sampler.SampleSettings(max_new_tokens=12), batch_size=4,
                             stop_strings=(tiny.tokenizer.decode(list(target)),))
-    sequences = sampling.stop_sequences(tiny.tokenizer, (tiny.tokenizer.decode(list(target)),))
+    sequences = sampler.stop_sequences(tiny.tokenizer, (tiny.tokenizer.decode(list(target)),))
     assert any(target[:-1] == prefix and target[-1] in finals for prefix, finals in sequences)
     assert len(cut.tokens[0]) <= 4 and cut.stopped[0]
     for free_row, cut_row, ids in zip(free.tokens, cut.tokens, cut.completion_ids):
-        assert cut_row == sampling._cut(free_row, (), sequences)[1] and ids == cut_row
+        assert cut_row == sampler._cut(free_row, (), sequences)[1] and ids == cut_row
 
 
 @pytest.mark.parametrize("gen, kept, text", [
@@ -110,11 +110,11 @@ def test_stop_sequence_ends_a_row_and_stays_in_the_text(tiny):
     ([5, 8, 10, 4], [5, 8, 10], [5, 8, 10]),  # 10 is another token that can end it (like `>.`)
 ])
 def test_cut_table(gen, kept, text):
-    assert sampling._cut(gen, (1,), (((8,), (9, 10)),)) == (kept, text)
+    assert sampler._cut(gen, (1,), (((8,), (9, 10)),)) == (kept, text)
 
 
 def test_answer_close_spellings_on_the_real_tokenizer(gemma270m):
-    sequences = sampling.stop_sequences(gemma270m.tokenizer, ("</answer>",))
+    sequences = sampler.stop_sequences(gemma270m.tokenizer, ("</answer>",))
     for context in ("20\n</answer>", "20</answer>", "so 20 </answer>", "20</answer>.", "20 </answer>,"):
         ids = tuple(gemma270m.tokenizer.encode(context))
         assert any(ids[-1] in finals and ids[-1 - len(prefix):-1] == prefix for prefix, finals in sequences), context
@@ -128,7 +128,7 @@ def test_greedy_matches_tunix_sampler_on_the_real_model(gemma270m):
     reference = sampler_lib.Sampler(gemma270m.model, gemma270m.tokenizer.sp, sampler_lib.CacheConfig(
         cache_size=128, num_layers=c.num_layers, num_kv_heads=c.num_kv_heads, head_dim=c.head_dim))
     prompts = ["The capital of France is", "Natalia sold clips to 48 of her friends in April, and then she sold"]
-    ours = sampling.generate(gemma270m, prompts, sampling.SampleSettings(max_new_tokens=32), batch_size=2)
+    ours = sampler.generate(gemma270m, prompts, sampler.SampleSettings(max_new_tokens=32), batch_size=2)
     for i, prompt in enumerate(prompts):
         theirs = [int(t) for t in reference([prompt], max_generation_steps=32, temperature=0.0).tokens[0]]
         n = min(len(ours.tokens[i]), len(theirs), 32)
@@ -149,10 +149,10 @@ def test_greedy_choice_is_the_first_best_index_even_on_ties(parts, block):
                          [1e30, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1e30]], np.float32)
     rows, vocab = logits.shape
     slices = jnp.asarray(logits.reshape(rows, parts, vocab // parts).transpose(1, 0, 2))
-    picked = np.asarray(sampling._best(slices, 1, block)[1][:, 0]).tolist()
+    picked = np.asarray(sampler._best(slices, 1, block)[1][:, 0]).tolist()
     assert picked == [1, 0, 2, 11, 0] == np.argmax(logits, axis=1).tolist()
-    if block == sampling.PICK_BLOCK:
-        assert np.asarray(sampling._choose(slices, None, 0.0, None, None)).tolist() == picked
+    if block == sampler.PICK_BLOCK:
+        assert np.asarray(sampler._choose(slices, None, 0.0, None, None)).tolist() == picked
 
 
 @pytest.mark.parametrize("parts, block, k", [(1, 512, 5), (2, 4, 3), (2, 4, 24), (2, 4, 48), (4, 1, 7), (1, 3, 1), (2, 6, 12)])
@@ -168,7 +168,7 @@ def test_best_candidates_are_the_top_k_of_the_whole_row(parts, block, k):
                        np.where(np.arange(48) == 40, 1e30, rng.standard_normal(48))]).astype(np.float32)
     rows, vocab = logits.shape
     slices = jnp.asarray(logits.reshape(rows, parts, vocab // parts).transpose(1, 0, 2))
-    values, ids = sampling._best(slices, k, block)
+    values, ids = sampler._best(slices, k, block)
     want_values, want_ids = jax.lax.top_k(jnp.asarray(logits), k)
     assert np.asarray(ids).tolist() == np.asarray(want_ids).tolist()
     np.testing.assert_array_equal(np.asarray(values), np.asarray(want_values))

@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 from conftest import REPO, TIERS, job_env
-from showwork import self_teach
+from showwork.train import self_teach
 
 ROWS = [{"id": "a", "prompt": "p1", "answer": "72", "question": "q1"},
         {"id": "b", "prompt": "p2", "answer": "5", "question": "q2"}]

@@ -12,7 +12,18 @@ import pytest
 from safetensors.numpy import load_file
 
 from conftest import REPO, TIERS, job_env
-from showwork import config, grpo, sft, training
+from showwork import config
+from showwork.config import LoraConfig, OptimizerConfig, ScheduleConfig
+from showwork.train import grpo
+from showwork.train import sft
+from showwork.train import checkpoints
+from showwork.model import export
+from showwork.model import families
+from showwork.sample import forward
+from showwork.model import loader
+from showwork.model import lora
+from showwork.train import step as step_lib
+from showwork.model import tiny as tiny_model
 from showwork.bus import Bus
 
 CPU = TIERS / "cpu" / "tier.yaml"
@@ -97,7 +108,7 @@ def test_sft_resume_after_sigterm_equals_uninterrupted(tmp_path, text):
     assert "preempted" in log
     bus_b = Bus(str(tmp_path / "b" / "tiny-sft"))
     assert not bus_b.exists("sft/_SUCCESS")
-    saved = training.Checkpoints(bus_b, "sft/checkpoints", 2, 3).latest_step()
+    saved = checkpoints.Checkpoints(bus_b, "sft/checkpoints", 2, 3).latest_step()
     assert saved is not None and 4 <= saved < 14
 
     again = run("jobs.sft", path, CPU, "--root", tmp_path / "b")
@@ -125,9 +136,8 @@ def test_qlora_sft_job_trains_and_exports_a_plain_model(tmp_path):
     tensors = weights(tmp_path / "tiny-sft", "sft/model/model.safetensors")
     assert not any("lora" in name for name in tensors)
     assert all(t.dtype == np.float32 for t in tensors.values())
-    from showwork import models
 
-    reloaded = models.load_dir(str(tmp_path / "tiny-sft" / "sft" / "model"))
+    reloaded = loader.load_dir(str(tmp_path / "tiny-sft" / "sft" / "model"))
     assert reloaded.model.layers[0].mlp.down_proj.kernel.value.dtype == np.float32
 
 
@@ -215,15 +225,14 @@ def test_grpo_single_update_uses_current_logps_as_old_without_another_forward(ti
     import jax
     import jax.numpy as jnp
 
-    from showwork import models
 
-    loaded = models.tiny(seed=2)
-    loaded.model = training.add_lora(loaded.model, 4, 8.0, models.DEFAULT_LORA_TARGETS)
-    graphdef, trainable, frozen = training.split(loaded.model)
+    loaded = tiny_model.load(seed=2)
+    loaded.model = lora.add(loaded.model, LoraConfig(4, 8.0, lora.DEFAULT_TARGETS))
+    graphdef, trainable, frozen = step_lib.split(loaded.model)
     trainable = jax.tree.map(lambda x: x + 0.01, trainable)  # adapters away from zero: a real gradient
-    tx = training.optimizer(1e-3, 0.9, 0.99, 0.0, 1.0, 4, 0, 0.1)
+    tx = step_lib.optimizer(OptimizerConfig(1e-3, 0.9, 0.99, 0.0, 1.0), ScheduleConfig(warmup_steps=0, end_value_ratio=0.1), 4)
     logps_fn, grad_fn, _ = grpo.make_step_fns(graphdef, tx, beta=0.0, epsilon=0.2, temperature=1.0)
-    prompt, completion, mask = training.pack([[5, 6, 7], [8, 9]], [[10, 11, 12, 13], [14, 15]])
+    prompt, completion, mask = forward.pack([[5, 6, 7], [8, 9]], [[10, 11, 12, 13], [14, 15]])
     adv = jnp.array([1.0, -1.0])
     old = logps_fn(trainable, frozen, prompt, completion, mask)
     (loss, aux), grads = grad_fn(trainable, frozen, prompt, completion, mask, old, None, adv)
@@ -243,12 +252,11 @@ def test_lora_merge_matches_adapted_forward(tiny, quantize):
     import jax.numpy as jnp
     from flax import nnx
 
-    from showwork import models
 
-    original = models.tiny(seed=4)
+    original = tiny_model.load(seed=4)
     base_w = np.asarray(original.model.layers[0].mlp.down_proj.kernel.value).copy()
-    loaded = models.tiny(seed=4)
-    loaded.model = training.add_lora(loaded.model, 4, 8.0, models.DEFAULT_LORA_TARGETS, quantize)
+    loaded = tiny_model.load(seed=4)
+    loaded.model = lora.add(loaded.model, LoraConfig(4, 8.0, lora.DEFAULT_TARGETS, quantize))
     state = nnx.state(loaded.model, nnx.LoRAParam)
     leaves, tree = jax.tree.flatten(state)
     nnx.update(loaded.model, jax.tree.unflatten(tree, [x + 0.05 * jax.random.normal(jax.random.key(i), x.shape)
@@ -257,11 +265,11 @@ def test_lora_merge_matches_adapted_forward(tiny, quantize):
     pos = jnp.arange(6)[None]
     mask = jnp.tril(jnp.ones((6, 6), bool))[None]
     adapted, _ = loaded.model(ids, pos, None, mask)
-    training.merged_params(loaded.model)
-    tensors = models.hf_tensors(loaded.model, loaded.config)
+    lora.merge(loaded.model)
+    tensors = families.for_config(loaded.config).hf_tensors(loaded.model, loaded.config)
     with tempfile.TemporaryDirectory() as tmp:
-        models.export_hf(loaded, Path(tmp))
-        reloaded = models.load_dir(tmp)
+        export.export_hf(loaded, Path(tmp))
+        reloaded = loader.load_dir(tmp)
         merged, _ = reloaded.model(ids, pos, None, mask)
     assert not any("lora" in name for name in tensors)
     assert all(t.dtype == np.float32 for t in tensors.values())
@@ -293,10 +301,9 @@ def test_fold_into_base_computes_what_the_adapted_model_computes(tiny, quantize)
     import jax.numpy as jnp
     from flax import nnx
 
-    from showwork import models
 
-    base = models.tiny(seed=4).model
-    adapted = training.add_lora(base, 4, 8.0, models.DEFAULT_LORA_TARGETS, quantize)
+    base = tiny_model.load(seed=4).model
+    adapted = lora.add(base, LoraConfig(4, 8.0, lora.DEFAULT_TARGETS, quantize))
     ids = jnp.asarray([[2, 40, 41, 42, 43, 44]])
     pos = jnp.arange(6)[None]
     mask = jnp.tril(jnp.ones((6, 6), bool))[None]
@@ -306,7 +313,7 @@ def test_fold_into_base_computes_what_the_adapted_model_computes(tiny, quantize)
         nnx.update(adapted, jax.tree.unflatten(tree, [x + 0.05 * jax.random.normal(jax.random.key(10 * round_ + i), x.shape)
                                                        for i, x in enumerate(leaves)]))
         want, _ = adapted(ids, pos, None, mask)
-        folded = training.fold_into(base, adapted)
+        folded = lora.fold_into(base, adapted)
         assert folded is base
         got, _ = folded(ids, pos, None, mask)
         assert np.abs(np.asarray(want) - np.asarray(got)).max() < 1e-4
@@ -318,11 +325,10 @@ def test_fold_into_base_computes_what_the_adapted_model_computes(tiny, quantize)
 def test_fold_into_refuses_a_model_without_the_adapted_weights(tiny):
     from flax import nnx
 
-    from showwork import models
 
-    adapted = training.add_lora(models.tiny(seed=4).model, 4, 8.0, models.DEFAULT_LORA_TARGETS)
+    adapted = lora.add(tiny_model.load(seed=4).model, LoraConfig(4, 8.0, lora.DEFAULT_TARGETS))
     with pytest.raises(ValueError, match="no weight .* pass the model that add_lora was given"):
-        training.fold_into(nnx.Linear(2, 2, rngs=nnx.Rngs(0)), adapted)
+        lora.fold_into(nnx.Linear(2, 2, rngs=nnx.Rngs(0)), adapted)
 
 
 @pytest.mark.parametrize("n, size, cap, want", [
@@ -333,12 +339,12 @@ def test_fold_into_refuses_a_model_without_the_adapted_weights(tiny):
     (128, 128, 1000, 128),
 ])
 def test_capped_bucket_table(n, size, cap, want):
-    assert training.capped_bucket(n, size, cap) == want
+    assert forward.capped_bucket(n, size, cap) == want
 
 
 def test_capped_bucket_refuses_a_length_over_its_cap():
     with pytest.raises(ValueError, match="over the cap"):
-        training.capped_bucket(500, 128, 416)
+        forward.capped_bucket(500, 128, 416)
 
 
 def test_optimizer_step_reuses_its_input_buffers_and_matches_optax():
@@ -348,14 +354,14 @@ def test_optimizer_step_reuses_its_input_buffers_and_matches_optax():
     import jax.numpy as jnp
     import optax
 
-    tx = training.optimizer(1e-2, 0.9, 0.99, 0.01, 1.0, 10, 0, 0.1)
+    tx = step_lib.optimizer(OptimizerConfig(1e-2, 0.9, 0.99, 0.01, 1.0), ScheduleConfig(warmup_steps=0, end_value_ratio=0.1), 10)
     params = {"w": jnp.arange(12.0).reshape(3, 4), "b": jnp.ones(4)}
     grads = {"w": jnp.full((3, 4), 0.5), "b": jnp.linspace(-1, 1, 4)}
     state = tx.init(params)
     want_updates, want_state = tx.update(grads, state, params)
     want = optax.apply_updates(params, want_updates)
     inputs = (jax.tree.map(jnp.copy, params), jax.tree.map(jnp.copy, state), jax.tree.map(jnp.copy, grads))
-    new, new_state, norm = training.make_apply(tx)(*inputs)
+    new, new_state, norm = step_lib.make_apply(tx)(*inputs)
     for a, b in zip(jax.tree.leaves((new, new_state)), jax.tree.leaves((want, want_state))):
         np.testing.assert_allclose(a, b, rtol=1e-6)
     np.testing.assert_allclose(norm, optax.global_norm(grads), rtol=1e-6)

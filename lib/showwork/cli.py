@@ -51,7 +51,7 @@ def setup(args: argparse.Namespace, placement: Placement = Placement.SLICE):
     if placement is not Placement.CPU:
         import jax
 
-        from showwork import models
+        from showwork.model import meshes
 
         if placement is Placement.SLICE and cfg.tier.hosts > 1:
             # Multi-host TPU slices (JobSet, one pod per host): every process joins
@@ -60,7 +60,7 @@ def setup(args: argparse.Namespace, placement: Placement = Placement.SLICE):
         key, shape = ("mesh", cfg.tier.mesh) if placement is Placement.SLICE else (
             "eval_mesh" if cfg.tier.eval_mesh else "mesh", cfg.tier.mesh_for_eval())
         try:
-            mesh = models.tier_mesh(shape)
+            mesh = meshes.tier_mesh(shape)
         except ValueError as err:  # more devices than this job sees: before any work starts
             print(f"config error: {args.configs[-1]}: tier.{key}.shape: {err}; pick the tier that matches the "
                   "node pool", file=sys.stderr)
@@ -107,7 +107,7 @@ def run(doc: str, main, argv: list[str] | None = None, add_arguments=None, place
 @contextlib.contextmanager
 def exit_zero_on_preemption(logger):
     """A training job that saved its checkpoint on SIGTERM exits 0 for its restart."""
-    from showwork.training import Preempted
+    from showwork.train.loop import Preempted
 
     try:
         yield

@@ -15,8 +15,6 @@ tunix's GRPOConfig, `rollout` those of tunix's RolloutConfig.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,6 +22,8 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import yaml
+
+from showwork.task.rewards import REWARDS
 
 
 class ConfigError(ValueError):
@@ -180,8 +180,6 @@ class GrpoConfig:
             yield "review_ratio", f"must be >= 0, got {self.review_ratio}"
         if not self.rewards:
             yield "rewards", "at least one reward is needed"
-        from showwork.rewards import REWARDS
-
         for name in self.rewards:
             if name not in REWARDS:
                 yield "rewards", f"unknown reward {name!r}; known: {', '.join(REWARDS)}"
@@ -427,23 +425,3 @@ def _convert(tp, value, origin, keypath, files):
             _fail(origin, keypath, files, f"expected a string, got {_describe(value)}")
         return value
     raise TypeError(f"config type {tp} at {'.'.join(keypath)} is not supported")  # our bug, not the user's
-
-
-# ---------------------------------------------------------------- digests
-
-
-def as_data(section) -> object:
-    """A JSON-ready view of a config section (dataclass, tuple, dict, scalar)."""
-    if dataclasses.is_dataclass(section):
-        return {f.name: as_data(getattr(section, f.name)) for f in dataclasses.fields(section)}
-    if isinstance(section, (tuple, list)):
-        return [as_data(v) for v in section]
-    if isinstance(section, dict):
-        return {k: as_data(v) for k, v in section.items()}
-    return section
-
-
-def digest(**sections) -> str:
-    """A stable hash of the config sections a stage depends on."""
-    blob = json.dumps(as_data(sections), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -12,7 +12,12 @@ import time
 import pytest
 
 from conftest import REPO, TIERS, job_env
-from showwork import answers, config, data, evaluate, rewards, voting
+from showwork import config
+from showwork.task import answers
+from showwork.task import data
+from showwork.eval import evaluate
+from showwork.task import rewards
+from showwork.eval import voting
 
 CPU = TIERS / "cpu" / "tier.yaml"
 

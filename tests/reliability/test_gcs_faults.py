@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, TIERS, job_env
-from showwork import training
+from showwork.train import checkpoints
 from showwork.bus import Bus, BusError, Marker, run_once, StageResult
 
 CPU = TIERS / "cpu" / "tier.yaml"
@@ -122,7 +122,7 @@ _TIMING = ("seconds", "per_second")
 
 def _checkpoints(bus: Bus, stage: str) -> dict[int, tuple[dict, list[bytes]]]:
     """step -> (meta, the bytes of every array) for each committed checkpoint."""
-    ckpt = training.Checkpoints(bus, f"{stage}/checkpoints", keep=1, every=1)
+    ckpt = checkpoints.Checkpoints(bus, f"{stage}/checkpoints", keep=1, every=1)
     out = {}
     for step in ckpt.steps():
         shapes = bus.read_json(f"{stage}/checkpoints/{step}/COMMIT.json")["arrays"]

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from conftest import REPO, TIERS, job_env
-from showwork import training
+from showwork.train import checkpoints
 from showwork.bus import Bus, BusError, read_marker
-from showwork.report import load_model_records
+from showwork.eval.report import load_model_records
 
 CPU = TIERS / "cpu" / "tier.yaml"
 
@@ -43,11 +43,11 @@ def tree(value: float):
 
 
 def saved(bus, steps):
-    ckpt = training.Checkpoints(bus, "sft/checkpoints", keep=5, every=1)
+    ckpt = checkpoints.Checkpoints(bus, "sft/checkpoints", keep=5, every=1)
     for step in steps:
         ckpt.save(step, tree(float(step)), {"step": step})
     ckpt.close()
-    return training.Checkpoints(bus, "sft/checkpoints", keep=5, every=1)
+    return checkpoints.Checkpoints(bus, "sft/checkpoints", keep=5, every=1)
 
 
 def state_files(bus, step):
@@ -64,7 +64,7 @@ def test_a_checkpoint_cut_short_by_a_kill_is_never_restored(tmp_path):
     for key in bus.list("sft/checkpoints/4"):
         if not key.endswith("COMMIT.json"):
             bus.write_bytes(key.replace("/4/", "/6/"), bus.read_bytes(key))
-    ckpt = training.Checkpoints(bus, "sft/checkpoints", keep=5, every=1)
+    ckpt = checkpoints.Checkpoints(bus, "sft/checkpoints", keep=5, every=1)
     assert ckpt.steps() == [2, 4] and ckpt.latest_step() == 4
     restored, meta, step = ckpt.restore_newest(tree(0.0), Recorder())
     assert step == 4 and meta == {"step": 4} and float(restored["w"][0, 0]) == 4.0
@@ -87,7 +87,7 @@ def test_a_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path, damage):
             bus.write_bytes(key, bytes(len(data)))
     if damage == "commit record":
         bus.write_bytes("sft/checkpoints/4/COMMIT.json", b'{"step": 4, "fi')
-    ckpt = training.Checkpoints(bus, "sft/checkpoints", keep=5, every=1)
+    ckpt = checkpoints.Checkpoints(bus, "sft/checkpoints", keep=5, every=1)
     log = Recorder()
     restored, meta, step = ckpt.restore_newest(tree(0.0), log)
     assert step == 2 and float(restored["b"][3]) == 2.0
@@ -102,7 +102,7 @@ def test_no_readable_checkpoint_means_none(tmp_path):
     saved(bus, [3])
     for key in state_files(bus, 3):
         bus.delete(key)
-    assert training.Checkpoints(bus, "sft/checkpoints", keep=5, every=1).restore_newest(tree(0.0), Recorder()) is None
+    assert checkpoints.Checkpoints(bus, "sft/checkpoints", keep=5, every=1).restore_newest(tree(0.0), Recorder()) is None
 
 
 def test_a_bucket_failing_during_restore_is_an_error_not_a_damaged_checkpoint(tmp_path, monkeypatch):
@@ -121,7 +121,7 @@ def test_a_bucket_failing_during_restore_is_an_error_not_a_damaged_checkpoint(tm
 
 def test_only_the_newest_checkpoints_are_kept_and_shapes_are_checked(tmp_path):
     bus = Bus(str(tmp_path))
-    ckpt = training.Checkpoints(bus, "sft/checkpoints", keep=2, every=3)
+    ckpt = checkpoints.Checkpoints(bus, "sft/checkpoints", keep=2, every=3)
     assert [ckpt.save(s, tree(float(s)), {"step": s}) for s in range(1, 10)] == [s % 3 == 0 for s in range(1, 10)]
     assert ckpt.steps() == [6, 9]
     assert {k.split("/")[2] for k in bus.list("sft/checkpoints")} == {"6", "9"}

@@ -3,7 +3,7 @@
 For users who run tunix's own RL stack (`RLCluster`, `GRPOLearner`) and want
 this sampler in place of tunix's vanilla one: `Rollout(loaded)` is a drop-in
 rollout engine. Our GRPO job does not go through it: its loop calls
-`sampling.generate` directly, because two things it relies on have no
+`sampler.generate` directly, because two things it relies on have no
 field in tunix's `RolloutConfig`: one seed per row (a row's completion does
 not depend on its batch-mates, so resumed runs repeat exactly) and shared
 prefill of a prompt's G completions (`group`).
@@ -21,8 +21,10 @@ import numpy as np
 from flax import nnx
 from tunix.rl.rollout import base_rollout
 
-from showwork import sampling, training
-from showwork.models import EOS_ID, PAD_ID, Loaded
+from showwork.model.loaded import Loaded
+from showwork.model.tokenizer import EOS_ID, PAD_ID
+from showwork.sample import forward, sampler
+from showwork.sample.logprobs import completion_logps
 
 
 class Rollout(base_rollout.BaseRollout):
@@ -32,15 +34,15 @@ class Rollout(base_rollout.BaseRollout):
 
     def generate(self, prompts: list[str], rollout_config: base_rollout.RolloutConfig, **kwargs) -> base_rollout.RolloutOutput:
         c = rollout_config
-        settings = sampling.SampleSettings(
+        settings = sampler.SampleSettings(
             max_new_tokens=c.max_tokens_to_generate, temperature=float(c.temperature),
             top_k=None if c.top_k in (None, -1) else int(c.top_k),
             top_p=None if c.top_p is None or c.top_p >= 1.0 else float(c.top_p))
         seed = 0 if c.seed is None else int(np.asarray(c.seed).reshape(-1)[0])
-        prompt_len = sampling.bucket(c.max_prompt_length)
-        samples = sampling.generate(self.loaded, prompts, settings, seed=seed, batch_size=self.batch_size,
+        prompt_len = forward.bucket(c.max_prompt_length)
+        samples = sampler.generate(self.loaded, prompts, settings, seed=seed, batch_size=self.batch_size,
                                     stop_ids=tuple(c.eos_tokens) if c.eos_tokens else None, prompt_len=prompt_len)
-        prompt, completion, mask = training.pack(samples.prompt_tokens, samples.completion_ids, prompt_len=prompt_len)
+        prompt, completion, mask = forward.pack(samples.prompt_tokens, samples.completion_ids, prompt_len=prompt_len)
         logprobs = None
         if c.return_logprobs:
             scored = np.asarray(self._logps(prompt, completion, mask))
@@ -57,7 +59,7 @@ class Rollout(base_rollout.BaseRollout):
 
     def _logps(self, prompt, completion, mask):
         graphdef, state = nnx.split(self.loaded.model)
-        return training.completion_logps(graphdef, (state,), prompt, completion, mask)
+        return completion_logps(graphdef, (state,), prompt, completion, mask)
 
     def update_params(self, params, filter_types=None) -> None:
         """Load new weights (an nnx.State of the model's variables, or a part of them)."""

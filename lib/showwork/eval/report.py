@@ -15,6 +15,7 @@ import io
 import math
 from statistics import mean
 
+from showwork import stages
 from showwork.bus import Bus, StageResult, read_marker, run_once, verify_outputs
 
 LENGTH_BUCKETS = (0, 10, 20, 30, 40, 50, 60, 80, 100, 150)
@@ -29,10 +30,8 @@ class IncompleteShards(RuntimeError):
 
 def load_model_records(bus: Bus, model: str, count: int) -> list[dict]:
     """All records of one model, from shards 0..count-1, sorted by id."""
-    from showwork.evaluate import shard_key
-
-    markers = {i: read_marker(bus, shard_key(model, i, count)) for i in range(count)}
-    missing = [shard_key(model, i, count) for i, marker in markers.items() if marker is None]
+    markers = {i: read_marker(bus, stages.shard_key(model, i, count)) for i in range(count)}
+    missing = [stages.shard_key(model, i, count) for i, marker in markers.items() if marker is None]
     if missing:
         raise IncompleteShards(
             f"cannot merge {model!r}: {len(missing)} of {count} shards have not finished: "
@@ -40,7 +39,7 @@ def load_model_records(bus: Bus, model: str, count: int) -> list[dict]:
     records = []
     for i, marker in markers.items():
         verify_outputs(bus, marker)  # a shard file cut or replaced after its marker is refused
-        records.extend(bus.read_jsonl(shard_key(model, i, count) + ".jsonl"))
+        records.extend(bus.read_jsonl(stages.shard_key(model, i, count) + ".jsonl"))
     ids = [r["id"] for r in records]
     if len(ids) != len(set(ids)):
         raise ValueError(f"duplicate question ids across {model!r} shards")
@@ -221,7 +220,7 @@ def training_curves(bus: Bus) -> dict[str, list[dict]]:
     """Per-stage rows of scalars, read from the stages' TensorBoard event files
     (`<stage>/tensorboard/`); a stage without event files falls back to its
     metrics.jsonl copy."""
-    from showwork import events
+    from showwork.eval import events
 
     curves = {}
     for stage in ("sft", "self-teach", "grpo"):
@@ -384,16 +383,16 @@ def build(bus: Bus, models: list[str], methods: list[str], shards: int, title: s
 
 
 def run(bus: Bus, cfg, log, shards: int | None = None):
-    from showwork import config as config_lib
-
+    """The report stage: merge every model's shards into report/; skipped if done."""
     count = shards or cfg.tier.eval_shards
     models, methods = list(cfg.eval.models), list(cfg.eval.methods)
-    digest = config_lib.digest(eval=cfg.eval, model=cfg.model, data=cfg.data, sft=cfg.sft, grpo=cfg.grpo, shards=count)
+    stage = stages.Stage("report", stages.REPORT, "report", (count,))
+    digest = stages.digest(cfg, stage)
 
     def body() -> StageResult:
         metrics = build(bus, models, methods, count, f"showwork report: {cfg.recipe}")
         headline = {f"{m}_{meth}_accuracy": metrics["models"][m][meth]["accuracy"] for m in models for meth in methods}
-        outputs = ["report/metrics.json", "report/report.md", "report/report.html", "report/accuracy.png"]
+        outputs = [f"{stages.REPORT}/{name}" for name in stages.REPORT_FILES]
         return StageResult(outputs=outputs, inputs=[f"eval/{m}" for m in models], metrics=headline)
 
-    return run_once(bus, "report", digest, body, log)
+    return run_once(bus, stage.key, digest, body, log)

@@ -15,7 +15,7 @@ import math
 import re
 from typing import Callable, Sequence
 
-from showwork import answers
+from showwork.task import answers
 
 RewardFn = Callable[..., list[float]]
 

@@ -2,9 +2,9 @@
 
 Gemma's vocabulary is 262k tokens: the logits of one SFT batch (4 × 384
 completion positions) are 1.6 GB in float32, and autodiff keeps several
-arrays of that size alive (logits, softmax, their cotangents). Measured on
-Gemma 3 270M, LoRA SFT at sequence length 512 peaked at 16.7 GB RSS against
-TRL's 4.4 GB (docs/BENCHMARKS.md).
+arrays of that size alive (logits, softmax, their cotangents): before this
+module, LoRA SFT of Gemma 3 270M peaked at several times TRL's memory
+(docs/BENCHMARKS.md).
 
 So the rows go through the projection in chunks, one chunk's logits alive
 at a time, and the gradient is arranged so that no FLOP is added:
@@ -25,6 +25,10 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
+
+from showwork.model.tokenizer import PAD_ID
+from showwork.sample.forward import final_hidden
 
 
 def logits(hidden, embedding, softcap: float | None, parts: int = 1):
@@ -128,3 +132,37 @@ def _backward(softcap, temperature, chunk, residuals, g):
 
 
 token_logps.defvjp(_forward, _backward)
+
+
+# Rows of the output projection alive at once in completion_logps: 256 rows
+# of Gemma's 262k-token vocabulary are 268 MB of float32 logits, large enough
+# that each chunk's matmul still runs at full speed.
+LOGPS_CHUNK = 256
+
+
+def completion_logps(graphdef, states: tuple, prompt, completion, completion_mask, temperature: float = 1.0,
+                     chunk: int = LOGPS_CHUNK):
+    """Per-token log-probs [B, C] of `completion` given left-padded `prompt`.
+
+    Logits are computed only for the C positions that predict completion
+    tokens (the output projection is most of the model's FLOPs), `chunk`
+    rows at a time (see above: the full [B, C, V] logits never exist).
+    """
+    tokens = jnp.concatenate([prompt, completion], axis=1)
+    valid = jnp.concatenate([prompt != PAD_ID, completion_mask > 0], axis=1)
+    positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0).astype(jnp.int32)
+    n = tokens.shape[1]
+    causal = jnp.tril(jnp.ones((n, n), jnp.bool_))[None]
+    attn = causal & valid[:, None, :]
+    plen, clen = prompt.shape[1], completion.shape[1]
+    hidden, _ = final_hidden(graphdef, _merged(states), tokens, positions, None, attn)
+    model = nnx.merge(graphdef, *states)
+    rows = hidden[:, plen - 1:plen + clen - 1]
+    b, c, d = rows.shape
+    logps = token_logps(rows.reshape(b * c, d), model.embedder.input_embedding.value, completion.reshape(-1),
+                        getattr(model.config, "final_logit_softcap", None), temperature, chunk)
+    return logps.reshape(b, c)
+
+
+def _merged(states: tuple):
+    return nnx.merge_state(*states) if len(states) > 1 else states[0]

@@ -16,7 +16,7 @@ Used by evaluation and by GRPO rollouts. Design choices (and why):
   sequence (evaluation stops at `</answer>`: what follows cannot change the
   score, and a base model that keeps talking would otherwise run to the
   token limit).
-* Plain Gemma 3 weights run through `showwork.decoder`, a forward pass with
+* Plain Gemma 3 weights run through `showwork.sample.decoder`, a forward pass with
   the weights and the KV cache laid out for the decode loop (1.6x faster a
   step than tunix's modules at batch 32); adapted or quantized models and
   Gemma 2 run through the modules. Greedy and top-k picks read the
@@ -34,10 +34,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from showwork import decoder, logprobs
-from showwork.models import EOS_ID, PAD_ID, Loaded
-
-PROMPT_BUCKET = 32
+from showwork.model.loaded import Loaded
+from showwork.model.tokenizer import EOS_ID, PAD_ID
+from showwork.sample import decoder, logprobs
+from showwork.sample.forward import PROMPT_BUCKET, bucket, final_hidden
 TOP_P_CANDIDATES = 256
 
 
@@ -56,10 +56,6 @@ class Samples:
     completion_ids: list[list[int]]  # generated ids including the stop token (what training scores)
     prompt_tokens: list[list[int]]  # BOS + prompt ids, unpadded
     stopped: list[bool]  # ended with a stop token (not cut by max_new_tokens)
-
-
-def bucket(n: int, size: int = PROMPT_BUCKET) -> int:
-    return max(size, -(-n // size) * size)
 
 
 def _choose(slices, keys, temperature: float, top_k: int | None, top_p: float | None):
@@ -126,19 +122,6 @@ def _empty_cache(config, batch: int, size: int, dtype) -> dict:
                        "end_index": jnp.zeros((batch,), jnp.int32)}
         for i in range(config.num_layers)
     }
-
-
-def final_hidden(graphdef, state, tokens, positions, cache, mask):
-    """Run the model, returning final-norm hidden states instead of logits.
-
-    Going through `model.__call__` keeps qwix LoRA interception active; the
-    logits it also computes are unused and XLA drops them. The module is
-    rebuilt from (graphdef, state) so this can run inside loops and grads.
-    """
-    model = nnx.merge(graphdef, state)
-    _, cache = model(tokens, positions, cache, mask, output_hidden_states=True)
-    hidden = nnx.pop(model, nnx.Intermediate)["all_hidden_states"].value[0]
-    return hidden, cache
 
 
 # Vocabulary slices of the sampler's output projection (logprobs.logit_slices):

@@ -13,22 +13,22 @@ or half-write them, and a finished shard (marker present) is skipped.
 
 from __future__ import annotations
 
+import hashlib
 import time
 
-from showwork import answers, sampling, training, voting
+from showwork import stages
 from showwork.bus import Bus, StageResult, run_once
-
-MODEL_STAGES = {"sft": "sft/model", "self-teach": "self-teach/model"}
+from showwork.config import EvalConfig
+from showwork.eval import voting
+from showwork.model import loader, meshes
+from showwork.sample import forward, sampler
+from showwork.task import answers
 
 
 def shard_rows(rows: list[dict], index: int, count: int) -> list[dict]:
     if count <= 0 or not 0 <= index < count:
         raise ValueError(f"shard {index} of {count} does not exist")
     return [row for i, row in enumerate(rows) if i % count == index]
-
-
-def shard_key(model: str, index: int, count: int) -> str:
-    return f"eval/{model}/shard-{index}-of-{count}"
 
 
 def score(text: str, gold: str) -> dict:
@@ -48,16 +48,16 @@ def score(text: str, gold: str) -> dict:
     }
 
 
-def method_plan(methods, samples: int, temperature: float, temperatures) -> dict[str, list[float]]:
+def method_plan(ev: EvalConfig) -> dict[str, list[float]]:
     """Method -> the temperature of each of its samples, in order."""
     plan = {}
-    for method in methods:
+    for method in ev.methods:
         if method == "greedy":
             plan[method] = [0.0]
         elif method == "majority":
-            plan[method] = [temperature] * samples
+            plan[method] = [ev.temperature] * ev.samples
         elif method == "consensus":
-            plan[method] = list(temperatures)
+            plan[method] = list(ev.consensus_temperatures)
         else:
             raise ValueError(f"unknown evaluation method {method!r}")
     return plan
@@ -65,8 +65,6 @@ def method_plan(methods, samples: int, temperature: float, temperatures) -> dict
 
 def row_seed(seed: int, question_id: str, method: str, sample: int) -> int:
     """A sample's seed from what it is, not where it sits: shard-independent."""
-    import hashlib
-
     digest = hashlib.sha256(f"{seed}/{question_id}/{method}/{sample}".encode()).digest()
     return int.from_bytes(digest[:4], "little")
 
@@ -82,10 +80,10 @@ def evaluate_rows(loaded, rows: list[dict], plan: dict[str, list[float]], *, max
     records = [{"id": r["id"], "question": r["question"], "gold": r["answer"], "methods": {}} for r in rows]
     for method, temps in plan.items():
         for t_index, temp in enumerate(temps):
-            settings = sampling.SampleSettings(max_tokens, temp, top_k if temp > 0 else None, None)
+            settings = sampler.SampleSettings(max_tokens, temp, top_k if temp > 0 else None, None)
             # Each (method, sample) has its own seed: maj@k samples are independent draws.
             started = time.perf_counter()
-            out = sampling.generate(loaded, [r["prompt"] for r in rows], settings, batch_size=batch_size,
+            out = sampler.generate(loaded, [r["prompt"] for r in rows], settings, batch_size=batch_size,
                                     prompt_len=prompt_len, stop_strings=stop_strings,
                                     row_seeds=[row_seed(seed, r["id"], method, t_index) for r in rows])
             if log:
@@ -103,51 +101,34 @@ def evaluate_rows(loaded, rows: list[dict], plan: dict[str, list[float]], *, max
 
 
 def model_for(bus: Bus, cfg, name: str):
-    """Load the model a report calls `name`: base, sft, self-teach or grpo (last session)."""
-    from showwork import models
-
-    if name == "base":
-        return models.load(cfg.model.name, cfg.model.path, cfg.tier.dtype, mesh=models.tier_mesh(cfg.tier.mesh_for_eval()))
-    if name == "grpo":
-        if cfg.grpo is None:
-            raise ValueError("eval names model 'grpo' but the recipe has no grpo section")
-        key = f"grpo/s-{cfg.grpo.sessions - 1}/model"
-    elif name in MODEL_STAGES:
-        key = MODEL_STAGES[name]
-    else:
-        raise ValueError(f"unknown model to evaluate {name!r}")
-    if not bus.exists(f"{key}/config.json"):
-        raise FileNotFoundError(f"model {name!r} is not on the bus yet: {bus.uri(key)} (run its stage first)")
-    return models.load_dir(training.local_model_dir(bus, key), cfg.tier.dtype, mesh=models.tier_mesh(cfg.tier.mesh_for_eval()))
+    """Load the model a report calls `name` (base, sft, self-teach, grpo) on one eval pod's mesh."""
+    return loader.load_from(bus, stages.eval_model_key(cfg, name), cfg.model, cfg.tier.dtype,
+                            meshes.tier_mesh(cfg.tier.mesh_for_eval()))
 
 
 def run_shard(bus: Bus, cfg, model: str, index: int, count: int, log):
     """Evaluate one shard of one model; skipped if its marker exists with this config."""
-    from showwork import config as config_lib
-
     ev = cfg.eval
-    digest = config_lib.digest(eval=ev, model=cfg.model, data=cfg.data, prompt=cfg.prompt, sft=cfg.sft,
-                               grpo=cfg.grpo, name=model, shard=[index, count])
-    key = shard_key(model, index, count)
+    stage = stages.Stage("eval", stages.shard_key(model, index, count), f"evaluate {model}", (model, index, count))
+    digest = stages.digest(cfg, stage)
 
     def body() -> StageResult:
-        rows = bus.read_jsonl("data/eval.jsonl")
+        rows = bus.read_jsonl(stages.EVAL_ROWS)
         if ev.questions is not None:
             rows = rows[: ev.questions]
         mine = shard_rows(rows, index, count)
         loaded = model_for(bus, cfg, model)
-        prompt_len = sampling.bucket(max(len(loaded.tokenizer.encode(r["prompt"], bos=True)) for r in rows))
-        plan = method_plan(ev.methods, ev.samples, ev.temperature, ev.consensus_temperatures)
+        prompt_len = forward.bucket(max(len(loaded.tokenizer.encode(r["prompt"], bos=True)) for r in rows))
         started = time.perf_counter()
-        records = evaluate_rows(loaded, mine, plan, max_tokens=ev.max_tokens, batch_size=cfg.tier.eval_batch,
+        records = evaluate_rows(loaded, mine, method_plan(ev), max_tokens=ev.max_tokens, batch_size=cfg.tier.eval_batch,
                                 seed=ev.seed, top_k=ev.top_k, prompt_len=prompt_len,
                                 stop_strings=ev.stop_strings, log=log)
         seconds = time.perf_counter() - started
-        bus.write_jsonl(f"{key}.jsonl", records)
+        bus.write_jsonl(f"{stage.key}.jsonl", records)
         first = [r["methods"][ev.methods[0]]["correct"] for r in records]
-        return StageResult(outputs=[f"{key}.jsonl"], inputs=["data/eval.jsonl"],
+        return StageResult(outputs=[f"{stage.key}.jsonl"], inputs=[stages.EVAL_ROWS],
                            metrics={"questions": len(records), "seconds": round(seconds, 1),
                                     "questions_per_second": round(len(records) / seconds, 4) if seconds else 0.0,
                                     f"{ev.methods[0]}_accuracy": sum(first) / len(first) if first else 0.0})
 
-    return run_once(bus, key, digest, body, log)
+    return run_once(bus, stage.key, digest, body, log)

@@ -28,7 +28,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from showwork import answers, prompts
+from showwork import stages
+from showwork.bus import StageResult, run_once
+from showwork.task import answers, prompts
 
 # Answers are numbers for math sources; glaive traces end in free text.
 NUMERIC_SOURCES = ("gsm8k", "reasoning-gym")
@@ -310,10 +312,9 @@ def build_splits(source: str, path: str | None, eval_path: str | None, task: str
     return train, kept_evals, stats
 
 
-def prepare(bus, data, system: str, log=None):
-    """The data stage: clean, split and format onto the bus; skipped if done."""
-    from showwork import config as config_lib
-    from showwork.bus import StageResult, run_once
+def prepare(bus, cfg, log=None):
+    """The data stage: clean, split and format the recipe's source onto the bus; skipped if done."""
+    data, system = cfg.data, cfg.prompt.system
 
     def body() -> StageResult:
         train, evals, stats = build_splits(
@@ -322,15 +323,15 @@ def prepare(bus, data, system: str, log=None):
         )
         if not train and data.train_size > 0:
             raise ValueError(f"no usable training rows from {data.source} ({stats['dropped']}): see the data config")
-        bus.write_jsonl("data/train.jsonl", (formatted(r, system) for r in train))
-        bus.write_jsonl("data/eval.jsonl", (formatted(r, system) for r in evals))
-        bus.write_json("data/stats.json", stats)
+        bus.write_jsonl(stages.TRAIN_ROWS, (formatted(r, system) for r in train))
+        bus.write_jsonl(stages.EVAL_ROWS, (formatted(r, system) for r in evals))
+        bus.write_json(stages.DATA_STATS, stats)
         inputs = [p for p in (data.path, data.eval_path) if p] or [f"{data.source}:{data.task if data.source == 'reasoning-gym' else 'hub'}"]
         return StageResult(
-            outputs=["data/train.jsonl", "data/eval.jsonl", "data/stats.json"],
+            outputs=list(stages.DATA_OUTPUTS),
             inputs=inputs,
             metrics={"train_rows": len(train), "eval_rows": len(evals), "dropped": stats["dropped_total"]},
         )
 
-    digest = config_lib.digest(data=data, system=system)
-    return run_once(bus, "data", digest, body, log)
+    stage = stages.Stage("data", "data", "prepare data")
+    return run_once(bus, stage.key, stages.digest(cfg, stage), body, log)

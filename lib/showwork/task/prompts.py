@@ -6,7 +6,7 @@ prompt at the top of the user turn.
 
 from __future__ import annotations
 
-from showwork.answers import ANSWER_CLOSE, ANSWER_OPEN, REASONING_CLOSE, REASONING_OPEN
+from showwork.task.answers import ANSWER_CLOSE, ANSWER_OPEN, REASONING_CLOSE, REASONING_OPEN
 
 START_OF_TURN, END_OF_TURN = "<start_of_turn>", "<end_of_turn>"
 

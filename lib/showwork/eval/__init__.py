@@ -1,0 +1,1 @@
+"""Evaluation: scoring shards, voting, the report and the training curves it reads."""

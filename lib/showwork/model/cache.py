@@ -1,0 +1,52 @@
+"""The local cache: converted weights, staged gs:// models, the tiny tokenizer.
+
+`SHOWWORK_CACHE` moves it (a read-only image points it at a writable volume).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path, PurePosixPath
+
+
+def cache_dir() -> Path:
+    """Where converted weights and staged models live."""
+    root = os.environ.get("SHOWWORK_CACHE") or Path.home() / ".cache" / "showwork"
+    return Path(root)
+
+
+def local_dir(uri: str) -> str:
+    """A local directory holding the files under `uri`: the path itself, or, for gs://,
+    a copy staged once into the cache (pods never reach a hub; a model is read from the bus).
+
+    The copy is keyed by the URI and its config.json, so a model re-exported
+    to the same place is staged again; it is built in a temporary directory
+    and renamed into place, so a killed copy is never mistaken for a whole one.
+    """
+    if not uri.startswith("gs://"):
+        return uri
+    from showwork.bus import Bus
+
+    bus = Bus(uri)
+    stamp = hashlib.sha256(uri.encode() + bus.read_bytes("config.json")).hexdigest()[:16]
+    target = cache_dir() / "staged" / stamp
+    if target.is_dir():
+        return str(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{stamp}-"))
+    for key in bus.list(""):
+        parts = PurePosixPath(key).parts
+        if not parts or any(p in ("", ".", "..") for p in parts):
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise ValueError(f"refusing to stage {uri}: object name {key!r} would leave the cache directory")
+        bus.get_file(key, tmp.joinpath(*parts))
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        if not target.is_dir():  # not "another process staged it first"
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(target)

@@ -1,0 +1,227 @@
+"""GRPO sessions: sample G completions per prompt, reward them, push the policy
+toward the better ones within a clipped ratio and a KL leash to the start.
+
+A run is `grpo.sessions` sessions. Session K trains on its own slice of new
+prompts mixed with prompts replayed from sessions < K (active review, ratio
+`grpo.review_ratio`), starting from the newest checkpoint; it ends with a
+checkpoint, an exported model (`grpo/s-K/model`) and a marker
+(`grpo/s-K/_SUCCESS`). Steps are numbered globally across sessions, so one
+checkpoint directory (`grpo/checkpoints`) serves the relay and resume alike.
+
+The reference policy for the KL term is the model GRPO started from (the SFT
+export or the base model): with LoRA that is the same weights with zero
+adapters, so it costs no memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tunix.rl import common as tunix_common
+from tunix.rl.algo_core import compute_advantages
+
+from showwork import stages
+from showwork.bus import Bus, StageResult, run_once
+from showwork.config import GrpoConfig
+from showwork.model import export, loader, lora, meshes
+from showwork.sample import forward, sampler
+from showwork.sample.logprobs import completion_logps
+from showwork.task import rewards as rewards_lib
+from showwork.train import loop, step as step_lib
+
+# ---------------------------------------------------------------- the objective
+
+
+def objective(logps, old_logps, ref_logps, advantages, mask, beta: float, epsilon: float):
+    """The GRPO loss (Shao et al. 2024, eq. 21) and diagnostics.
+
+    Per token: -min(r·A, clip(r, 1-ε, 1+ε)·A) + β·KL(π‖π_ref), where r is the
+    ratio to the sampling policy. KL uses the k3 estimator ("low_var_kl");
+    tokens are averaged per sequence, then over sequences (tunix's
+    `sequence-mean-token-mean`).
+    """
+    ratio = jnp.exp(jnp.clip(logps - old_logps, -20.0, 20.0))
+    adv = advantages[:, None]
+    unclipped = -adv * ratio
+    clipped = -adv * jnp.clip(ratio, 1.0 - epsilon, 1.0 + epsilon)
+    per_token = jnp.maximum(unclipped, clipped)
+    # No reference (beta 0): nothing to measure against, reported as 0.
+    kl = jnp.zeros_like(logps) if ref_logps is None else tunix_common.compute_kl_divergence(logps, ref_logps,
+                                                                                            "low_var_kl")
+    if beta:
+        per_token = per_token + beta * kl
+    loss = tunix_common.aggregate_loss(per_token, mask, "sequence-mean-token-mean")
+    denom = jnp.maximum(mask.sum(), 1.0)
+    aux = {"kl": (kl * mask).sum() / denom, "clip_fraction": ((clipped > unclipped) * mask).sum() / denom}
+    return loss, aux
+
+
+def make_step_fns(graphdef, tx, beta: float, epsilon: float, temperature: float):
+    def logps_fn(trainable, frozen, prompt, completion, mask):
+        return completion_logps(graphdef, (trainable, frozen), prompt, completion, mask, temperature)
+
+    logps_jit = jax.jit(logps_fn)
+
+    def loss_fn(trainable, frozen, prompt, completion, mask, old, ref, adv):
+        logps = logps_fn(trainable, frozen, prompt, completion, mask)
+        # old=None: one update per rollout, so the sampling policy is the
+        # current one; its log-probs are these, held constant (ratio 1, the
+        # same gradient) without a forward pass to compute them again.
+        old = jax.lax.stop_gradient(logps) if old is None else old
+        return objective(logps, old, ref, adv, mask, beta, epsilon)
+
+    return logps_jit, jax.jit(jax.value_and_grad(loss_fn, has_aux=True)), step_lib.make_apply(tx)
+
+
+# ---------------------------------------------------------------- prompts per session
+
+
+def session_prompts(n_rows: int, session: int, per_session: int, review_ratio: float, seed: int) -> list[int]:
+    """Row indices for a session: its new slice plus replayed earlier rows, shuffled.
+
+    New rows come from a fixed seeded order of the training set (wrapping
+    when sessions outnumber the data); replayed rows are drawn without
+    replacement from every earlier session's slice.
+    """
+    base = np.random.default_rng([seed, 0xA11]).permutation(n_rows)
+    new = [int(base[(session * per_session + i) % n_rows]) for i in range(per_session)]
+    replay: list[int] = []
+    if session > 0 and review_ratio > 0:
+        seen = sorted({int(base[i % n_rows]) for i in range(session * per_session)})
+        count = min(len(seen), int(round(per_session * review_ratio)))
+        replay = [int(x) for x in np.random.default_rng([seed, session, 0x5EE]).choice(seen, count, replace=False)]
+    mixed = new + replay
+    return [mixed[i] for i in np.random.default_rng([seed, session]).permutation(len(mixed))]
+
+
+def steps_per_session(grpo: GrpoConfig, batch: int) -> int:
+    """`steps_per_session`, or enough steps of `batch` prompts for a session's new and replayed prompts."""
+    if grpo.steps_per_session:
+        return grpo.steps_per_session
+    return max(1, math.ceil(grpo.prompts_per_session * (1 + grpo.review_ratio) / batch))
+
+
+# ---------------------------------------------------------------- one session
+
+
+def fitting_prompts(rows: list[dict], tokenizer, max_prompt_length: int, log) -> tuple[list[dict], list[int]]:
+    """The rows whose prompt fits the rollout's budget, with their token counts.
+
+    Longer prompts are left out (counted), so every step packs to one fixed
+    shape and compiles once.
+    """
+    lengths = [len(tokenizer.encode(r["prompt"], bos=True)) for r in rows]
+    fits = [(r, n) for r, n in zip(rows, lengths) if n <= max_prompt_length]
+    if not fits:
+        raise ValueError(f"no training prompt fits rollout.max_prompt_length={max_prompt_length}")
+    if len(fits) < len(rows):
+        log.warning("prompts longer than max_prompt_length left out", left_out=len(rows) - len(fits), kept=len(fits))
+    return [r for r, _ in fits], [n for _, n in fits]
+
+
+def make_step(loaded, rows: list[dict], order: list[int], grpo: GrpoConfig, batch: int, first: int, prompt_len: int,
+              parts: tuple, base: nnx.Module | None):
+    """GRPO's step for train.loop: sample G completions per prompt, reward, update `num_iterations` times."""
+    graphdef, frozen, reference, tx = parts
+    roll, g = grpo.rollout, grpo.num_generations
+    logps_fn, grad_fn, apply = make_step_fns(graphdef, tx, grpo.beta, grpo.epsilon, max(roll.temperature, 1e-3))
+    settings = sampler.SampleSettings(roll.max_tokens_to_generate, roll.temperature, roll.top_k, roll.top_p)
+
+    def step(index: int, trainable, opt_state):
+        picked = [rows[order[((index - first) * batch + i) % len(order)]] for i in range(batch)]
+        with loop.StepTimer() as timer:
+            nnx.update(loaded.model, trainable)
+            policy = loaded if base is None else dataclasses.replace(loaded, model=lora.fold_into(base, loaded.model))
+            prompts = [r["prompt"] for r in picked for _ in range(g)]
+            gold = [r["answer"] for r in picked for _ in range(g)]
+            with loop.StepTimer() as sampled:
+                samples = sampler.generate(policy, prompts, settings, seed=grpo.seed * 1_000_003 + index,
+                                           batch_size=len(prompts), prompt_len=prompt_len, group=g)
+            totals, per_reward = rewards_lib.combined(grpo.rewards, prompts, samples.texts, gold)
+            prompt, completion, mask = forward.pack(samples.prompt_tokens, samples.completion_ids, prompt_len=prompt_len,
+                                                    completion_len=roll.max_tokens_to_generate)
+            old = logps_fn(trainable, frozen, prompt, completion, mask) if grpo.num_iterations > 1 else None
+            ref = logps_fn(reference, frozen, prompt, completion, mask) if reference is not None else None
+            adv = jnp.asarray(compute_advantages(np.asarray(totals, np.float32), g), jnp.float32)
+            for _ in range(grpo.num_iterations):
+                (loss, aux), grads = grad_fn(trainable, frozen, prompt, completion, mask, old, ref, adv)
+                trainable, opt_state, grad_norm = apply(trainable, opt_state, grads)
+            jax.block_until_ready(trainable)
+        return trainable, opt_state, {
+            "reward": float(np.mean(totals)), "correct": float(np.mean(rewards_lib.correct(prompts, samples.texts, gold))),
+            "loss": float(loss), "kl": float(aux["kl"]), "clip_fraction": float(aux["clip_fraction"]),
+            # Read after the update: the rate this step applied (optax records it there).
+            "learning_rate": step_lib.current_lr(opt_state), "grad_norm": float(grad_norm),
+            "completion_tokens": float(np.mean([len(t) for t in samples.completion_ids])),
+            "step_seconds": timer.seconds, "sample_seconds": sampled.seconds,
+            **{f"reward_{name}": float(np.mean(v)) for name, v in per_reward.items()},
+        }
+
+    return step
+
+
+def train_session(bus: Bus, loaded, rows: list[dict], session: int, grpo: GrpoConfig, batch: int, digest: str, log,
+                  base: nnx.Module | None = None) -> dict:
+    """Run session `session` (0-based) on `loaded.model` in place; returns its metrics.
+
+    `base`: with LoRA, the model `lora.add` was given. Rollouts then sample
+    from it with the current adapters folded into its weights
+    (lora.fold_into), which decodes faster than running the adapters;
+    None samples from `loaded.model` itself.
+    """
+    steps = steps_per_session(grpo, batch)
+    first, last = session * steps, (session + 1) * steps
+    tx = step_lib.optimizer(grpo.optimizer, grpo.schedule, steps * grpo.sessions)
+    graphdef, trainable, frozen = step_lib.split(loaded.model)
+    # The starting weights (zero LoRA adapters, or the full model), copied:
+    # the optimizer step reuses the trainable arrays' buffers.
+    reference = jax.tree.map(jnp.copy, trainable) if grpo.beta else None
+    rows, lengths = fitting_prompts(rows, loaded.tokenizer, grpo.rollout.max_prompt_length, log)
+    order = session_prompts(len(rows), session, grpo.prompts_per_session, grpo.review_ratio, grpo.seed)
+    # One padded prompt length per session, the bucket of its longest prompt:
+    # every step compiles to the same shapes (once), and a dataset of short
+    # prompts is not padded to max_prompt_length, which every forward pass pays.
+    used = {order[(local * batch + i) % len(order)] for local in range(last - first) for i in range(batch)}
+    prompt_len = min(grpo.rollout.max_prompt_length, forward.bucket(max(lengths[i] for i in used)))
+    key = stages.grpo_key(session)
+    plan = loop.Plan(checkpoints="grpo/checkpoints", metrics_dir="grpo", metrics_key=stages.metrics_key(key),
+                     digest=digest, every=grpo.checkpoint_every, keep=grpo.keep_checkpoints, first=first, last=last,
+                     event="grpo step", context={"session": session}, name=f"session {session}",
+                     after=f"session {session - 1}")
+    step = make_step(loaded, rows, order, grpo, batch, first, prompt_len, (graphdef, frozen, reference, tx), base)
+    summary, start = loop.run(bus, plan, loaded.model, (trainable, tx.init(trainable)), step, log)
+    return {**summary, "session": session, "steps": last - start, "global_step": last}
+
+
+def run(bus: Bus, cfg, session: int, log):
+    """The GRPO session stage `grpo/s-<session>`: skip if done; else train, export, mark."""
+    grpo = cfg.grpo
+    if grpo is None:
+        raise ValueError(f"recipe {cfg.recipe!r} has no grpo section")
+    if not 0 <= session < grpo.sessions:
+        raise ValueError(f"session {session} out of range: the recipe has {grpo.sessions} session(s)")
+    stage = stages.Stage("grpo", stages.grpo_key(session), f"GRPO session {session + 1}", (session,))
+    digest = stages.digest(cfg, stage)
+
+    def body() -> StageResult:
+        start = stages.start_key(cfg, "grpo")
+        loaded = loader.load_from(bus, start, cfg.model, cfg.tier.dtype, meshes.tier_mesh(cfg.tier.mesh),
+                                  grpo.seed, cfg.tier.remat)
+        base = None
+        if cfg.model.lora:
+            base = loaded.model
+            loaded.model = lora.add(base, cfg.model.lora, grpo.seed)
+        final = train_session(bus, loaded, bus.read_jsonl(stages.TRAIN_ROWS), session, grpo,
+                              grpo.batch_size or cfg.tier.train_batch, digest, log, base)
+        if cfg.model.lora:
+            lora.merge(loaded.model)
+        outputs = export.to_bus(bus, stages.model_key(stage.key), loaded)
+        inputs = [stages.TRAIN_ROWS] + ([start] if start else [])
+        return StageResult(outputs=outputs + [stages.metrics_key(stage.key)], inputs=inputs, metrics=final)
+
+    return run_once(bus, stage.key, digest, body, log)

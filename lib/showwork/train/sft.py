@@ -1,0 +1,159 @@
+"""Supervised fine-tuning: full or LoRA, loss on completion tokens only.
+
+Reads `data/train.jsonl` (prompt, target) from the bus; writes checkpoints
+(`sft/checkpoints`), TensorBoard scalars and `sft/metrics.jsonl`, the model
+with LoRA merged as a Hugging Face directory (`sft/model`), and the marker.
+A run killed or preempted resumes from its newest checkpoint with the same
+data order: the order is a pure function of (seed, epoch).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from showwork import stages
+from showwork.bus import Bus, StageResult, run_once
+from showwork.config import SftConfig
+from showwork.model import export, loader, lora, meshes
+from showwork.sample import forward
+from showwork.sample.logprobs import completion_logps
+from showwork.train import loop, step as step_lib
+
+
+@dataclass
+class Sequences:
+    prompts: list[list[int]]
+    completions: list[list[int]]
+    truncated: int
+    dropped: int
+
+
+def tokenize(rows: list[dict], tokenizer, max_seq_len: int) -> Sequences:
+    """Prompt (with BOS) and target ids; targets cut to fit, prompts that cannot fit dropped."""
+    prompts, completions, truncated, dropped = [], [], 0, 0
+    for row in rows:
+        p = tokenizer.encode(row["prompt"], bos=True)
+        c = tokenizer.encode(row["target"])
+        room = max_seq_len - len(p)
+        if room < 8:  # not even a few target tokens fit: nothing to learn from
+            dropped += 1
+            continue
+        if len(c) > room:
+            c = c[:room]
+            truncated += 1
+        prompts.append(p)
+        completions.append(c)
+    return Sequences(prompts, completions, truncated, dropped)
+
+
+def order(n: int, seed: int, start: int, count: int) -> list[int]:
+    """Row indices for positions [start, start+count) of the epoch-after-epoch stream.
+
+    Epoch e is a permutation drawn from (seed, e) alone, so any position can
+    be found again after a restart without replaying the stream.
+    """
+    out = []
+    for q in range(start, start + count):
+        epoch, offset = divmod(q, n)
+        out.append(int(np.random.default_rng([seed, epoch]).permutation(n)[offset]))
+    return out
+
+
+def total_steps(n: int, batch: int, sft: SftConfig) -> int:
+    """Optimizer steps: `max_steps`, or enough micro-batches of `batch` for `epochs` passes over n rows."""
+    if sft.max_steps is not None:
+        return sft.max_steps
+    return max(1, math.ceil(sft.epochs * n / (batch * sft.gradient_accumulation)))
+
+
+def make_step_fns(graphdef, tx):
+    def loss_fn(trainable, frozen, prompt, completion, mask):
+        logps = completion_logps(graphdef, (trainable, frozen), prompt, completion, mask)
+        return -(logps * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+
+    return jax.jit(jax.value_and_grad(loss_fn)), step_lib.make_apply(tx)
+
+
+def make_step(seqs: Sequences, sft: SftConfig, batch: int, graphdef, frozen, tx):
+    """SFT's step for train.loop: `gradient_accumulation` micro-batches of `batch` rows, one update."""
+    grad_fn, apply = make_step_fns(graphdef, tx)
+    n, accumulation = len(seqs.prompts), sft.gradient_accumulation
+    # One prompt width for the run and completions in 128-token buckets: a
+    # handful of compiled shapes instead of one per length. A bucket never
+    # reaches past the run's longest completion: data cut at max_seq_len is
+    # all full-length, and rounding it up to the next bucket would pad every
+    # row of it (docs/BENCHMARKS.md).
+    prompt_len = forward.bucket(max(len(p) for p in seqs.prompts))
+    longest = max(len(c) for c in seqs.completions)
+
+    def step(index: int, trainable, opt_state):
+        with loop.StepTimer() as timer:
+            grads_sum, losses, tokens = None, [], 0
+            for micro in range(accumulation):
+                idx = order(n, sft.seed, (index * accumulation + micro) * batch, batch)
+                completions = [seqs.completions[i] for i in idx]
+                clen = forward.capped_bucket(max(len(c) for c in completions), 128, longest)
+                prompt, completion, mask = forward.pack([seqs.prompts[i] for i in idx], completions,
+                                                        prompt_len=prompt_len, completion_len=clen)
+                loss, grads = grad_fn(trainable, frozen, prompt, completion, mask)
+                grads_sum = grads if grads_sum is None else jax.tree.map(jnp.add, grads_sum, grads)
+                losses.append(float(loss))
+                tokens += int(mask.sum() + (prompt != 0).sum())
+            grads = jax.tree.map(lambda g: g / accumulation, grads_sum)
+            trainable, opt_state, grad_norm = apply(trainable, opt_state, grads)
+            jax.block_until_ready(trainable)
+        # Read after the update: the rate this step applied (optax records it there).
+        return trainable, opt_state, {"loss": float(np.mean(losses)), "learning_rate": step_lib.current_lr(opt_state),
+                                      "grad_norm": float(grad_norm), "tokens_per_second": tokens / timer.seconds}
+
+    return step
+
+
+def train(bus: Bus, loaded, rows: list[dict], sft: SftConfig, batch: int, stage: str, digest: str, log) -> dict:
+    """Train `loaded.model` in place on rows' prompt/target; returns final metrics."""
+    seqs = tokenize(rows, loaded.tokenizer, sft.max_seq_len)
+    if not seqs.prompts:
+        raise ValueError(f"no training sequences fit max_seq_len={sft.max_seq_len}")
+    steps = total_steps(len(seqs.prompts), batch, sft)
+    tx = step_lib.optimizer(sft.optimizer, sft.schedule, steps)
+    graphdef, trainable, frozen = step_lib.split(loaded.model)
+    plan = loop.Plan(checkpoints=f"{stage}/checkpoints", metrics_dir=stage, metrics_key=stages.metrics_key(stage),
+                     digest=digest, every=sft.checkpoint_every, keep=sft.keep_checkpoints, last=steps,
+                     event="sft step")
+    last, _ = loop.run(bus, plan, loaded.model, (trainable, tx.init(trainable)),
+                       make_step(seqs, sft, batch, graphdef, frozen, tx), log)
+    return {**last, "steps": steps, "sequences": len(seqs.prompts), "truncated": seqs.truncated,
+            "dropped_too_long": seqs.dropped}
+
+
+def train_and_export(bus: Bus, cfg, loaded, rows: list[dict], sft: SftConfig, stage: str, digest: str, log) -> dict:
+    """Adapt (LoRA when the recipe says), train, merge and export `loaded` as `stage`'s model."""
+    if cfg.model.lora:
+        loaded.model = lora.add(loaded.model, cfg.model.lora, sft.seed)
+    final = train(bus, loaded, rows, sft, sft.batch_size or cfg.tier.train_batch, stage, digest, log)
+    final["sharded_params"] = meshes.sharded_params(loaded.model)
+    if cfg.model.lora:
+        lora.merge(loaded.model)
+    return {"metrics": final, "outputs": export.to_bus(bus, stages.model_key(stage), loaded)}
+
+
+def run(bus: Bus, cfg, log):
+    """The SFT stage: skip if done; otherwise load, adapt, train, export, mark."""
+    if cfg.sft is None:
+        raise ValueError(f"recipe {cfg.recipe!r} has no sft section")
+    stage = stages.Stage("sft", "sft", "SFT")
+    digest = stages.digest(cfg, stage)
+
+    def body() -> StageResult:
+        loaded = loader.load_from(bus, stages.start_key(cfg, "sft"), cfg.model, cfg.tier.dtype,
+                                  meshes.tier_mesh(cfg.tier.mesh), cfg.sft.seed, cfg.tier.remat)
+        done = train_and_export(bus, cfg, loaded, bus.read_jsonl(stages.TRAIN_ROWS), cfg.sft, "sft", digest, log)
+        return StageResult(outputs=done["outputs"] + [stages.metrics_key("sft")], inputs=[stages.TRAIN_ROWS],
+                           metrics=done["metrics"])
+
+    return run_once(bus, stage.key, digest, body, log)

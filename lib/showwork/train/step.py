@@ -1,0 +1,74 @@
+"""The pieces of one optimizer step that SFT and GRPO share: which parameters
+train, the optimizer and its schedule, and the jitted update.
+
+We run our own small step loop (train/loop.py) rather than tunix's
+PeftTrainer/GRPOLearner loops: those reset the data-shuffle RNG on resume
+(google/tunix#2288) and skip unconsumed data with several iterations
+(google/tunix#2290). The GRPO maths (advantages, KL, loss aggregation)
+comes from tunix's `algo_core`/`common`.
+"""
+
+from __future__ import annotations
+
+import jax
+import optax
+from flax import nnx
+
+from showwork.config import OptimizerConfig, ScheduleConfig
+
+
+def trainable_filter(model: nnx.Module):
+    """LoRA params when the model has adapters, else every param (full fine-tuning)."""
+    has_lora = any(True for _ in jax.tree.leaves(nnx.state(model, nnx.LoRAParam)))
+    return nnx.LoRAParam if has_lora else nnx.Param
+
+
+def split(model: nnx.Module):
+    """(graphdef, trainable, frozen) for a functional train step."""
+    graphdef, trainable, frozen = nnx.split(model, trainable_filter(model), ...)
+    return graphdef, trainable, frozen
+
+
+def optimizer(opt: OptimizerConfig, sch: ScheduleConfig, total_steps: int) -> optax.GradientTransformation:
+    """AdamW on a linear-warmup, cosine-to-a-floor schedule, after global-norm clipping."""
+    learning_rate = opt.learning_rate
+    warmup = min(warmup_steps(sch, total_steps), max(total_steps - 1, 0))
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0 if warmup else learning_rate,
+        peak_value=learning_rate,
+        warmup_steps=warmup,
+        decay_steps=max(total_steps, warmup + 1),
+        end_value=learning_rate * sch.end_value_ratio,
+    )
+    return optax.chain(
+        optax.clip_by_global_norm(opt.max_grad_norm),
+        optax.inject_hyperparams(optax.adamw)(learning_rate=schedule, b1=opt.b1, b2=opt.b2,
+                                              weight_decay=opt.weight_decay),
+    )
+
+
+def make_apply(tx: optax.GradientTransformation):
+    """The jitted optimizer step: (trainable, opt_state, grads) -> (new trainable, new opt_state, grad norm).
+
+    Weights and optimizer state are donated: XLA writes the new weights and
+    moments into the old buffers instead of holding both: for full
+    fine-tuning, 12 bytes a parameter not held twice at the step's peak. The
+    gradients are not donated (no output is left for their buffers to
+    become). The caller must not read the arrays it passed in afterwards; a
+    model sharing them is refreshed with nnx.update.
+    """
+
+    def apply(trainable, opt_state, grads):
+        updates, opt_state = tx.update(grads, opt_state, trainable)
+        return optax.apply_updates(trainable, updates), opt_state, optax.global_norm(grads)
+
+    return jax.jit(apply, donate_argnums=(0, 1))
+
+
+def warmup_steps(sch: ScheduleConfig, total: int) -> int:
+    """Warmup steps: the schedule's count, or its ratio of the run's steps."""
+    return sch.warmup_steps if sch.warmup_steps else int(round(sch.warmup_ratio * total))
+
+
+def current_lr(opt_state) -> float:
+    return float(opt_state[1].hyperparams["learning_rate"])
