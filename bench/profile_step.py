@@ -111,15 +111,8 @@ def main(argv=None):
 
     from sampler import write_summary
 
-    from showwork.sample import forward
-
     from showwork.model import loader
-
-    from showwork.model import lora
-
     from showwork.sample import sampler
-
-    from showwork.train import step as step_lib
 
     loaded = loader.load(args.model)
     if args.stage == "decode":
@@ -185,20 +178,24 @@ def sft_step(args, loaded):
 
     from train_step import sft_rows
 
-    from showwork.train import sft
+    from showwork.config import LoraConfig, OptimizerConfig, ScheduleConfig
+    from showwork.model import lora
+    from showwork.sample import forward
+    from showwork.train import sft, step as step_lib
 
     if args.mode == "lora-16":
-        loaded.model = lora.add(loaded.model, LoraConfig(16, 32.0, lora.DEFAULT_TARGETS))
+        loaded.model = lora.add(loaded.model, LoraConfig(16, 32.0))
     seqs = sft.tokenize(sft_rows(args.batch, args.seq_len), loaded.tokenizer, args.seq_len)
     if len(seqs.prompts) < args.batch:
         raise SystemExit(f"--seq-len {args.seq_len} leaves no room for the target after the prompt")
     # Packed the way sft.train packs a batch.
     longest = max(len(c) for c in seqs.completions)
     prompt, completion, mask = forward.pack(
-        seqs.prompts, seqs.completions, prompt_len=forward.bucket(max(len(x) for x in seqs.prompts), 32),
+        seqs.prompts, seqs.completions, prompt_len=forward.bucket(max(len(x) for x in seqs.prompts)),
         completion_len=forward.capped_bucket(longest, 128, longest))
     graphdef, trainable, frozen = step_lib.split(loaded.model)
-    grad_fn, _ = sft.make_step_fns(graphdef, step_lib.optimizer(OptimizerConfig(1e-5, 0.9, 0.99, 0.0, 1.0), ScheduleConfig(warmup_steps=0, end_value_ratio=0.1), 10))
+    tx = step_lib.optimizer(OptimizerConfig(1e-5, 0.9, 0.99, 0.0, 1.0), ScheduleConfig(end_value_ratio=0.1), 10)
+    grad_fn, _, _ = sft.make_step_fns(graphdef, tx)
     step_args = (trainable, frozen, prompt, completion, mask)
     hlo = grad_fn.lower(*step_args).compile().as_text()
     shape = {"mode": args.mode, "batch": args.batch, "prompt_len": int(prompt.shape[1]),

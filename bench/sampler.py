@@ -25,11 +25,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
-from showwork.task import data
-from showwork.task import prompts
-from showwork.model import export
-from showwork.model import loader
+from showwork.config import DataConfig
+from showwork.model import export, loader
 from showwork.sample import sampler
+from showwork.task import data, prompts
 
 MODES = {  # name -> (temperature, top_k, top_p)
     "greedy": (0.0, None, None),
@@ -60,7 +59,7 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> dict[str, float]:
 
 
 def gsm_prompts(count: int) -> list[str]:
-    train, _, _ = data.build_splits("reasoning-gym", None, None, "gsm_symbolic", count, 0, 123, "readable", 2000, 8000)
+    train, _, _ = data.build_splits(DataConfig(source="reasoning-gym", task="gsm_symbolic", train_size=count, eval_size=0, seed=123))
     system = "You are given a problem. Think about it step by step and show your work."
     return [prompts.chat_prompt(system, row.question) for row in train]
 

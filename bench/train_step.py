@@ -7,7 +7,7 @@ with the same settings:
   to --seq-len tokens (512), batch --batch, LoRA rank 16 (alpha 32, attention
   and MLP projections) and full fine-tuning; tokens/s and peak RSS.
 * GRPO: G=4 completions of up to 128 new tokens per prompt (temperature 1,
-  top-k 50), the `hybrid` reward from lib/showwork/rewards.py on both sides,
+  top-k 50), the `hybrid` reward from lib/showwork/task/rewards.py on both sides,
   beta 0.08, one optimizer step per rollout, LoRA rank 16; prompts/min and
   peak RSS.
 Each measurement runs in its own process (so peak RSS is its own); the
@@ -58,12 +58,10 @@ def sft_rows(count: int, target_words: int) -> list[dict]:
 
 
 def grpo_rows(count: int) -> list[dict]:
-    from showwork.task import data
-    from showwork.task import prompts
-    from showwork.model import export
-    from showwork.model import loader
+    from showwork.config import DataConfig
+    from showwork.task import data, prompts
 
-    train, _, _ = data.build_splits("reasoning-gym", None, None, "gsm_symbolic", count, 0, 321, "readable", 2000, 8000)
+    train, _, _ = data.build_splits(DataConfig(source="reasoning-gym", task="gsm_symbolic", train_size=count, eval_size=0, seed=321))
     system = ("Respond in the following format: <reasoning> your step-by-step working </reasoning> "
               "<answer> the final number only </answer>")
     return [{"prompt": prompts.chat_prompt(system, r.question), "answer": r.answer} for r in train]
@@ -96,9 +94,9 @@ grpo:
 def ours_worker(job: dict) -> dict:
     """One measurement of our step, in this process."""
     from showwork import config, log
-    from showwork.train import grpo
-    from showwork.train import sft
     from showwork.bus import Bus
+    from showwork.model import loader, lora
+    from showwork.train import grpo, sft
 
     work = Path(tempfile.mkdtemp(prefix="showwork-bench-"))
     (work / "recipe.yaml").write_text(recipe_text(job))
@@ -172,6 +170,7 @@ def main(argv=None):
     sys.path.insert(0, str(ROOT / "bench"))
     from sampler import write_summary
 
+    from showwork.model import export, loader
     from showwork.train import sft
 
     loaded = loader.load(args.model)

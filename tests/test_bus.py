@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from showwork.bus import Bus, BusError, Marker, StageConflict, StageResult, read_marker, run_once, stage_done, write_marker
+from showwork.bus import Bus, BusError, Marker, read_marker, run_once, stage_done, StageConflict, StageResult, write_marker
 
 
 def test_roundtrips(bus):

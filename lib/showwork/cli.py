@@ -73,6 +73,7 @@ def setup(args: argparse.Namespace, placement: Placement = Placement.SLICE):
     except BusError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
+    log_lib.get("showwork").info("config loaded", recipe=cfg.recipe, files=list(cfg.sources), run=bus.root)
     return cfg, bus, mesh
 
 

@@ -23,7 +23,7 @@ from typing import Literal, Optional
 
 import yaml
 
-from showwork.task.rewards import REWARDS
+from showwork.task.rewards import check_names as check_reward_names
 
 
 class ConfigError(ValueError):
@@ -31,6 +31,13 @@ class ConfigError(ValueError):
 
 
 # ---------------------------------------------------------------- sections
+
+
+def _positive(section, *keys):
+    """(key, message) for each of `keys` whose value is not a positive number."""
+    for key in keys:
+        if getattr(section, key) <= 0:
+            yield key, f"must be positive, got {getattr(section, key)}"
 
 
 @dataclass(frozen=True)
@@ -43,10 +50,7 @@ class LoraConfig:
     quantize: Optional[Literal["nf4", "int4", "int8"]] = None
 
     def problems(self):
-        if self.rank <= 0:
-            yield "rank", f"must be positive, got {self.rank}"
-        if self.alpha <= 0:
-            yield "alpha", f"must be positive, got {self.alpha}"
+        yield from _positive(self, "rank", "alpha")
 
 
 @dataclass(frozen=True)
@@ -126,15 +130,14 @@ class SftConfig:
     schedule: ScheduleConfig = ScheduleConfig()
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
+    # Every this many steps, the loss on the held-out rows (data/eval.jsonl) is logged
+    # as `eval_loss`; 0 never computes it.
     eval_every: int = 0
 
     def problems(self):
         if self.epochs <= 0 and self.max_steps is None:
             yield "epochs", "must be positive when max_steps is not set"
-        if self.gradient_accumulation <= 0:
-            yield "gradient_accumulation", f"must be positive, got {self.gradient_accumulation}"
-        if self.max_seq_len <= 0:
-            yield "max_seq_len", f"must be positive, got {self.max_seq_len}"
+        yield from _positive(self, "gradient_accumulation", "max_seq_len")
 
 
 @dataclass(frozen=True)
@@ -166,7 +169,7 @@ class GrpoConfig:
     optimizer: OptimizerConfig = OptimizerConfig(learning_rate=3e-6, weight_decay=0.1, max_grad_norm=0.1)
     schedule: ScheduleConfig = ScheduleConfig(warmup_ratio=0.1, end_value_ratio=0.0)
     rollout: RolloutConfig = RolloutConfig()
-    # Reward name -> weight; names come from showwork.rewards.REWARDS.
+    # Reward name -> weight; names come from showwork.task.rewards.REWARDS.
     rewards: dict[str, float] = field(default_factory=lambda: {"format_exact": 1.0, "answer": 1.0})
     checkpoint_every: int = 20
     keep_checkpoints: int = 2
@@ -174,15 +177,15 @@ class GrpoConfig:
     def problems(self):
         if self.num_generations < 2:
             yield "num_generations", f"GRPO needs at least 2 generations per prompt, got {self.num_generations}"
-        if self.sessions <= 0:
-            yield "sessions", f"must be positive, got {self.sessions}"
+        yield from _positive(self, "sessions")
         if self.review_ratio < 0:
             yield "review_ratio", f"must be >= 0, got {self.review_ratio}"
         if not self.rewards:
             yield "rewards", "at least one reward is needed"
-        for name in self.rewards:
-            if name not in REWARDS:
-                yield "rewards", f"unknown reward {name!r}; known: {', '.join(REWARDS)}"
+        try:
+            check_reward_names(self.rewards)
+        except ValueError as err:
+            yield "rewards", str(err)
 
 
 @dataclass(frozen=True)
@@ -216,8 +219,7 @@ class EvalConfig:
     stop_strings: tuple[str, ...] = ("</answer>",)
 
     def problems(self):
-        if self.samples <= 0:
-            yield "samples", f"must be positive, got {self.samples}"
+        yield from _positive(self, "samples")
 
 
 @dataclass(frozen=True)
@@ -246,16 +248,14 @@ class TierConfig:
     # so a multi-host tier names a single-host mesh here; default: `mesh`.
     eval_mesh: Optional[MeshConfig] = None
     # Training recomputes each attention/MLP block's activations in the
-    # backward pass instead of storing them: more compute (7% slower on
-    # Gemma 3 270M full SFT on CPU), less activation memory; worth it where
-    # activations set the peak (long sequences, big batches). Measured in
-    # docs/BENCHMARKS.md. Full fine-tuning only.
+    # backward pass instead of storing them: more compute, less activation
+    # memory; worth it where activations set the peak (long sequences, big
+    # batches). The trade-off is measured in docs/BENCHMARKS.md. Full
+    # fine-tuning only.
     remat: bool = False
 
     def problems(self):
-        for key in ("hosts", "train_batch", "eval_batch", "eval_shards"):
-            if getattr(self, key) <= 0:
-                yield key, f"must be positive, got {getattr(self, key)}"
+        yield from _positive(self, "hosts", "train_batch", "eval_batch", "eval_shards")
         if self.hosts > 1 and self.eval_mesh is None:
             yield "eval_mesh", (f"a {self.hosts}-host tier must give the mesh of one single-host eval pod: "
                                 "eval shards run on their own, not as one multi-host program")

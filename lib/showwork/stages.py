@@ -27,7 +27,7 @@ DATA_OUTPUTS = (TRAIN_ROWS, EVAL_ROWS, DATA_STATS)
 SELF_TEACH_SAMPLES, SELF_TEACH_YIELD = "self-teach/samples.jsonl", "self-teach/yield.json"
 
 REPORT = "report"
-REPORT_FILES = ("metrics.json", "report.md", "report.html", "accuracy.png")
+REPORT_FILES = ("metrics.json", "report.md", "report.html", "accuracy.png")  # the marker's outputs
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,23 @@ def model_key(stage_key: str) -> str:
 
 def metrics_key(stage_key: str) -> str:
     return f"{stage_key}/metrics.jsonl"
+
+
+# Where each training stage keeps its checkpoints and TensorBoard events
+# (GRPO's sessions share one directory: steps are numbered across sessions).
+TRAINING_DIRS = ("sft", "self-teach", "grpo")
+
+
+def checkpoints_key(training_dir: str) -> str:
+    return f"{training_dir}/checkpoints"
+
+
+def tensorboard_key(training_dir: str) -> str:
+    return f"{training_dir}/tensorboard"
+
+
+def report_key(name: str) -> str:
+    return f"{REPORT}/{name}"
 
 
 def plan(cfg, shards: int | None = None) -> list[Stage]:

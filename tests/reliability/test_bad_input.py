@@ -13,11 +13,9 @@ import pytest
 
 from conftest import REPO, TIERS, job_env
 from showwork import config
-from showwork.task import answers
-from showwork.task import data
-from showwork.eval import evaluate
-from showwork.task import rewards
-from showwork.eval import voting
+from showwork.config import DataConfig
+from showwork.eval import evaluate, voting
+from showwork.task import answers, data, rewards
 
 CPU = TIERS / "cpu" / "tier.yaml"
 
@@ -110,7 +108,7 @@ def test_dirty_gsm8k_rows_are_counted_by_reason_and_never_kept(tmp_path):
     ]
     path = tmp_path / "dirty.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
-    train, evals, stats = data.build_splits("gsm8k", str(path), None, "", 10, 0, 0, "readable", 2000, 8000)
+    train, evals, stats = data.build_splits(DataConfig(source="gsm8k", path=str(path), train_size=10, eval_size=0, seed=0))
     assert sorted(r.answer for r in train) == ["10800", "36"]
     assert stats["dropped"] == {"bad_encoding": 1, "bad_json": 2, "missing_answer": 2, "missing_question": 1,
                                 "non_numeric_answer": 1, "question_too_long": 1}

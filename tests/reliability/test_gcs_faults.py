@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO, TIERS, job_env
-from showwork.train import checkpoints
 from showwork.bus import Bus, BusError, Marker, run_once, StageResult
+from showwork.train import checkpoints
 
 CPU = TIERS / "cpu" / "tier.yaml"
 

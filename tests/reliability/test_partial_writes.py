@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO, TIERS, job_env
-from showwork.train import checkpoints
 from showwork.bus import Bus, BusError, read_marker
+from showwork.train import checkpoints
 from showwork.eval.report import load_model_records
 
 CPU = TIERS / "cpu" / "tier.yaml"

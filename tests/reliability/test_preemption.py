@@ -1,7 +1,7 @@
 """Preemption: SIGKILL (no chance to save) at seeded random points of SFT,
 GRPO and evaluation, then a restart. Nothing lost, nothing duplicated, and
 the final results equal an uninterrupted run's. SIGTERM (save, exit 0, resume)
-is covered in tests/test_training.py."""
+is covered in tests/train/test_training.py."""
 
 from __future__ import annotations
 

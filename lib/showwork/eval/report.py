@@ -223,9 +223,9 @@ def training_curves(bus: Bus) -> dict[str, list[dict]]:
     from showwork.eval import events
 
     curves = {}
-    for stage in ("sft", "self-teach", "grpo"):
+    for stage in stages.TRAINING_DIRS:
         # Event file names start with their creation time: name order is write order.
-        files = sorted((k for k in bus.list(f"{stage}/tensorboard") if "tfevents" in k),
+        files = sorted((k for k in bus.list(stages.tensorboard_key(stage)) if "tfevents" in k),
                        key=lambda k: k.rsplit("/", 1)[-1])
         if files:
             rows = events.curves([bus.read_bytes(k) for k in files])
@@ -246,8 +246,8 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
-def markdown(metrics: dict, methods: list[str], title: str, images: dict[str, str]) -> str:
-    """The report as markdown; `images` maps caption -> PNG file name.
+def markdown(metrics: dict, methods: list[str], title: str, images: dict[str, str], description: str = "") -> str:
+    """The report as markdown; `images` maps caption -> PNG file name; `description` is the recipe's.
 
     Order: what a reader wants first (the accuracy table and its plots),
     then where models differ, then reasoning length, then the unsolved list.
@@ -256,7 +256,7 @@ def markdown(metrics: dict, methods: list[str], title: str, images: dict[str, st
         caption = next((c for c, n in images.items() if n == name), None)
         return [f"![{caption}]({name})", ""] if caption else []
 
-    lines = [f"# {title}", ""]
+    lines = [f"# {title}", ""] + ([description.strip(), ""] if description.strip() else [])
     lines += ["## Accuracy", "", "| model | method | questions | accuracy | 95% CI | format | reasoning words "
               "| lm-eval strict-match | lm-eval flexible-extract |", "|---|---|---|---|---|---|---|---|---|"]
     for model, per in metrics["models"].items():
@@ -362,7 +362,7 @@ def to_html(md_text: str, images: dict[str, bytes], title: str) -> str:
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
 
 
-def build(bus: Bus, models: list[str], methods: list[str], shards: int, title: str) -> dict:
+def build(bus: Bus, models: list[str], methods: list[str], shards: int, title: str, description: str = "") -> dict:
     """Merge, compute, plot and write the report; returns metrics.json's content."""
     records = {m: load_model_records(bus, m, shards) for m in models}
     metrics = compute(records, methods)
@@ -373,12 +373,12 @@ def build(bus: Bus, models: list[str], methods: list[str], shards: int, title: s
     captions = {"Accuracy per model and method": "accuracy.png", "Accuracy by reasoning length": "reasoning_length.png"}
     if training_png:
         captions["Training curves"] = "training.png"
-    md_text = markdown(metrics, methods, title, captions)
+    md_text = markdown(metrics, methods, title, captions, description)
     for name, data in images.items():
-        bus.write_bytes(f"report/{name}", data)
-    bus.write_json("report/metrics.json", metrics)
-    bus.write_text("report/report.md", md_text)
-    bus.write_text("report/report.html", to_html(md_text, images, title))
+        bus.write_bytes(stages.report_key(name), data)
+    bus.write_json(stages.report_key("metrics.json"), metrics)
+    bus.write_text(stages.report_key("report.md"), md_text)
+    bus.write_text(stages.report_key("report.html"), to_html(md_text, images, title))
     return metrics
 
 
@@ -390,9 +390,9 @@ def run(bus: Bus, cfg, log, shards: int | None = None):
     digest = stages.digest(cfg, stage)
 
     def body() -> StageResult:
-        metrics = build(bus, models, methods, count, f"showwork report: {cfg.recipe}")
+        metrics = build(bus, models, methods, count, f"showwork report: {cfg.recipe}", cfg.description)
         headline = {f"{m}_{meth}_accuracy": metrics["models"][m][meth]["accuracy"] for m in models for meth in methods}
-        outputs = [f"{stages.REPORT}/{name}" for name in stages.REPORT_FILES]
+        outputs = [stages.report_key(name) for name in stages.REPORT_FILES]
         return StageResult(outputs=outputs, inputs=[f"eval/{m}" for m in models], metrics=headline)
 
     return run_once(bus, stage.key, digest, body, log)

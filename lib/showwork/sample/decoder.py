@@ -7,8 +7,8 @@ come from layout, not from the maths, each paid on every decoded token:
 
 * tunix's einsums take `q_einsum` as [heads, D, head_dim] and `kv_einsum`
   as [2, kv_heads, D, head_dim]; the matmul wants [D, heads*head_dim], so
-  XLA re-laid out every attention weight inside the loop (~118 MB a step
-  for the 270M model). Here the weights are reshaped once, before the loop,
+  XLA re-laid out every attention weight inside the loop, every step.
+  Here the weights are reshaped once, before the loop,
   into plain [in, out] matrices (and the MLP's gate and up into one).
 * Gemma 3 270M/1B have one KV head for four query heads; tunix's einsum
   broadcasts it across the heads and its [batch, slot, 1, head_dim] cache
@@ -18,16 +18,16 @@ come from layout, not from the maths, each paid on every decoded token:
   [batch*kv_heads, slots, head_dim] for values, the query heads of one KV
   head become the rows of one matmul, and the write stays in place.
 * The key cache is stored transposed so q·k is a plain [rows, head_dim] x
-  [head_dim, slots] product (3x faster than contracting the last axes of
-  both on XLA:CPU, measured 36 -> 12 ms a step at batch 32, 192 slots).
+  [head_dim, slots] product, which XLA:CPU runs much faster than a
+  contraction over the last axes of both.
 
-Measured on the project's 2-core EPYC, batch 32, 192 cache slots: a decode
-step 254 ms through the tunix modules, 162 ms here (docs/BENCHMARKS.md).
+What each change bought, and the decode step through the tunix modules and
+here, are measured in docs/BENCHMARKS.md (sampler section).
 
 Only plain Gemma 3 weights take this path (`weights` returns None for
 LoRA-wrapped or quantized models and for other families, which sample
 through the modules: GRPO folds its adapters first, so its rollouts do
-take it). tests/test_decoder.py checks it against the modules.
+take it). tests/sample/test_decoder.py checks it against the modules.
 """
 
 from __future__ import annotations

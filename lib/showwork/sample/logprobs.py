@@ -37,11 +37,9 @@ def logits(hidden, embedding, softcap: float | None, parts: int = 1):
     `parts` > 1 runs the projection as that many vocabulary slices in one
     batched matmul, slice-major, then moves the slice axis back: the same
     logits, bit for bit, but XLA:CPU picks a much faster kernel for a few
-    rows. Measured on the project's 2-core EPYC, jitted projection + top-50
-    of Gemma 3's [262144, 640] embedding: 8 rows 54 ms as one dot, 32 ms as
-    2 slices; 32 rows 117 ms and 95 ms (the end-to-end effect is in
-    docs/BENCHMARKS.md). (Writing the slice axis next to the vocabulary, the
-    natural einsum, is 7x slower: the output is written with a stride.)
+    rows (measured in docs/BENCHMARKS.md). Writing the slice axis next to
+    the vocabulary, the natural einsum, is slower still: the output is
+    written with a stride.
     """
     vocab, dim = embedding.shape
     if parts > 1 and vocab % parts == 0:

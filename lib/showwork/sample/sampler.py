@@ -1,7 +1,7 @@
 """Batched sampling with a KV cache over the tunix Gemma modules.
 
 Used by evaluation and by GRPO rollouts. Design choices (and why):
-* Prompts are left-padded to a bucket length (a multiple of `PROMPT_BUCKET`)
+* Prompts are left-padded to a bucket length (a multiple of `forward.PROMPT_BUCKET`)
   and the whole decode runs in one `lax.while_loop`, so a new batch of
   questions reuses the compiled program instead of recompiling per length.
 * Prefill computes logits only for the last prompt position (the 262k-row
@@ -17,8 +17,8 @@ Used by evaluation and by GRPO rollouts. Design choices (and why):
   score, and a base model that keeps talking would otherwise run to the
   token limit).
 * Plain Gemma 3 weights run through `showwork.sample.decoder`, a forward pass with
-  the weights and the KV cache laid out for the decode loop (1.6x faster a
-  step than tunix's modules at batch 32); adapted or quantized models and
+  the weights and the KV cache laid out for the decode loop (faster a step
+  than tunix's modules: docs/BENCHMARKS.md); adapted or quantized models and
   Gemma 2 run through the modules. Greedy and top-k picks read the
   projection's vocabulary slices directly, block by block (`_best`).
 * Deterministic: the same seed, prompts and settings give the same tokens.
@@ -37,7 +37,7 @@ from flax import nnx
 from showwork.model.loaded import Loaded
 from showwork.model.tokenizer import EOS_ID, PAD_ID
 from showwork.sample import decoder, logprobs
-from showwork.sample.forward import PROMPT_BUCKET, bucket, final_hidden
+from showwork.sample.forward import bucket, final_hidden
 TOP_P_CANDIDATES = 256
 
 
@@ -96,10 +96,10 @@ def _best(slices, k: int, block: int = PICK_BLOCK):
     logit outside them has k larger ones above it, the blocks' maxima), so
     top_k runs over those k blocks (k x `block` candidates) instead of the
     whole 262k vocabulary, after a plain max over blocks. With k = 1 this is
-    the greedy pick: on XLA:CPU, 32 rows of Gemma's 262k logits take 2-3 ms
-    against 15 ms for top_k(·, 1) over the rows and 19 for argmax (whose
-    variadic reduce is slow), and the slices are read as they are, without
-    first transposing them to [B, V] (another 5 ms).
+    the greedy pick, several times faster on XLA:CPU than top_k(·, 1) or
+    argmax over whole rows (whose variadic reduce is slow), and the slices
+    are read as they are, without first transposing them to [B, V]
+    (timings in docs/BENCHMARKS.md).
     """
     parts, rows, width = slices.shape
     size = block if width % block == 0 else width
@@ -125,7 +125,7 @@ def _empty_cache(config, batch: int, size: int, dtype) -> dict:
 
 
 # Vocabulary slices of the sampler's output projection (logprobs.logit_slices):
-# 1.2-1.7x faster for decode's few rows on XLA:CPU, identical logits.
+# faster for decode's few rows on XLA:CPU (docs/BENCHMARKS.md), identical logits.
 PROJECTION_PARTS = 2
 
 
@@ -206,7 +206,7 @@ def _module_path(model, rows: int, size: int):
 
 
 def _decoder_path(model, weights: dict, rows: int, size: int):
-    """(run, cache, repeat) through showwork.decoder: plain Gemma 3 weights laid out for decoding."""
+    """(run, cache, repeat) through showwork.sample.decoder: plain Gemma 3 weights laid out for decoding."""
     config = model.config
     specs = decoder.layer_specs(model)
     cache = decoder.empty_cache(config.num_layers, rows, config.num_kv_heads, config.head_dim, size,

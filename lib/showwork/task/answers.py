@@ -60,25 +60,25 @@ def _ascii_digits(text: str) -> str:
     return "".join(out)
 
 
-def xml_answer(text: str) -> str | None:
-    """Content of the last complete <answer> block, innermost if nested."""
-    end = text.rfind(ANSWER_CLOSE)
+def _last_block(text: str, opening: str, closing: str) -> str | None:
+    """Content of the last complete opening...closing block, innermost if nested."""
+    end = text.rfind(closing)
     if end < 0:
         return None
-    start = text.rfind(ANSWER_OPEN, 0, end)
+    start = text.rfind(opening, 0, end)
     if start < 0:
         return None
-    return text[start + len(ANSWER_OPEN):end].strip()
+    return text[start + len(opening):end].strip()
+
+
+def xml_answer(text: str) -> str | None:
+    """Content of the last complete <answer> block, innermost if nested."""
+    return _last_block(text, ANSWER_OPEN, ANSWER_CLOSE)
 
 
 def xml_reasoning(text: str) -> str | None:
-    end = text.rfind(REASONING_CLOSE)
-    if end < 0:
-        return None
-    start = text.rfind(REASONING_OPEN, 0, end)
-    if start < 0:
-        return None
-    return text[start + len(REASONING_OPEN):end].strip()
+    """Content of the last complete <reasoning> block, innermost if nested."""
+    return _last_block(text, REASONING_OPEN, REASONING_CLOSE)
 
 
 def boxed_answer(text: str) -> str | None:

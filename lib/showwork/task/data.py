@@ -26,11 +26,14 @@ import re
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 from showwork import stages
 from showwork.bus import StageResult, run_once
 from showwork.task import answers, prompts
+
+if TYPE_CHECKING:  # config imports task (reward names): only the type here
+    from showwork.config import DataConfig
 
 # Answers are numbers for math sources; glaive traces end in free text.
 NUMERIC_SOURCES = ("gsm8k", "reasoning-gym")
@@ -274,22 +277,23 @@ def _source_records(source: str, path: str | None, split: str, limit: int) -> It
     return itertools.islice(read_hub(dataset, config, split), limit)
 
 
-def build_splits(source: str, path: str | None, eval_path: str | None, task: str,
-                 train_size: int, eval_size: int, seed: int, calculator: str,
-                 max_question: int, max_solution: int, offset: int = 0) -> tuple[list[Row], list[Row], dict]:
+def build_splits(data: DataConfig) -> tuple[list[Row], list[Row], dict]:
     """Train and eval rows (disjoint by question) and the stats of the cleaning."""
+    source, path, eval_path, seed, offset = data.source, data.path, data.eval_path, data.seed, data.offset
+    train_size, eval_size = data.train_size, data.eval_size
     rows_in: Counter = Counter()
     dropped: Counter = Counter()
-    clean = lambda recs, key, keep=None: clean_rows(_counted(recs, rows_in, key), source, calculator,  # noqa: E731
-                                                    max_question, max_solution, dropped, keep)
+    clean = lambda recs, key, keep=None: clean_rows(  # noqa: E731
+        _counted(recs, rows_in, key), source, data.calculator_annotations, data.max_question_chars,
+        data.max_solution_chars, dropped, keep)
     limit = 4 * (offset + train_size + eval_size) + 1000
     if source == "reasoning-gym":
         # Generation is cheap and seeded per item, so we draw until the length
         # filters have kept the requested counts (capped, in case the filters
         # reject nearly everything; stats then show the shortfall).
         want_train = offset + train_size
-        train = clean(reasoning_gym_records(task, 10 * want_train + 100, seed), "train", want_train)[offset:]
-        evals = clean(reasoning_gym_records(task, 10 * eval_size + 100, seed + REASONING_GYM_EVAL_SEED_OFFSET),
+        train = clean(reasoning_gym_records(data.task, 10 * want_train + 100, seed), "train", want_train)[offset:]
+        evals = clean(reasoning_gym_records(data.task, 10 * eval_size + 100, seed + REASONING_GYM_EVAL_SEED_OFFSET),
                       "eval", eval_size)
     elif eval_path or (source == "gsm8k" and not path):
         train = shuffled(clean(_source_records(source, path, "train", limit), "train"), seed)[offset:offset + train_size]
@@ -317,10 +321,7 @@ def prepare(bus, cfg, log=None):
     data, system = cfg.data, cfg.prompt.system
 
     def body() -> StageResult:
-        train, evals, stats = build_splits(
-            data.source, data.path, data.eval_path, data.task, data.train_size, data.eval_size,
-            data.seed, data.calculator_annotations, data.max_question_chars, data.max_solution_chars, data.offset,
-        )
+        train, evals, stats = build_splits(data)
         if not train and data.train_size > 0:
             raise ValueError(f"no usable training rows from {data.source} ({stats['dropped']}): see the data config")
         bus.write_jsonl(stages.TRAIN_ROWS, (formatted(r, system) for r in train))

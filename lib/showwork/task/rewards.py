@@ -184,9 +184,11 @@ REWARDS: dict[str, RewardFn] = {
 
 
 def check_names(names: Sequence[str]) -> None:
+    """ValueError naming every reward not in REWARDS (config loading and `combined` both check here)."""
     unknown = [n for n in names if n not in REWARDS]
     if unknown:
-        raise ValueError(f"unknown reward(s) {', '.join(unknown)}; known: {', '.join(REWARDS)}")
+        plural = "s" if len(unknown) > 1 else ""
+        raise ValueError(f"unknown reward{plural} {', '.join(map(repr, unknown))}; known: {', '.join(REWARDS)}")
 
 
 def combined(weights: dict[str, float], prompts, completions, answer) -> tuple[list[float], dict[str, list[float]]]:

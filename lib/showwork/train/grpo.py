@@ -189,7 +189,7 @@ def train_session(bus: Bus, loaded, rows: list[dict], session: int, grpo: GrpoCo
     used = {order[(local * batch + i) % len(order)] for local in range(last - first) for i in range(batch)}
     prompt_len = min(grpo.rollout.max_prompt_length, forward.bucket(max(lengths[i] for i in used)))
     key = stages.grpo_key(session)
-    plan = loop.Plan(checkpoints="grpo/checkpoints", metrics_dir="grpo", metrics_key=stages.metrics_key(key),
+    plan = loop.Plan(checkpoints=stages.checkpoints_key("grpo"), metrics_dir="grpo", metrics_key=stages.metrics_key(key),
                      digest=digest, every=grpo.checkpoint_every, keep=grpo.keep_checkpoints, first=first, last=last,
                      event="grpo step", context={"session": session}, name=f"session {session}",
                      after=f"session {session - 1}")

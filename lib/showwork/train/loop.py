@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import jax
 from flax import nnx
 
+from showwork import stages
 from showwork.bus import Bus
 from showwork.train.checkpoints import Checkpoints
 
@@ -80,7 +80,7 @@ class Metrics:
         self.writer.flush()
         for path in self.local.rglob("*"):
             if path.is_file():
-                self.bus.write_bytes(f"{self.prefix}/tensorboard/{path.relative_to(self.local).as_posix()}",
+                self.bus.write_bytes(f"{stages.tensorboard_key(self.prefix)}/{path.relative_to(self.local).as_posix()}",
                                      path.read_bytes())
         self.bus.write_jsonl(self.jsonl_key, self.rows)
 

@@ -72,16 +72,29 @@ def total_steps(n: int, batch: int, sft: SftConfig) -> int:
 
 
 def make_step_fns(graphdef, tx):
+    """(loss and gradient, optimizer update, loss alone) for the step and the held-out loss."""
     def loss_fn(trainable, frozen, prompt, completion, mask):
         logps = completion_logps(graphdef, (trainable, frozen), prompt, completion, mask)
         return -(logps * mask).sum() / jnp.maximum(mask.sum(), 1.0)
 
-    return jax.jit(jax.value_and_grad(loss_fn)), step_lib.make_apply(tx)
+    return jax.jit(jax.value_and_grad(loss_fn)), step_lib.make_apply(tx), jax.jit(loss_fn)
 
 
-def make_step(seqs: Sequences, sft: SftConfig, batch: int, graphdef, frozen, tx):
-    """SFT's step for train.loop: `gradient_accumulation` micro-batches of `batch` rows, one update."""
-    grad_fn, apply = make_step_fns(graphdef, tx)
+def held_out_loss(loss_fn, trainable, frozen, seqs: Sequences, batch: int) -> float:
+    """Mean completion-token loss over held-out sequences, in batches of `batch` (no gradient)."""
+    total, tokens = 0.0, 0.0
+    for start in range(0, len(seqs.prompts), batch):
+        prompt, completion, mask = forward.pack(seqs.prompts[start:start + batch],
+                                                seqs.completions[start:start + batch], completion_bucket=128)
+        total += float(loss_fn(trainable, frozen, prompt, completion, mask)) * float(mask.sum())
+        tokens += float(mask.sum())
+    return total / max(tokens, 1.0)
+
+
+def make_step(seqs: Sequences, sft: SftConfig, batch: int, graphdef, frozen, tx, held_out: Sequences | None = None):
+    """SFT's step for train.loop: `gradient_accumulation` micro-batches of `batch` rows, one update;
+    every `eval_every` steps also the loss on `held_out` (logged as `eval_loss`)."""
+    grad_fn, apply, loss_fn = make_step_fns(graphdef, tx)
     n, accumulation = len(seqs.prompts), sft.gradient_accumulation
     # One prompt width for the run and completions in 128-token buckets: a
     # handful of compiled shapes instead of one per length. A bucket never
@@ -108,34 +121,43 @@ def make_step(seqs: Sequences, sft: SftConfig, batch: int, graphdef, frozen, tx)
             trainable, opt_state, grad_norm = apply(trainable, opt_state, grads)
             jax.block_until_ready(trainable)
         # Read after the update: the rate this step applied (optax records it there).
-        return trainable, opt_state, {"loss": float(np.mean(losses)), "learning_rate": step_lib.current_lr(opt_state),
-                                      "grad_norm": float(grad_norm), "tokens_per_second": tokens / timer.seconds}
+        scalars = {"loss": float(np.mean(losses)), "learning_rate": step_lib.current_lr(opt_state),
+                   "grad_norm": float(grad_norm), "tokens_per_second": tokens / timer.seconds}
+        if held_out and held_out.prompts and sft.eval_every and (index + 1) % sft.eval_every == 0:
+            scalars["eval_loss"] = held_out_loss(loss_fn, trainable, frozen, held_out, batch)
+        return trainable, opt_state, scalars
 
     return step
 
 
-def train(bus: Bus, loaded, rows: list[dict], sft: SftConfig, batch: int, stage: str, digest: str, log) -> dict:
-    """Train `loaded.model` in place on rows' prompt/target; returns final metrics."""
+def train(bus: Bus, loaded, rows: list[dict], sft: SftConfig, batch: int, stage: str, digest: str, log,
+          held_out: list[dict] | None = None) -> dict:
+    """Train `loaded.model` in place on rows' prompt/target; returns final metrics.
+
+    `held_out` rows (prompt/target) give the `eval_loss` logged every `sft.eval_every` steps.
+    """
     seqs = tokenize(rows, loaded.tokenizer, sft.max_seq_len)
     if not seqs.prompts:
         raise ValueError(f"no training sequences fit max_seq_len={sft.max_seq_len}")
     steps = total_steps(len(seqs.prompts), batch, sft)
     tx = step_lib.optimizer(sft.optimizer, sft.schedule, steps)
     graphdef, trainable, frozen = step_lib.split(loaded.model)
-    plan = loop.Plan(checkpoints=f"{stage}/checkpoints", metrics_dir=stage, metrics_key=stages.metrics_key(stage),
+    held = tokenize(held_out, loaded.tokenizer, sft.max_seq_len) if held_out and sft.eval_every else None
+    plan = loop.Plan(checkpoints=stages.checkpoints_key(stage), metrics_dir=stage, metrics_key=stages.metrics_key(stage),
                      digest=digest, every=sft.checkpoint_every, keep=sft.keep_checkpoints, last=steps,
                      event="sft step")
     last, _ = loop.run(bus, plan, loaded.model, (trainable, tx.init(trainable)),
-                       make_step(seqs, sft, batch, graphdef, frozen, tx), log)
+                       make_step(seqs, sft, batch, graphdef, frozen, tx, held), log)
     return {**last, "steps": steps, "sequences": len(seqs.prompts), "truncated": seqs.truncated,
             "dropped_too_long": seqs.dropped}
 
 
-def train_and_export(bus: Bus, cfg, loaded, rows: list[dict], sft: SftConfig, stage: str, digest: str, log) -> dict:
+def train_and_export(bus: Bus, cfg, loaded, rows: list[dict], sft: SftConfig, stage: str, digest: str, log,
+                     held_out: list[dict] | None = None) -> dict:
     """Adapt (LoRA when the recipe says), train, merge and export `loaded` as `stage`'s model."""
     if cfg.model.lora:
         loaded.model = lora.add(loaded.model, cfg.model.lora, sft.seed)
-    final = train(bus, loaded, rows, sft, sft.batch_size or cfg.tier.train_batch, stage, digest, log)
+    final = train(bus, loaded, rows, sft, sft.batch_size or cfg.tier.train_batch, stage, digest, log, held_out)
     final["sharded_params"] = meshes.sharded_params(loaded.model)
     if cfg.model.lora:
         lora.merge(loaded.model)
@@ -152,8 +174,11 @@ def run(bus: Bus, cfg, log):
     def body() -> StageResult:
         loaded = loader.load_from(bus, stages.start_key(cfg, "sft"), cfg.model, cfg.tier.dtype,
                                   meshes.tier_mesh(cfg.tier.mesh), cfg.sft.seed, cfg.tier.remat)
-        done = train_and_export(bus, cfg, loaded, bus.read_jsonl(stages.TRAIN_ROWS), cfg.sft, "sft", digest, log)
-        return StageResult(outputs=done["outputs"] + [stages.metrics_key("sft")], inputs=[stages.TRAIN_ROWS],
+        held_out = bus.read_jsonl(stages.EVAL_ROWS) if cfg.sft.eval_every else None
+        done = train_and_export(bus, cfg, loaded, bus.read_jsonl(stages.TRAIN_ROWS), cfg.sft, "sft", digest, log,
+                                held_out)
+        inputs = [stages.TRAIN_ROWS] + ([stages.EVAL_ROWS] if held_out is not None else [])
+        return StageResult(outputs=done["outputs"] + [stages.metrics_key("sft")], inputs=inputs,
                            metrics=done["metrics"])
 
     return run_once(bus, stage.key, digest, body, log)

@@ -8,9 +8,8 @@ from flax import nnx
 from tunix.rl import common
 from tunix.rl.rollout import base_rollout
 
-from showwork.sample import sampler
-
 from showwork.model import tiny as tiny_model
+from showwork.sample import sampler
 from showwork.model.tokenizer import EOS_ID
 from showwork.model.tokenizer import PAD_ID
 from showwork.sample.rollout import Rollout

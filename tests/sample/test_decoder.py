@@ -7,11 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from showwork.sample import decoder
-from showwork.model import loader
-from showwork.model import lora
-from showwork.sample import sampler
-from showwork.model import tiny as tiny_model
+from showwork.config import LoraConfig
+from showwork.model import loader, lora, tiny as tiny_model
+from showwork.sample import decoder, sampler
 
 
 def _variant(tiny, seed=3, **changes):

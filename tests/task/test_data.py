@@ -9,9 +9,9 @@ from collections import Counter
 import pytest
 
 from conftest import REPO, RECIPES, TIERS, job_env
-from showwork.task import answers
-from showwork.task import data
 from showwork.bus import Bus
+from showwork.config import DataConfig
+from showwork.task import answers, data
 
 GSM8K_ROWS = [
     {"question": "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
@@ -118,7 +118,7 @@ def make_gsm8k_file(path, n=40):
 def test_build_splits_from_local_jsonl_counts_every_drop(tmp_path):
     path = tmp_path / "gsm8k.jsonl"
     make_gsm8k_file(path)
-    train, evals, stats = data.build_splits("gsm8k", str(path), None, "", 30, 5, 0, "readable", 2000, 8000)
+    train, evals, stats = data.build_splits(DataConfig(source="gsm8k", path=str(path), train_size=30, eval_size=5, seed=0))
     assert (len(train), len(evals)) == (30, 5)
     assert not {r.id for r in train} & {r.id for r in evals}
     assert stats["rows_in"] == {"all": 44}
@@ -126,7 +126,7 @@ def test_build_splits_from_local_jsonl_counts_every_drop(tmp_path):
     # The split depends on content and seed, not on file order.
     rows = [json.loads(line) for line in path.read_bytes().splitlines()[:40]]
     write_jsonl(tmp_path / "reversed.jsonl", rows[::-1])
-    train2, evals2, _ = data.build_splits("gsm8k", str(tmp_path / "reversed.jsonl"), None, "", 30, 5, 0, "readable", 2000, 8000)
+    train2, evals2, _ = data.build_splits(DataConfig(source="gsm8k", path=str(tmp_path / "reversed.jsonl"), train_size=30, eval_size=5, seed=0))
     assert [r.id for r in evals2] == [r.id for r in evals]
 
 
@@ -136,7 +136,7 @@ def test_kaggle_csv_layout(tmp_path):
         writer = csv.DictWriter(f, fieldnames=["question", "answer"])
         writer.writeheader()
         writer.writerows(GSM8K_ROWS)
-    train, evals, stats = data.build_splits("gsm8k", str(path), None, "", 10, 1, 0, "drop", 2000, 8000)
+    train, evals, stats = data.build_splits(DataConfig(source="gsm8k", path=str(path), train_size=10, eval_size=1, seed=0, calculator_annotations="drop"))
     assert len(train) + len(evals) == 3 and stats["dropped_total"] == 0
     assert sorted(r.answer for r in train + evals) == ["10", "10800", "72"]
 
@@ -144,13 +144,12 @@ def test_kaggle_csv_layout(tmp_path):
 def test_separate_eval_file_and_overlap_removed(tmp_path):
     make_gsm8k_file(tmp_path / "train.jsonl", 20)
     write_jsonl(tmp_path / "test.jsonl", GSM8K_ROWS)
-    train, evals, stats = data.build_splits("gsm8k", str(tmp_path / "train.jsonl"), str(tmp_path / "test.jsonl"),
-                                            "", 100, 100, 0, "readable", 2000, 8000)
+    train, evals, stats = data.build_splits(DataConfig(source="gsm8k", path=str(tmp_path / "train.jsonl"), eval_path=str(tmp_path / "test.jsonl"), train_size=100, eval_size=100, seed=0))
     assert len(train) == 20 and len(evals) == 3
 
 
 def test_reasoning_gym_offline_with_disjoint_eval():
-    train, evals, stats = data.build_splits("reasoning-gym", None, None, "gsm_symbolic", 20, 10, 3, "readable", 2000, 8000)
+    train, evals, stats = data.build_splits(DataConfig(source="reasoning-gym", task="gsm_symbolic", train_size=20, eval_size=10, seed=3))
     assert len(train) == 20 and 0 < len(evals) <= 10
     assert not {r.question for r in train} & {r.question for r in evals}
     for row in train + evals:

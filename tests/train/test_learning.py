@@ -7,19 +7,12 @@ import numpy as np
 import pytest
 
 from showwork import log
-from showwork.task import data
-from showwork.train import grpo
-from showwork.task import rewards
-from showwork.train import sft
-from showwork.sample import forward
-from showwork.model import loader
-from showwork.sample import logprobs
-from showwork.model import lora
-from showwork.sample import sampler
-from showwork.train import step as step_lib
 from showwork.bus import Bus
-from showwork.config import LoraConfig, OptimizerConfig, ScheduleConfig, SftConfig
-from showwork.config import GrpoConfig, OptimizerConfig, PromptConfig, RolloutConfig, ScheduleConfig
+from showwork.config import DataConfig, GrpoConfig, LoraConfig, OptimizerConfig, PromptConfig, RolloutConfig, ScheduleConfig, SftConfig
+from showwork.model import loader, lora
+from showwork.sample import forward, logprobs, sampler
+from showwork.task import data, rewards
+from showwork.train import grpo, sft, step as step_lib
 
 
 def mean_loss(loaded, seqs):
@@ -32,7 +25,7 @@ def mean_loss(loaded, seqs):
 
 @pytest.mark.slow
 def test_sft_lowers_loss_on_a_fixed_set(tmp_path):
-    train, _, _ = data.build_splits("reasoning-gym", None, None, "gsm_symbolic", 6, 0, 1, "readable", 2000, 8000)
+    train, _, _ = data.build_splits(DataConfig(source="reasoning-gym", task="gsm_symbolic", train_size=6, eval_size=0, seed=1))
     rows = [data.formatted(r, PromptConfig().system) for r in train]
     loaded = loader.load("gemma3-270m")
     loaded.model = lora.add(loaded.model, LoraConfig(8, 16.0, lora.DEFAULT_TARGETS))

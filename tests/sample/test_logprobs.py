@@ -5,11 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from showwork.sample import logprobs
-from showwork.sample import forward
-from showwork.model import loader
-from showwork.sample import logprobs
-from showwork.model import lora
+from showwork.config import LoraConfig
+from showwork.model import loader, lora
+from showwork.sample import forward, logprobs
 from showwork.train import step as step_lib
 
 

@@ -13,18 +13,11 @@ from safetensors.numpy import load_file
 
 from conftest import REPO, TIERS, job_env
 from showwork import config
-from showwork.config import LoraConfig, OptimizerConfig, ScheduleConfig
-from showwork.train import grpo
-from showwork.train import sft
-from showwork.train import checkpoints
-from showwork.model import export
-from showwork.model import families
-from showwork.sample import forward
-from showwork.model import loader
-from showwork.model import lora
-from showwork.train import step as step_lib
-from showwork.model import tiny as tiny_model
 from showwork.bus import Bus
+from showwork.config import LoraConfig, OptimizerConfig, ScheduleConfig
+from showwork.model import export, families, loader, lora, tiny as tiny_model
+from showwork.sample import forward
+from showwork.train import checkpoints, grpo, sft, step as step_lib
 
 CPU = TIERS / "cpu" / "tier.yaml"
 
@@ -278,8 +271,8 @@ def test_lora_merge_matches_adapted_forward(tiny, quantize):
     # quantisation error: folding into W itself would not reproduce training.
     if quantize:
         exported = tensors["model.layers.0.mlp.down_proj.weight"].T
-        lora = original.model.layers[0].mlp.down_proj  # unadapted module: W alone
-        assert lora.kernel.value.shape == exported.shape
+        plain = original.model.layers[0].mlp.down_proj  # unadapted module: W alone
+        assert plain.kernel.value.shape == exported.shape
         assert np.abs(exported - base_w).max() > 1e-3
 
 
@@ -327,7 +320,7 @@ def test_fold_into_refuses_a_model_without_the_adapted_weights(tiny):
 
 
     adapted = lora.add(tiny_model.load(seed=4).model, LoraConfig(4, 8.0, lora.DEFAULT_TARGETS))
-    with pytest.raises(ValueError, match="no weight .* pass the model that add_lora was given"):
+    with pytest.raises(ValueError, match="no weight .* pass the model that lora.add was given"):
         lora.fold_into(nnx.Linear(2, 2, rngs=nnx.Rngs(0)), adapted)
 
 
@@ -367,3 +360,46 @@ def test_optimizer_step_reuses_its_input_buffers_and_matches_optax():
     np.testing.assert_allclose(norm, optax.global_norm(grads), rtol=1e-6)
     assert all(x.is_deleted() for x in jax.tree.leaves(inputs[0]))
     assert not any(x.is_deleted() for x in jax.tree.leaves(inputs[2]))
+
+
+def tiny_sft_rows(n: int) -> list[dict]:
+    return [{"prompt": f"Question {i}: what is {i} plus {i}?", "target": f"<answer>{2 * i}</answer>"} for i in range(n)]
+
+
+def test_logged_learning_rate_is_the_rate_each_step_applied(tmp_path):
+    """Warmup 2 steps to 1e-3: step 1 applies schedule(0), step 2 schedule(1), ...; the old loop read the
+    rate before the update and logged 0 for the first two steps."""
+    import optax
+
+    from showwork import log
+    from showwork.config import SftConfig
+
+    loaded = tiny_model.load(seed=1)
+    sft_cfg = SftConfig(max_steps=5, optimizer=OptimizerConfig(learning_rate=1e-3),
+                        schedule=ScheduleConfig(warmup_steps=2, end_value_ratio=0.1), checkpoint_every=100)
+    sft.train(Bus(str(tmp_path)), loaded, tiny_sft_rows(8), sft_cfg, batch=2, stage="sft", digest="t", log=log.get("t"))
+    logged = [r["learning_rate"] for r in Bus(str(tmp_path)).read_jsonl("sft/metrics.jsonl")]
+    schedule = optax.warmup_cosine_decay_schedule(0.0, 1e-3, 2, 5, 1e-4)
+    np.testing.assert_allclose(logged, [float(schedule(k)) for k in range(5)], rtol=1e-6, atol=1e-12)
+    assert logged[0] != logged[1]
+
+
+def test_sft_eval_every_logs_held_out_loss_on_its_steps(tmp_path):
+    """eval_every 2: steps 2 and 4 carry `eval_loss`, the completion loss on the held-out rows computed
+    by the same loss as training; steps 1 and 3 do not."""
+    from showwork import log
+    from showwork.config import SftConfig
+
+    loaded = tiny_model.load(seed=1)
+    held_out = tiny_sft_rows(11)[8:]
+    sft_cfg = SftConfig(max_steps=4, eval_every=2, optimizer=OptimizerConfig(learning_rate=1e-3), checkpoint_every=100)
+    sft.train(Bus(str(tmp_path)), loaded, tiny_sft_rows(8), sft_cfg, batch=2, stage="sft", digest="t",
+              log=log.get("t"), held_out=held_out)
+    rows = Bus(str(tmp_path)).read_jsonl("sft/metrics.jsonl")
+    assert ["eval_loss" in r for r in rows] == [False, True, False, True]
+    # The last value is the trained model's loss on the held-out rows, recomputed here.
+    seqs = sft.tokenize(held_out, loaded.tokenizer, sft_cfg.max_seq_len)
+    graphdef, trainable, frozen = step_lib.split(loaded.model)
+    _, _, loss_fn = sft.make_step_fns(graphdef, step_lib.optimizer(sft_cfg.optimizer, sft_cfg.schedule, 4))
+    assert rows[-1]["eval_loss"] == pytest.approx(sft.held_out_loss(loss_fn, trainable, frozen, seqs, 2), rel=1e-5)
+    assert rows[-1]["eval_loss"] != rows[1]["eval_loss"]

@@ -8,10 +8,8 @@ import sys
 import pytest
 
 from conftest import REPO, TIERS, job_env
-from showwork.eval import evaluate
-from showwork.eval import report
-from showwork.eval import voting
 from showwork.bus import Bus
+from showwork.eval import evaluate, report, voting
 
 CPU = TIERS / "cpu" / "tier.yaml"
 
@@ -273,7 +271,7 @@ def test_report_html_renders_in_headless_chromium(tmp_path):
     chromium = sh.which("chromium") or sh.which("chromium-browser")
     if chromium is None:
         pytest.skip("Debian chromium is not installed (.ci/run installs it)")
-    from showwork.bus import StageResult, run_once
+    from showwork.bus import run_once, StageResult
 
     bus = Bus(str(tmp_path / "run"))
     outcomes = {"base": [False, False, True, False], "sft": [True, False, True, True]}

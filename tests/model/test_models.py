@@ -9,16 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from showwork.model import export
-
-from showwork.model import loader
-
-from showwork.model import lora
-
-from showwork.model import meshes
-
-from showwork.model import families
-from showwork.model import tiny as tiny_model
+from showwork.model import export, families, loader, lora, meshes, tiny as tiny_model
 
 # Hugging Face transformers reading the same GGUF in float32 (ARCHITECTURE.md).
 GOLDEN = {"▁the": -1.654, "▁a": -2.198, "▁Paris": -2.477, "▁one": -2.632}
