@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from conftest import RECIPES, TIERS
-from showwork import config
+from showwork import config, stages
 
 CPU = TIERS / "cpu" / "tier.yaml"
 
@@ -94,6 +94,6 @@ def test_missing_file():
 def test_digest_is_stable_and_sensitive():
     cfg = config.load(RECIPES / "hybrid.yaml", CPU)
     same = config.load(RECIPES / "hybrid.yaml", CPU)
-    assert config.digest(data=cfg.data) == config.digest(data=same.data)
+    assert stages.hash_sections(data=cfg.data) == stages.hash_sections(data=same.data)
     changed = dataclasses.replace(cfg.data, seed=cfg.data.seed + 1)
-    assert config.digest(data=cfg.data) != config.digest(data=changed)
+    assert stages.hash_sections(data=cfg.data) != stages.hash_sections(data=changed)

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from conftest import REPO, TIERS, job_env
-from showwork import config, pipeline
+from showwork import config, pipeline, stages
 from showwork.bus import Bus
 
 CPU = TIERS / "cpu" / "tier.yaml"
@@ -37,7 +37,7 @@ def test_stage_plan_and_selection(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(TINY_PIPELINE)
     cfg = config.load(CPU, recipe)
-    plan = pipeline.stages(cfg, Bus(str(tmp_path / "run")))
+    plan = stages.plan(cfg)
     assert [s.name for s in plan] == ["data", "sft", "grpo"] + ["eval"] * 6 + ["report"]
     assert [s.name for s in pipeline.select(plan, "eval", None)] == ["eval"] * 6 + ["report"]
     assert [s.name for s in pipeline.select(plan, None, "report")] == ["report"]

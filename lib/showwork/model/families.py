@@ -71,11 +71,35 @@ def _common_json(config, dtype: str) -> dict:
 def _layer_types(hf: dict, count: int) -> list[str] | None:
     """`layer_types` as newer configs spell the attention pattern, or from `sliding_window_pattern`."""
     if hf.get("layer_types"):
+        if len(hf["layer_types"]) != count:
+            raise ValueError(f"layer_types names {len(hf['layer_types'])} layers, num_hidden_layers is {count}")
         return list(hf["layer_types"])
     every = hf.get("sliding_window_pattern")
     if every:
         return ["full_attention" if (i + 1) % every == 0 else "sliding_attention" for i in range(count)]
     return None
+
+
+def _rope(hf: dict, family: str, kind: str, theta: float) -> tuple[float, float]:
+    """(base frequency, linear scale factor) of the RoPE that `kind` layers use.
+
+    transformers 5 writes `rope_parameters` (per layer kind for Gemma 3, one
+    dict for Gemma 2) instead of the `rope_theta` / `rope_local_base_freq` /
+    `rope_scaling` of earlier releases and of the published checkpoints; both
+    are read. tunix implements plain and linearly scaled RoPE only.
+    """
+    params = hf.get("rope_parameters")
+    if params:
+        rope = (params.get(kind) if family == "gemma3" else params) or {}
+    elif kind == "sliding_attention" and family == "gemma3":
+        rope = {"rope_theta": hf.get("rope_local_base_freq", theta)}
+    else:
+        rope = {**(hf.get("rope_scaling") or {}), "rope_theta": hf.get("rope_theta", theta)}
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in ("default", "linear"):
+        raise ValueError(f"{kind} RoPE type {rope_type!r}: tunix's {family} implements only default and linear RoPE")
+    factor = float(rope.get("factor", 1.0)) if rope_type == "linear" else 1.0
+    return float(rope.get("rope_theta", theta)), factor
 
 
 def _attention_tensors(attn: dict, config) -> dict:
@@ -127,12 +151,14 @@ class Gemma3:
                  for t in gemma3.GEMMA3_ATTENTION_PATTERN]
         if pattern is not None and pattern != [fixed[i % len(fixed)] for i in range(len(pattern))]:
             raise ValueError(f"Gemma 3 layer pattern {pattern} is not tunix's fixed 5 local : 1 global pattern")
-        scaling = hf.get("rope_scaling") or {}
+        local_theta, local_factor = _rope(hf, "gemma3", "sliding_attention", 10_000)
+        global_theta, global_factor = _rope(hf, "gemma3", "full_attention", 1_000_000)
         return gemma3.ModelConfig(
             **common,
-            local_base_frequency=int(hf.get("rope_local_base_freq", 10_000)),
-            global_base_frequency=int(hf.get("rope_theta", 1_000_000)),
-            global_scale_factor=float(scaling.get("factor", 1.0)),
+            local_base_frequency=int(local_theta),
+            global_base_frequency=int(global_theta),
+            local_scale_factor=local_factor,
+            global_scale_factor=global_factor,
             query_pre_attn_norm=self._query_norm(hf, common),
             param_dtype=dtype,
         )
@@ -158,8 +184,13 @@ class Gemma3:
         out = {"architectures": ["Gemma3ForCausalLM"], "model_type": self.model_type, **_common_json(config, dtype),
                "rope_theta": float(config.global_base_frequency),
                "rope_local_base_freq": float(config.local_base_frequency),
-               "rope_scaling": ({"rope_type": "linear", "factor": float(config.global_scale_factor)}
-                                if config.global_scale_factor != 1.0 else None),
+               "rope_scaling": _linear(config.global_scale_factor),
+               # transformers 5's spelling; the only one that holds a local scale factor.
+               "rope_parameters": {
+                   "full_attention": {"rope_theta": float(config.global_base_frequency),
+                                      **(_linear(config.global_scale_factor) or {"rope_type": "default"})},
+                   "sliding_attention": {"rope_theta": float(config.local_base_frequency),
+                                         **(_linear(config.local_scale_factor) or {"rope_type": "default"})}},
                "query_pre_attn_scalar": scalar,
                "sliding_window_pattern": len(gemma3.GEMMA3_ATTENTION_PATTERN),
                "final_logit_softcapping": None, "attn_logit_softcapping": None}
@@ -177,6 +208,10 @@ class Gemma3:
                     "self_attn.k_norm.weight": host_array(layer["attn"]["_key_norm"]["scale"])}
 
         return _tensors(model, config, "post_attention_norm", qk_norms)
+
+
+def _linear(factor: float) -> dict | None:
+    return {"rope_type": "linear", "factor": float(factor)} if factor != 1.0 else None
 
 
 def gemma3_config(hparams: dict, dtype) -> Any:
@@ -203,9 +238,14 @@ class Gemma2:
         if scalar != common["head_dim"]:
             raise ValueError(f"query_pre_attn_scalar {scalar} differs from head_dim {common['head_dim']}: "
                              "tunix's Gemma 2 scales queries by head_dim only")
+        theta, factor = _rope(hf, "gemma2", "full_attention", 10_000)
+        if (theta, factor) != (10_000, 1.0):
+            raise ValueError(f"RoPE base {theta} and scale {factor}: tunix's Gemma 2 uses base 10000 unscaled only")
         kinds = {"sliding_attention": gemma.AttentionType.LOCAL_SLIDING, "full_attention": gemma.AttentionType.GLOBAL}
         pattern = _layer_types(hf, common["num_layers"]) or [
             ("sliding_attention", "full_attention")[i % 2] for i in range(common["num_layers"])]
+        if unknown := sorted(set(pattern) - set(kinds)):
+            raise ValueError(f"layer_types {unknown}: tunix's Gemma 2 knows {', '.join(kinds)}")
         return gemma.ModelConfig(
             **common,
             final_logit_softcap=hf.get("final_logit_softcapping"),
@@ -264,3 +304,8 @@ def for_config(config):
     from tunix.models.gemma import model as gemma
 
     return FAMILIES["gemma2"] if isinstance(config, gemma.ModelConfig) else FAMILIES["gemma3"]
+
+
+def final_softcap(config) -> float | None:
+    """The soft cap on the output logits (Gemma 2), None where the family has none (Gemma 3)."""
+    return getattr(config, "final_logit_softcap", None) if for_config(config) is FAMILIES["gemma2"] else None

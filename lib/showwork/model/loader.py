@@ -49,6 +49,8 @@ def load(name: str, path: str | None = None, dtype: str = "float32", mesh=None, 
             raise FileNotFoundError(f"model directory for {name} not found: {directory}")
         config = family.config_from_hf(families.read_config_json(directory), jdtype)
     config = with_remat(config, remat)
+    if not any(directory.glob("*.safetensors")):
+        raise FileNotFoundError(f"no *.safetensors files in {directory} for model {name}")
     tokenizer = Tokenizer.from_file(directory / "tokenizer.model")
     model = family.load_safetensors(directory, config, jdtype, mesh)
     return Loaded(name=name, model=model, tokenizer=tokenizer, config=config)

@@ -85,19 +85,35 @@ def load(dtype: str = "float32", seed: int = 0, mesh=None, remat: bool = False) 
     return Loaded(name="tiny", model=model, tokenizer=tok, config=cfg)
 
 
-def random_gemma3(config, seed: int = 0) -> nnx.Module:
-    """A Gemma 3 of `config` with random weights (tests, smoke runs)."""
+def random_gemma3(config, seed: int = 0, norms: bool = False) -> nnx.Module:
+    """A Gemma 3 of `config` with random weights (tests, smoke runs); random norm scales too when `norms`."""
     from tunix.models.gemma3 import model as gemma3
 
-    model = gemma3.Gemma3(config, rngs=nnx.Rngs(params=seed))
-    # tunix initialises MLP kernels to zero; a model that ignores its MLP
-    # would make tests of training blind, so give every weight some noise.
+    return _noised(gemma3.Gemma3(config, rngs=nnx.Rngs(params=seed)), seed, norms)
+
+
+def random_gemma2(config, seed: int = 0, norms: bool = True) -> nnx.Module:
+    """A Gemma 2 of `config` (a tunix `gemma.model.ModelConfig`) with random weights, norm scales too (tests)."""
+    from tunix.models.gemma import model as gemma
+
+    return _noised(gemma.Gemma(config, rngs=nnx.Rngs(params=seed)), seed, norms)
+
+
+def _noised(model: nnx.Module, seed: int, norms: bool) -> nnx.Module:
+    """`model` with noise added to every matrix weight, and to the norm scales when `norms`, in place.
+
+    tunix initialises MLP kernels to zero; a model that ignores its MLP
+    would make tests of training blind, so give every weight some noise.
+    Norm scales start at zero (x * (1 + 0)), which hides a swapped norm from
+    an export test; `random_gemma3` leaves them so by default, which keeps
+    the tiny model's weights as they were.
+    """
     key = jax.random.key(seed + 1)
     state = nnx.state(model, nnx.Param)
     leaves, treedef = jax.tree.flatten(state)
     keys = jax.random.split(key, len(leaves))
     leaves = [
-        leaf if leaf.ndim == 1 else leaf + 0.02 * jax.random.normal(k, leaf.shape, leaf.dtype)
+        leaf if leaf.ndim == 1 and not norms else leaf + 0.02 * jax.random.normal(k, leaf.shape, leaf.dtype)
         for leaf, k in zip(leaves, keys)
     ]
     nnx.update(model, jax.tree.unflatten(treedef, leaves))

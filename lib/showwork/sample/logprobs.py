@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from showwork.model import families
 from showwork.model.tokenizer import PAD_ID
 from showwork.sample.forward import final_hidden
 
@@ -158,7 +159,7 @@ def completion_logps(graphdef, states: tuple, prompt, completion, completion_mas
     rows = hidden[:, plen - 1:plen + clen - 1]
     b, c, d = rows.shape
     logps = token_logps(rows.reshape(b * c, d), model.embedder.input_embedding.value, completion.reshape(-1),
-                        getattr(model.config, "final_logit_softcap", None), temperature, chunk)
+                        families.final_softcap(model.config), temperature, chunk)
     return logps.reshape(b, c)
 
 

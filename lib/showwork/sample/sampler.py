@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from showwork.model import families
 from showwork.model.loaded import Loaded
 from showwork.model.tokenizer import EOS_ID, PAD_ID
 from showwork.sample import decoder, logprobs
@@ -237,7 +238,7 @@ def _generate(model, prompt_ids, prompt_valid, row_keys, *, max_new, temperature
     else:
         run, cache, repeat = _decoder_path(model, weights, unique, size)
     embedding = model.embedder.input_embedding[...]
-    softcap = getattr(model.config, "final_logit_softcap", None)
+    softcap = families.final_softcap(model.config)
     valid = jnp.zeros((unique, size), jnp.bool_).at[:, :plen].set(prompt_valid)
     positions = jnp.maximum(jnp.cumsum(prompt_valid, axis=-1) - 1, 0).astype(jnp.int32)
     hidden, cache = run(prompt_ids, positions, cache, 0, valid)

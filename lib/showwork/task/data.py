@@ -26,14 +26,11 @@ import re
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import Iterable, Iterator
 
 from showwork import stages
 from showwork.bus import StageResult, run_once
 from showwork.task import answers, prompts
-
-if TYPE_CHECKING:  # config imports task (reward names): only the type here
-    from showwork.config import DataConfig
 
 # Answers are numbers for math sources; glaive traces end in free text.
 NUMERIC_SOURCES = ("gsm8k", "reasoning-gym")
@@ -277,8 +274,9 @@ def _source_records(source: str, path: str | None, split: str, limit: int) -> It
     return itertools.islice(read_hub(dataset, config, split), limit)
 
 
-def build_splits(data: DataConfig) -> tuple[list[Row], list[Row], dict]:
-    """Train and eval rows (disjoint by question) and the stats of the cleaning."""
+def build_splits(data) -> tuple[list[Row], list[Row], dict]:
+    """Train and eval rows (disjoint by question) and the stats of the cleaning, from the
+    recipe's `data` section (config.DataConfig; not imported: config imports task)."""
     source, path, eval_path, seed, offset = data.source, data.path, data.eval_path, data.seed, data.offset
     train_size, eval_size = data.train_size, data.eval_size
     rows_in: Counter = Counter()
