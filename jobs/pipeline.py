@@ -10,8 +10,6 @@ re-run resumes a half-finished run, and a finished run just prints the report's 
 
 from __future__ import annotations
 
-import sys
-
 from showwork import cli, log, pipeline, stages
 
 
@@ -23,13 +21,7 @@ def add_arguments(parser):
 
 def main(cfg, bus, args):
     logger = log.get("pipeline", run=bus.root, recipe=cfg.recipe)
-    try:
-        with cli.exit_zero_on_preemption(logger):
-            seconds = pipeline.run(cfg, bus, logger, args.start, args.only)
-    except (ValueError, RuntimeError) as err:
-        logger.error(str(err))
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(1) from None
+    seconds = pipeline.run(cfg, bus, logger, args.start, args.only)
     logger.info("pipeline finished", seconds=round(seconds, 1))
     if bus.exists("report/report.html"):
         print(f"report: {bus.uri('report/report.html')}")

@@ -14,8 +14,7 @@ from showwork.train import self_teach
 
 def main(cfg, bus, args=None):
     logger = log.get("self_teach", run=bus.root)
-    with cli.exit_zero_on_preemption(logger):
-        marker, _ = self_teach.run(bus, cfg, logger)
+    marker, _ = self_teach.run(bus, cfg, logger)
     return marker
 
 

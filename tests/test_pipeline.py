@@ -11,6 +11,7 @@ import pytest
 from conftest import REPO, TIERS, job_env
 from showwork import config, pipeline, stages
 from showwork.bus import Bus
+from showwork.errors import EXIT_PREEMPTED
 
 CPU = TIERS / "cpu" / "tier.yaml"
 
@@ -59,7 +60,7 @@ def test_pipeline_end_to_end_with_a_kill_mid_sft(tmp_path):
             proc.send_signal(signal.SIGCONT)
             break
     proc.stderr.read()
-    assert proc.wait(timeout=600) == 0
+    assert proc.wait(timeout=600) == EXIT_PREEMPTED  # checkpoint saved: run the same command again
     bus = Bus(str(tmp_path / "tiny-pipeline"))
     assert bus.exists("data/_SUCCESS") and not bus.exists("sft/_SUCCESS")
 

@@ -26,14 +26,16 @@ from importlib import metadata
 from pathlib import Path
 from typing import Iterable
 
+from showwork.errors import RunError, UsageError
+
 MARKER = "_SUCCESS"
 
 
-class BusError(RuntimeError):
+class BusError(RunError):
     """The bus cannot be read or written; the message says what and where."""
 
 
-class StageConflict(RuntimeError):
+class StageConflict(UsageError):
     """A stage already finished with a different config."""
 
 

@@ -9,6 +9,7 @@ import os
 import sys
 
 from showwork import config as config_lib
+from showwork import errors
 from showwork import log as log_lib
 from showwork.bus import Bus
 
@@ -42,55 +43,45 @@ def setup(args: argparse.Namespace, placement: Placement = Placement.SLICE):
     Returns (config, bus, mesh); mesh is None for CPU jobs.
     """
     log_lib.configure()
-    try:
+    with ending():
         cfg = config_lib.load(*args.configs)
-    except config_lib.ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    mesh = None
-    if placement is not Placement.CPU:
-        import jax
-
-        from showwork.model import meshes
-
-        if placement is Placement.SLICE and cfg.tier.hosts > 1:
-            # Multi-host TPU slices (JobSet, one pod per host): every process joins
-            # one JAX runtime before any device is touched.
-            jax.distributed.initialize()
-        key, shape = ("mesh", cfg.tier.mesh) if placement is Placement.SLICE else (
-            "eval_mesh" if cfg.tier.eval_mesh else "mesh", cfg.tier.mesh_for_eval())
-        try:
-            mesh = meshes.tier_mesh(shape)
-        except ValueError as err:  # more devices than this job sees: before any work starts
-            print(f"config error: {args.configs[-1]}: tier.{key}.shape: {err}; pick the tier that matches the "
-                  "node pool", file=sys.stderr)
-            raise SystemExit(2) from None
-    run_id = args.run_id or cfg.recipe
-    from showwork.bus import BusError
-
-    try:
-        bus = Bus(f"{args.root.rstrip('/')}/{run_id}")
-    except BusError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(1) from None
+        mesh = None if placement is Placement.CPU else _mesh(cfg, args, placement)
+        bus = Bus(f"{args.root.rstrip('/')}/{args.run_id or cfg.recipe}")
     log_lib.get("showwork").info("config loaded", recipe=cfg.recipe, files=list(cfg.sources), run=bus.root)
     return cfg, bus, mesh
 
 
+def _mesh(cfg, args, placement: Placement):
+    """The mesh of this job's placement; a ConfigError when this machine has fewer devices."""
+    import jax
+
+    from showwork.model import meshes
+
+    if placement is Placement.SLICE and cfg.tier.hosts > 1:
+        # Multi-host TPU slices (JobSet, one pod per host): every process joins
+        # one JAX runtime before any device is touched.
+        jax.distributed.initialize()
+    key, shape = ("mesh", cfg.tier.mesh) if placement is Placement.SLICE else (
+        "eval_mesh" if cfg.tier.eval_mesh else "mesh", cfg.tier.mesh_for_eval())
+    try:
+        return meshes.tier_mesh(shape)
+    except ValueError as err:  # more devices than this job sees: before any work starts
+        raise config_lib.ConfigError(f"{args.configs[-1]}: tier.{key}.shape: {err}; pick the tier that matches "
+                                     "the node pool") from None
+
+
 def run(doc: str, main, argv: list[str] | None = None, add_arguments=None, placement: Placement = Placement.SLICE):
-    """Parse argv, load config, call `main(cfg, bus, args)`; known failures exit with one line.
+    """Parse argv, load config, call `main(cfg, bus, args)`; end as showwork.errors' table says.
 
     `add_arguments(parser)` lets a job add its own flags; `placement` says
     where its pods run (see Placement).
     """
-    from showwork.bus import BusError, StageConflict
-
     p = parser(doc)
     if add_arguments:
         add_arguments(p)
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     cfg, bus, mesh = setup(args, placement)
-    try:
+    with ending():
         if mesh is None:
             return main(cfg, bus, args)
         import jax
@@ -99,19 +90,40 @@ def run(doc: str, main, argv: list[str] | None = None, add_arguments=None, place
         # shard weights FSDP x TP by tunix's annotations, activations follow.
         with jax.set_mesh(mesh):
             return main(cfg, bus, args)
-    except (StageConflict, BusError, FileNotFoundError) as err:
-        log_lib.get("showwork").error(str(err), error=type(err).__name__)
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(1) from None
+
+
+def exit_code(err: BaseException) -> int | None:
+    """The exit code of an error a user can cause (showwork.errors), None for a bug."""
+    from showwork.train.loop import Preempted
+
+    if isinstance(err, Preempted):
+        return errors.EXIT_PREEMPTED
+    if isinstance(err, errors.UsageError):
+        return errors.EXIT_USAGE
+    if isinstance(err, (errors.RunError, FileNotFoundError)):
+        return errors.EXIT_ERROR
+    return None
 
 
 @contextlib.contextmanager
-def exit_zero_on_preemption(logger):
-    """A training job that saved its checkpoint on SIGTERM exits 0 for its restart."""
-    from showwork.train.loop import Preempted
+def ending():
+    """Turn the errors a user can cause into one line and their exit code; a bug keeps its traceback.
 
+    Preempted (SIGTERM, checkpoint saved) exits EXIT_PREEMPTED: run the same command again to continue.
+    """
     try:
         yield
-    except Preempted as stop:
-        logger.warning("preempted; checkpoint saved, exiting for a restart", detail=str(stop))
-        raise SystemExit(0) from None
+    except Exception as err:
+        code = exit_code(err)
+        if code is None:  # a bug: its traceback goes to the log (JSON in a pod) and to stderr
+            log_lib.get("showwork").exception("unexpected error", error=type(err).__name__)
+            raise
+        logger = log_lib.get("showwork")
+        if code == errors.EXIT_PREEMPTED:
+            logger.warning("preempted; checkpoint saved, exiting for a restart", detail=str(err),
+                           exit_code=code)
+        else:
+            logger.error(str(err), error=type(err).__name__, exit_code=code)
+            prefix = "config error" if isinstance(err, config_lib.ConfigError) else "error"
+            print(f"{prefix}: {err}", file=sys.stderr)
+        raise SystemExit(code) from None

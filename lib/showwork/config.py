@@ -23,10 +23,12 @@ from typing import Literal, Optional
 
 import yaml
 
+from showwork.errors import UsageError
+
 from showwork.task.rewards import check_names as check_reward_names
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError):
     """A config file is wrong; the message names the key and the file."""
 
 
@@ -253,9 +255,13 @@ class TierConfig:
     # batches). The trade-off is measured in docs/BENCHMARKS.md. Full
     # fine-tuning only.
     remat: bool = False
+    # A training step whose gradient is not finite is refused (weights and
+    # optimizer state untouched); this many refusals in a row stop the job
+    # (exit 1, naming the step) instead of training on.
+    max_refused_steps: int = 3
 
     def problems(self):
-        yield from _positive(self, "hosts", "train_batch", "eval_batch", "eval_shards")
+        yield from _positive(self, "hosts", "train_batch", "eval_batch", "eval_shards", "max_refused_steps")
         if self.hosts > 1 and self.eval_mesh is None:
             yield "eval_mesh", (f"a {self.hosts}-host tier must give the mesh of one single-host eval pod: "
                                 "eval shards run on their own, not as one multi-host program")

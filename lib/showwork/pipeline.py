@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 
+from showwork.errors import UsageError
 from showwork import stages
 from showwork.eval import evaluate, report
 from showwork.stages import Stage
@@ -36,7 +37,7 @@ def run_stage(cfg, bus, stage: Stage, log):
 def select(plan: list[Stage], start: str | None, only: str | None) -> list[Stage]:
     for value in (start, only):
         if value is not None and value not in {s.name for s in plan}:
-            raise ValueError(f"stage {value!r} is not in this recipe; its stages: "
+            raise UsageError(f"stage {value!r} is not in this recipe; its stages: "
                              + ", ".join(dict.fromkeys(s.name for s in plan)))
     if only:
         return [s for s in plan if s.name == only]
@@ -49,8 +50,10 @@ def select(plan: list[Stage], start: str | None, only: str | None) -> list[Stage
 def run(cfg, bus, log, start: str | None = None, only: str | None = None) -> float:
     """Run the selected stages, one progress line each; returns total seconds.
 
-    A preempted training stage (train.loop.Preempted) passes through: its
-    checkpoint is saved and a re-run continues it.
+    A stage's error passes through unchanged (the job's exit code comes
+    from it: showwork.errors), after a line naming the stage; a preempted
+    training stage (train.loop.Preempted) has saved its checkpoint and a
+    re-run continues it.
     """
     chosen = select(stages.plan(cfg), start, only)
     began = time.perf_counter()
@@ -63,7 +66,8 @@ def run(cfg, bus, log, start: str | None = None, only: str | None = None) -> flo
         except Preempted:
             raise
         except Exception as err:
-            raise RuntimeError(f"stage {stage.label!r} failed: {type(err).__name__}: {err}") from err
+            log.error("stage failed", stage=stage.label, error=type(err).__name__)
+            raise
         seconds = time.perf_counter() - t0
         spent.append(seconds)
         remaining = len(chosen) - n

@@ -5,7 +5,7 @@ which model it starts from.
     data -> sft -> self-teach -> grpo/s-0 .. grpo/s-(K-1) -> eval/<model>/shard-I-of-N -> report
 
 Each stage is present only when the recipe has its section. This module
-only knows (it imports nothing of showwork, so every package may use it);
+only knows (it imports nothing of showwork but `errors`, so every package may use it);
 `showwork.pipeline` runs the stages and `jobs/` wraps each one for its
 container.
 """
@@ -16,6 +16,8 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
+
+from showwork.errors import UsageError
 
 NAMES = ("data", "sft", "self-teach", "grpo", "eval", "report")
 
@@ -163,8 +165,8 @@ def eval_model_key(cfg, name: str) -> str | None:
     if name == "grpo" and cfg.grpo is not None:
         return model_key(grpo_key(cfg.grpo.sessions - 1))
     if name in ("sft", "self-teach", "grpo"):
-        raise ValueError(f"eval names model {name!r} but the recipe has no {name.replace('-', '_')} section")
-    raise ValueError(f"unknown model to evaluate {name!r}")
+        raise UsageError(f"eval names model {name!r} but the recipe has no {name.replace('-', '_')} section")
+    raise UsageError(f"unknown model to evaluate {name!r}")
 
 
 def start_key(cfg, stage_name: str) -> str | None:

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import struct
 import subprocess
 import sys
 
@@ -322,3 +323,26 @@ def test_training_curves_come_from_tensorboard_event_files(tmp_path):
     data = bus.read_bytes(bus.list("sft/tensorboard")[0])
     assert events.scalars(data[: len(data) - 5])[:2] == events.scalars(data)[:2]  # a torn tail is dropped
     assert len(events.scalars(data[: len(data) - 5])) == len(events.scalars(data)) - 1
+
+
+@pytest.mark.parametrize("where", ["length", "data"])
+def test_a_damaged_event_record_is_an_error_and_the_report_falls_back_to_jsonl(tmp_path, where):
+    """A flipped byte is damage, not a torn tail: the CRC says so (a corrupt length used to read as a
+    short file). The report then plots the stage's metrics.jsonl copy instead."""
+    from tensorboardX import SummaryWriter
+
+    from showwork.eval import events
+
+    writer = SummaryWriter(str(tmp_path / "tb"))
+    for step in range(1, 4):
+        writer.add_scalar("loss", 5.0 - step, step)
+    writer.close()
+    data = bytearray(next((tmp_path / "tb").iterdir()).read_bytes())
+    first = struct.unpack_from("<Q", data, 0)[0] + 16  # the file-version record; damage the next one
+    data[first + (2 if where == "length" else 14)] ^= 0x01
+    with pytest.raises(events.CorruptEvents, match=f"its {where} fails its CRC"):
+        events.scalars(bytes(data))
+    bus = Bus(str(tmp_path / "run"))
+    bus.write_bytes("sft/tensorboard/events.out.tfevents.1.x", bytes(data))
+    bus.write_jsonl("sft/metrics.jsonl", [{"step": 1, "loss": 9.0}, {"step": 2, "loss": 8.0}])
+    assert [r["loss"] for r in report.training_curves(bus)["sft"]] == [9.0, 8.0]

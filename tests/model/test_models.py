@@ -2,6 +2,7 @@
 
 import json
 import random
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -207,3 +208,70 @@ def test_directory_without_safetensors(tmp_path, tiny):
     (tmp_path / "tokenizer.model").write_bytes(tiny.tokenizer.sp.serialized_model_proto())
     with pytest.raises(FileNotFoundError, match="no \\*.safetensors files"):
         loader.load("gemma3-1b-pt", path=str(tmp_path))
+
+
+@pytest.mark.parametrize("name", ["gemma3-270m", "gemma3-1b-it", "gemma3-1b-pt", "tiny"])
+def test_any_gemma3_name_loads_an_exported_directory(tmp_path, tiny, name):
+    """eval-only.yaml points model.path at an SFT export with any name (gemma3-270m used to fail with
+    IsADirectoryError): the directory loads, with the recipe's name and the same logits."""
+    export.export_hf(tiny, tmp_path / "hf")
+    loaded = loader.load(name, path=str(tmp_path / "hf"))
+    assert loaded.name == name
+    ids = tiny.tokenizer.encode("Natalia sold clips", bos=True)
+    np.testing.assert_allclose(forward(loaded, ids), forward(tiny, ids), atol=1e-5)
+
+
+def test_a_name_of_another_family_loads_the_weights_family_with_a_warning(tmp_path, tiny, capsys):
+    from showwork import log
+
+    log.configure(json_lines=True)
+    export.export_hf(tiny, tmp_path / "hf")
+    capsys.readouterr()
+    loaded = loader.load("gemma2-2b-it", path=str(tmp_path / "hf"))
+    assert families.for_config(loaded.config) is families.FAMILIES["gemma3"]
+    warnings = [json.loads(line) for line in capsys.readouterr().err.splitlines() if "different families" in line]
+    assert len(warnings) == 1 and warnings[0]["family"] == "gemma3_text" and warnings[0]["level"] == "warning"
+
+
+@pytest.mark.slow
+def test_a_gguf_loads_under_any_gemma3_name():
+    from showwork.model import gguf
+
+    a = loader.load("gemma3-1b-it", path=str(gguf.default_gguf_path()))
+    b = loader.load("gemma3-270m")
+    ids = b.tokenizer.encode("The capital of France is", bos=True)
+    np.testing.assert_allclose(forward(a, ids)[-1], forward(b, ids)[-1], atol=1e-5)
+
+
+def test_a_gs_model_is_staged_once_and_an_escaping_object_name_is_refused(gcs_server, tmp_path, monkeypatch, tiny):
+    """Models on gs:// are copied into the cache (one staging path for every stage); an object name
+    with `..` would write outside the cache directory and is refused before anything is written."""
+    import uuid
+
+    from showwork.bus import Bus
+    from showwork.errors import RunError
+    from showwork.model import cache
+
+    monkeypatch.setenv("SHOWWORK_CACHE", str(tmp_path / "cache"))
+    export.export_hf(tiny, tmp_path / "hf")
+    uri = f"gs://showwork-test/models/{uuid.uuid4().hex[:8]}"
+    bus = Bus(uri)
+    for path in (tmp_path / "hf").iterdir():
+        bus.put_file(path.name, path)
+    staged = cache.local_dir(uri)
+    assert sorted(p.name for p in Path(staged).iterdir()) == sorted(p.name for p in (tmp_path / "hf").iterdir())
+    assert cache.local_dir(uri) == staged  # staged once
+    ids = tiny.tokenizer.encode("Natalia sold clips", bos=True)
+    np.testing.assert_allclose(forward(loader.load("tiny", path=uri), ids), forward(tiny, ids), atol=1e-5)
+
+    evil = Bus(f"gs://showwork-test/models/{uuid.uuid4().hex[:8]}")
+    evil.write_bytes("config.json", b"{}")
+    evil.write_bytes("escape.txt", b"owned")
+    # Real GCS keeps an object named `sub/../../escape.txt` as it is; the emulator normalizes names on
+    # upload, so the listing is where the name is planted.
+    listed = Bus.list
+    monkeypatch.setattr(Bus, "list", lambda self, prefix="": [k.replace("escape.txt", "sub/../../escape.txt")
+                                                              for k in listed(self, prefix)])
+    with pytest.raises(RunError, match="would leave the cache directory"):
+        cache.local_dir(evil.root)
+    assert not list((tmp_path / "cache").rglob("escape.txt")) and not (tmp_path / "escape.txt").exists()

@@ -83,7 +83,7 @@ def test_a_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path, damage):
             bus.write_bytes(key, data[: len(data) // 3])
         elif damage == "delete":
             bus.delete(key)
-        elif damage == "overwrite":  # same size, garbage bytes: only orbax can tell
+        elif damage == "overwrite":  # same size, garbage bytes: the commit record's checksum tells
             bus.write_bytes(key, bytes(len(data)))
     if damage == "commit record":
         bus.write_bytes("sft/checkpoints/4/COMMIT.json", b'{"step": 4, "fi')
@@ -95,6 +95,39 @@ def test_a_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path, damage):
     assert ckpt.steps() == [2]  # the damaged one is gone, so the replayed step can be saved again
     assert not bus.list("sft/checkpoints/4")
     assert ckpt.save(4, tree(4.0), {"step": 4}) and ckpt.restore_newest(tree(0.0), Recorder())[2] == 4
+
+
+@pytest.mark.parametrize("failure", [OSError(28, "No space left on device"), MemoryError("out of memory"),
+                                     RuntimeError("tensorstore: unsupported format version")],
+                         ids=["disk-full", "oom", "library-upgrade"])
+def test_an_orbax_failure_on_intact_files_keeps_every_checkpoint(tmp_path, monkeypatch, failure):
+    """Files that match their commit record but fail to restore (disk full while staging, out of memory,
+    an orbax/tensorstore upgrade) are not damage: the error stops the job and every checkpoint stays."""
+    bus = Bus(str(tmp_path))
+    ckpt = saved(bus, [2, 4])
+
+    def fails(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(ckpt.checkpointer, "restore", fails)
+    with pytest.raises(checkpoints.CheckpointUnreadable, match="every checkpoint is kept"):
+        ckpt.restore_newest(tree(0.0), Recorder())
+    assert ckpt.steps() == [2, 4]
+    assert all(state_files(bus, step) for step in (2, 4))
+
+
+def test_a_checkpoint_committed_before_checksums_still_restores(tmp_path):
+    """Commit records from before checksums list sizes only; a run resumed after the upgrade reads them."""
+    import json
+
+    bus = Bus(str(tmp_path))
+    saved(bus, [3])
+    commit = json.loads(bus.read_bytes("sft/checkpoints/3/COMMIT.json"))
+    commit["files"] = {rel: record["size"] for rel, record in commit["files"].items()}
+    bus.write_bytes("sft/checkpoints/3/COMMIT.json", json.dumps(commit).encode())
+    restored, _, step = checkpoints.Checkpoints(bus, "sft/checkpoints", keep=5, every=1).restore_newest(
+        tree(0.0), Recorder())
+    assert step == 3 and float(restored["w"][1, 1]) == 3.0
 
 
 def test_no_readable_checkpoint_means_none(tmp_path):

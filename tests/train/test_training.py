@@ -14,6 +14,7 @@ from safetensors.numpy import load_file
 from conftest import REPO, TIERS, job_env
 from showwork import config
 from showwork.bus import Bus
+from showwork.errors import EXIT_PREEMPTED
 from showwork.config import LoraConfig, OptimizerConfig, ScheduleConfig
 from showwork.model import export, families, loader, lora, tiny as tiny_model
 from showwork.sample import forward
@@ -97,7 +98,7 @@ def test_sft_resume_after_sigterm_equals_uninterrupted(tmp_path, text):
     run("jobs.sft", path, CPU, "--root", tmp_path / "a")
 
     rc, log = interrupted("jobs.sft", path, CPU, "--root", tmp_path / "b", after_step=4, event="sft step")
-    assert rc == 0, log[-2000:]
+    assert rc == EXIT_PREEMPTED, log[-2000:]  # not 0: a deleted pod exiting 0 would count as Succeeded
     assert "preempted" in log
     bus_b = Bus(str(tmp_path / "b" / "tiny-sft"))
     assert not bus_b.exists("sft/_SUCCESS")
@@ -143,7 +144,7 @@ def test_grpo_sessions_resume_after_sigterm_equals_uninterrupted(tmp_path):
     run("jobs.grpo_session", path, CPU, "--root", tmp_path / "b", "--session", "0")
     rc, log = interrupted("jobs.grpo_session", path, CPU, "--root", tmp_path / "b", "--session", "1",
                           after_step=8, event="grpo step")
-    assert rc == 0 and "preempted" in log, log[-2000:]
+    assert rc == EXIT_PREEMPTED and "preempted" in log, log[-2000:]
     bus_b = Bus(str(tmp_path / "b" / "tiny-grpo"))
     assert bus_b.exists("grpo/s-0/_SUCCESS") and not bus_b.exists("grpo/s-1/_SUCCESS")
     run("jobs.grpo_session", path, CPU, "--root", tmp_path / "b", "--session", "1")

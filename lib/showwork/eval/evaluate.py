@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import time
 
+from showwork.errors import UsageError
 from showwork import stages
 from showwork.bus import Bus, StageResult, run_once
 from showwork.config import EvalConfig
@@ -27,7 +28,7 @@ from showwork.task import answers
 
 def shard_rows(rows: list[dict], index: int, count: int) -> list[dict]:
     if count <= 0 or not 0 <= index < count:
-        raise ValueError(f"shard {index} of {count} does not exist")
+        raise UsageError(f"shard {index} of {count} does not exist")
     return [row for i, row in enumerate(rows) if i % count == index]
 
 
@@ -59,7 +60,7 @@ def method_plan(ev: EvalConfig) -> dict[str, list[float]]:
         elif method == "consensus":
             plan[method] = list(ev.consensus_temperatures)
         else:
-            raise ValueError(f"unknown evaluation method {method!r}")
+            raise UsageError(f"unknown evaluation method {method!r}")
     return plan
 
 

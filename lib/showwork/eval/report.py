@@ -16,13 +16,14 @@ import math
 from statistics import mean
 
 from showwork import stages
+from showwork.errors import RunError
 from showwork.bus import Bus, StageResult, read_marker, run_once, verify_outputs
 
 LENGTH_BUCKETS = (0, 10, 20, 30, 40, 50, 60, 80, 100, 150)
 
 
-class IncompleteShards(RuntimeError):
-    pass
+class IncompleteShards(RunError):
+    """Some evaluation shards have not finished: the report names them and waits."""
 
 
 # ---------------------------------------------------------------- loading
@@ -42,7 +43,7 @@ def load_model_records(bus: Bus, model: str, count: int) -> list[dict]:
         records.extend(bus.read_jsonl(stages.shard_key(model, i, count) + ".jsonl"))
     ids = [r["id"] for r in records]
     if len(ids) != len(set(ids)):
-        raise ValueError(f"duplicate question ids across {model!r} shards")
+        raise RunError(f"duplicate question ids across {model!r} shards")
     return sorted(records, key=lambda r: r["id"])
 
 
@@ -218,8 +219,8 @@ def plot_training(curves: dict[str, list[dict]]) -> bytes | None:
 
 def training_curves(bus: Bus) -> dict[str, list[dict]]:
     """Per-stage rows of scalars, read from the stages' TensorBoard event files
-    (`<stage>/tensorboard/`); a stage without event files falls back to its
-    metrics.jsonl copy."""
+    (`<stage>/tensorboard/`); a stage without event files, or with a damaged
+    one (CRC mismatch), falls back to its metrics.jsonl copy."""
     from showwork.eval import events
 
     curves = {}
@@ -227,13 +228,13 @@ def training_curves(bus: Bus) -> dict[str, list[dict]]:
         # Event file names start with their creation time: name order is write order.
         files = sorted((k for k in bus.list(stages.tensorboard_key(stage)) if "tfevents" in k),
                        key=lambda k: k.rsplit("/", 1)[-1])
-        if files:
+        try:
             rows = events.curves([bus.read_bytes(k) for k in files])
-        else:
+        except events.CorruptEvents:
             rows = []
-            for key in sorted(k for k in bus.list(stage) if k.endswith("metrics.jsonl")):
-                rows.extend(bus.read_jsonl(key))
-            rows.sort(key=lambda r: r["step"])
+        if not rows:
+            rows = sorted((r for key in sorted(k for k in bus.list(stage) if k.endswith("metrics.jsonl"))
+                           for r in bus.read_jsonl(key)), key=lambda r: r["step"])
         if rows:
             curves[stage] = rows
     return curves

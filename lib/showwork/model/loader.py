@@ -16,6 +16,8 @@ import json
 import typing
 from pathlib import Path
 
+from showwork.errors import UsageError
+from showwork import log
 from showwork.config import ModelConfig
 from showwork.model import cache, families, gguf, tiny
 from showwork.model.loaded import DTYPES, Loaded, with_remat
@@ -25,46 +27,61 @@ MODEL_NAMES = typing.get_args(typing.get_type_hints(ModelConfig)["name"])
 
 def load(name: str, path: str | None = None, dtype: str = "float32", mesh=None, seed: int = 0,
          remat: bool = False) -> Loaded:
-    """Load a model by name; `path` overrides where its weights come from; `remat` see with_remat."""
+    """Load a model by name; `path` overrides where its weights come from; `remat` see with_remat.
+
+    Any name takes any weight form: a `.gguf` file (Gemma 3, converted once),
+    a Hugging Face directory, or a model a stage exported (local or gs://).
+    A directory's config.json decides the family; where it disagrees with
+    the name, it wins, with a warning.
+    """
     if name not in MODEL_NAMES:
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(MODEL_NAMES)}")
-    jdtype = DTYPES[dtype]
-    if name == "tiny":
+        raise UsageError(f"unknown model {name!r}; known: {', '.join(MODEL_NAMES)}")
+    if name == "tiny" and path is None:
         return tiny.load(dtype=dtype, seed=seed, mesh=mesh, remat=remat)
-    family = families.for_model_name(name)
-    if name == "gemma3-270m":
-        gguf_path = Path(path) if path else gguf.default_gguf_path()
-        if not gguf_path.exists():
-            raise FileNotFoundError(f"GGUF weights for {name} not found at {gguf_path}")
-        directory = gguf.cached_conversion(gguf_path, cache.cache_dir() / "gguf")
+    if path is None and name == "gemma3-270m":
+        path = str(gguf.default_gguf_path())
+    if not path:
+        raise UsageError(f"model {name} needs model.path: a directory with its Hugging Face safetensors and "
+                         "tokenizer.model, a .gguf, or an exported model (stage it to the bus once; pods have no "
+                         "hub access)")
+    loaded = _load_path(str(path), DTYPES[dtype], mesh, remat)
+    named = families.for_model_name(name)
+    if families.for_config(loaded.config) is not named:
+        log.get("showwork").warning("model.name and the weights' config.json name different families; "
+                                    "loading the weights' family", name=name, path=str(path),
+                                    family=families.for_config(loaded.config).model_type)
+    loaded.name = name
+    return loaded
+
+
+def _load_path(path: str, jdtype, mesh, remat: bool) -> Loaded:
+    """The model at a .gguf file or a Hugging Face directory (local or gs://), named by its path."""
+    if path.endswith(".gguf"):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"GGUF weights not found at {path}")
+        directory = gguf.cached_conversion(Path(path), cache.cache_dir() / "gguf")
+        family = families.FAMILIES["gemma3"]  # the GGUF reader knows Gemma 3 only (it checks)
         config = families.gemma3_config(json.loads((directory / "hparams.json").read_text()), jdtype)
     else:
-        if not path:
-            raise ValueError(
-                f"model {name} needs model.path: a directory with its Hugging Face "
-                "safetensors and tokenizer.model (stage it to the bus once; pods have no hub access)"
-            )
         directory = Path(cache.local_dir(path))
         if not directory.is_dir():
-            raise FileNotFoundError(f"model directory for {name} not found: {directory}")
-        config = family.config_from_hf(families.read_config_json(directory), jdtype)
+            raise FileNotFoundError(f"model directory not found: {directory}")
+        hf = families.read_config_json(directory)
+        family = families.for_config_json(hf)
+        config = family.config_from_hf(hf, jdtype)
     config = with_remat(config, remat)
     if not any(directory.glob("*.safetensors")):
-        raise FileNotFoundError(f"no *.safetensors files in {directory} for model {name}")
+        raise FileNotFoundError(f"no *.safetensors files in {directory}")
     tokenizer = Tokenizer.from_file(directory / "tokenizer.model")
     model = family.load_safetensors(directory, config, jdtype, mesh)
-    return Loaded(name=name, model=model, tokenizer=tokenizer, config=config)
+    return Loaded(name=path, model=model, tokenizer=tokenizer, config=config)
 
 
 def load_dir(directory: str, dtype: str = "float32", mesh=None, remat: bool = False) -> Loaded:
     """Load an exported (Hugging Face layout) directory; its config.json names the family."""
-    path = Path(directory)
-    if not (path / "config.json").exists():
+    if not (Path(directory) / "config.json").exists() and not str(directory).startswith("gs://"):
         raise FileNotFoundError(f"no exported model at {directory} (config.json missing)")
-    family = families.for_config_json(families.read_config_json(path))
-    loaded = load(family.hf_model_name, path=str(path), dtype=dtype, mesh=mesh, remat=remat)
-    loaded.name = str(directory)
-    return loaded
+    return _load_path(str(directory), DTYPES[dtype], mesh, remat)
 
 
 def load_from(bus, key: str | None, model: ModelConfig, dtype: str, mesh=None, seed: int = 0,

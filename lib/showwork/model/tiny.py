@@ -75,11 +75,18 @@ def config(vocab: int, dtype=jnp.float32):
 
 
 def load(dtype: str = "float32", seed: int = 0, mesh=None, remat: bool = False) -> Loaded:
-    """The tiny model as a `Loaded` (random weights from `seed`, placed on `mesh`)."""
+    """The tiny model as a `Loaded` (random weights from `seed`, placed on `mesh`).
+
+    The weights are drawn in float32 and then cast, so every dtype gets the
+    same model (rounded), as a real checkpoint loaded in bfloat16 is.
+    """
     tok = tokenizer()
     cfg = with_remat(config(tok.vocab_size, DTYPES[dtype]), remat)
     with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
-        model = random_gemma3(cfg, seed)
+        drawn = random_gemma3(with_remat(config(tok.vocab_size, jnp.float32), remat), seed)
+        model = drawn if dtype == "float32" else random_gemma3(cfg, seed)
+        if model is not drawn:
+            nnx.update(model, jax.tree.map(lambda x: x.astype(DTYPES[dtype]), nnx.state(drawn, nnx.Param)))
     if mesh is not None:
         meshes.shard(model, mesh)
     return Loaded(name="tiny", model=model, tokenizer=tok, config=cfg)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from showwork.errors import UsageError
 from showwork.task.prompts import END_OF_TURN, START_OF_TURN
 
 BOS_ID, EOS_ID, PAD_ID = 2, 1, 0
@@ -23,7 +24,7 @@ class Tokenizer:
         self.end_of_turn_id = self.sp.piece_to_id(END_OF_TURN)
         self.start_of_turn_id = self.sp.piece_to_id(START_OF_TURN)
         if (self.sp.bos_id(), self.sp.eos_id(), self.sp.pad_id()) != (BOS_ID, EOS_ID, PAD_ID):
-            raise ValueError(
+            raise UsageError(
                 "tokenizer must use Gemma ids bos=2 eos=1 pad=0, got "
                 f"bos={self.sp.bos_id()} eos={self.sp.eos_id()} pad={self.sp.pad_id()}"
             )

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from showwork.errors import UsageError
 from showwork import stages
 from showwork.bus import StageResult, run_once
 from showwork.task import answers, prompts
@@ -134,7 +135,7 @@ def read_records(path: str) -> Iterator[dict | Rejected]:
     elif suffix == ".json":
         records = json.loads(p.read_text(encoding="utf-8"))
         if not isinstance(records, list):
-            raise ValueError(f"{path}: expected a JSON list of records")
+            raise UsageError(f"{path}: expected a JSON list of records")
         yield from (r if isinstance(r, dict) else Rejected("bad_json", "not an object") for r in records)
     elif suffix == ".csv":
         text = p.read_bytes().decode("utf-8", errors="replace")
@@ -148,7 +149,7 @@ def read_records(path: str) -> Iterator[dict | Rejected]:
 
         yield from pq.read_table(p).to_pylist()
     else:
-        raise ValueError(f"{path}: unsupported data file type {suffix!r} (use .jsonl, .json, .csv or .parquet)")
+        raise UsageError(f"{path}: unsupported data file type {suffix!r} (use .jsonl, .json, .csv or .parquet)")
 
 
 def read_hub(dataset: str, config: str | None, split: str) -> Iterator[dict]:
@@ -321,7 +322,7 @@ def prepare(bus, cfg, log=None):
     def body() -> StageResult:
         train, evals, stats = build_splits(data)
         if not train and data.train_size > 0:
-            raise ValueError(f"no usable training rows from {data.source} ({stats['dropped']}): see the data config")
+            raise UsageError(f"no usable training rows from {data.source} ({stats['dropped']}): see the data config")
         bus.write_jsonl(stages.TRAIN_ROWS, (formatted(r, system) for r in train))
         bus.write_jsonl(stages.EVAL_ROWS, (formatted(r, system) for r in evals))
         bus.write_json(stages.DATA_STATS, stats)

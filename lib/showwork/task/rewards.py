@@ -15,6 +15,7 @@ import math
 import re
 from typing import Callable, Sequence
 
+from showwork.errors import UsageError
 from showwork.task import answers
 
 RewardFn = Callable[..., list[float]]
@@ -188,7 +189,7 @@ def check_names(names: Sequence[str]) -> None:
     unknown = [n for n in names if n not in REWARDS]
     if unknown:
         plural = "s" if len(unknown) > 1 else ""
-        raise ValueError(f"unknown reward{plural} {', '.join(map(repr, unknown))}; known: {', '.join(REWARDS)}")
+        raise UsageError(f"unknown reward{plural} {', '.join(map(repr, unknown))}; known: {', '.join(REWARDS)}")
 
 
 def combined(weights: dict[str, float], prompts, completions, answer) -> tuple[list[float], dict[str, list[float]]]:

@@ -3,6 +3,7 @@ copied with the bus's retries, committed by a record written last."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import tempfile
@@ -12,12 +13,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from showwork.errors import RunError, UsageError
 from showwork.bus import Bus
 from showwork.model.meshes import host_array
 
 
 class DamagedCheckpoint(ValueError):
-    """A committed checkpoint whose files are missing, cut or unreadable."""
+    """A committed checkpoint proven damaged: a file missing or differing from its commit record."""
+
+
+class CheckpointUnreadable(RunError):
+    """Files that match their commit record could not be restored: an environmental error, not damage."""
 
 
 COMMIT = "COMMIT.json"
@@ -100,7 +106,7 @@ class Checkpoints:
         for path in sorted(p for p in local.rglob("*") if p.is_file()):
             rel = path.relative_to(local).as_posix()
             self.bus.put_file(f"{self.prefix}/{step}/{rel}", path)
-            files[rel] = path.stat().st_size
+            files[rel] = {"size": path.stat().st_size, "sha256": _sha256(path)}
         shutil.rmtree(local, ignore_errors=True)
         shapes = [[list(x.shape), str(x.dtype)] for x in leaves]
         self.bus.create(commit_key, json.dumps({"step": step, "meta": meta, "files": files, "arrays": shapes},
@@ -118,9 +124,11 @@ class Checkpoints:
     def restore(self, step: int, like):
         """(tree shaped and placed like `like`, meta) from checkpoint `step`.
 
-        Raises DamagedCheckpoint when the files do not match the commit
-        record or orbax cannot read them; a BusError (the bucket, not the
-        checkpoint, is failing) passes through.
+        Raises DamagedCheckpoint only when the checkpoint is proven damaged:
+        its commit record does not parse, or a file is missing or differs from
+        the record's size or checksum. Anything else (a BusError: the bucket
+        is failing; orbax failing on files that match their record: memory,
+        disk, a library upgrade) raises an error that keeps every checkpoint.
         """
         where = f"{self.uri}/{step}"
         raw = self.bus.read_bytes(f"{self.prefix}/{step}/{COMMIT}")  # a BusError passes through
@@ -132,28 +140,38 @@ class Checkpoints:
         wanted = [[list(np.shape(x)), str(x.dtype)] for x in leaves]
         if commit.get("arrays") != wanted:
             # Not damage: another model or optimizer wrote it. Refuse, keep it.
-            raise ValueError(f"{where} holds arrays {_summary(commit.get('arrays'))}, this model and optimizer "
+            raise UsageError(f"{where} holds arrays {_summary(commit.get('arrays'))}, this model and optimizer "
                              f"need {_summary(wanted)}: was it written by another config?")
         local = self.staging / f"restore-{step}"
         shutil.rmtree(local, ignore_errors=True)
         try:
-            for rel, size in commit["files"].items():
-                try:
-                    self.bus.get_file(f"{self.prefix}/{step}/{rel}", local / rel)
-                except FileNotFoundError:
-                    raise DamagedCheckpoint(f"{where}: {rel} is missing") from None
-                if (local / rel).stat().st_size != size:
-                    raise DamagedCheckpoint(f"{where}: {rel} has {(local / rel).stat().st_size} bytes, "
-                                            f"its commit record says {size}")
+            for rel, record in commit["files"].items():
+                self._fetch_verified(step, rel, record, local / rel)
             target = {f"{i:05d}": np.empty(np.shape(x), x.dtype) for i, x in enumerate(leaves)}
             try:
                 arrays = self.checkpointer.restore(local, target)
-            except Exception as err:  # orbax and tensorstore raise many kinds for bad files
-                raise DamagedCheckpoint(f"{where}: {type(err).__name__}: {err}"[:600]) from None
+            except Exception as err:  # the files match their record: not damage, keep it
+                raise CheckpointUnreadable(f"{where}: its files match their commit record but orbax could not "
+                                           f"restore them ({type(err).__name__}: {err}"[:600] + "); every "
+                                           "checkpoint is kept: fix the cause and run again") from err
         finally:
             shutil.rmtree(local, ignore_errors=True)
         new = [_placed(np.asarray(arrays[f"{i:05d}"], dtype=x.dtype), x) for i, x in enumerate(leaves)]
         return jax.tree.unflatten(treedef, new), dict(commit["meta"])
+
+    def _fetch_verified(self, step: int, rel: str, record, path: Path) -> None:
+        """Download one file of checkpoint `step`; DamagedCheckpoint if it is missing or does not match
+        its record (size, and the SHA-256 that commits written since checksums were added carry)."""
+        where = f"{self.uri}/{step}"
+        size, digest = (record, None) if isinstance(record, int) else (record["size"], record.get("sha256"))
+        try:
+            self.bus.get_file(f"{self.prefix}/{step}/{rel}", path)
+        except FileNotFoundError:
+            raise DamagedCheckpoint(f"{where}: {rel} is missing") from None
+        if path.stat().st_size != size:
+            raise DamagedCheckpoint(f"{where}: {rel} has {path.stat().st_size} bytes, its commit record says {size}")
+        if digest is not None and _sha256(path) != digest:
+            raise DamagedCheckpoint(f"{where}: {rel} does not match its commit record's checksum")
 
     def restore_newest(self, like, log, at_least: int = 0):
         """(tree, meta, step) from the newest readable checkpoint >= `at_least`, or None.
@@ -181,6 +199,14 @@ class Checkpoints:
     def close(self):
         self.checkpointer.close()
         shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _summary(arrays) -> str:

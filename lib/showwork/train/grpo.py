@@ -25,6 +25,7 @@ from flax import nnx
 from tunix.rl import common as tunix_common
 from tunix.rl.algo_core import compute_advantages
 
+from showwork.errors import UsageError
 from showwork import stages
 from showwork.bus import Bus, StageResult, run_once
 from showwork.config import GrpoConfig
@@ -61,9 +62,13 @@ def objective(logps, old_logps, ref_logps, advantages, mask, beta: float, epsilo
     return loss, aux
 
 
-def make_step_fns(graphdef, tx, beta: float, epsilon: float, temperature: float):
+def make_step_fns(graphdef, tx, beta: float, epsilon: float, temperature: float, compute=None):
+    """(log-probs, loss and gradient, optimizer update); `compute` casts the float32 master
+    weights to the dtypes the model computes in (step.master)."""
+    compute = compute or (lambda tree: tree)
+
     def logps_fn(trainable, frozen, prompt, completion, mask):
-        return completion_logps(graphdef, (trainable, frozen), prompt, completion, mask, temperature)
+        return completion_logps(graphdef, (compute(trainable), frozen), prompt, completion, mask, temperature)
 
     logps_jit = jax.jit(logps_fn)
 
@@ -118,7 +123,7 @@ def fitting_prompts(rows: list[dict], tokenizer, max_prompt_length: int, log) ->
     lengths = [len(tokenizer.encode(r["prompt"], bos=True)) for r in rows]
     fits = [(r, n) for r, n in zip(rows, lengths) if n <= max_prompt_length]
     if not fits:
-        raise ValueError(f"no training prompt fits rollout.max_prompt_length={max_prompt_length}")
+        raise UsageError(f"no training prompt fits rollout.max_prompt_length={max_prompt_length}")
     if len(fits) < len(rows):
         log.warning("prompts longer than max_prompt_length left out", left_out=len(rows) - len(fits), kept=len(fits))
     return [r for r, _ in fits], [n for _, n in fits]
@@ -127,15 +132,16 @@ def fitting_prompts(rows: list[dict], tokenizer, max_prompt_length: int, log) ->
 def make_step(loaded, rows: list[dict], order: list[int], grpo: GrpoConfig, batch: int, first: int, prompt_len: int,
               parts: tuple, base: nnx.Module | None):
     """GRPO's step for train.loop: sample G completions per prompt, reward, update `num_iterations` times."""
-    graphdef, frozen, reference, tx = parts
+    graphdef, frozen, reference, tx, compute = parts
     roll, g = grpo.rollout, grpo.num_generations
-    logps_fn, grad_fn, apply = make_step_fns(graphdef, tx, grpo.beta, grpo.epsilon, max(roll.temperature, 1e-3))
+    logps_fn, grad_fn, apply = make_step_fns(graphdef, tx, grpo.beta, grpo.epsilon, max(roll.temperature, 1e-3),
+                                             compute)
     settings = sampler.SampleSettings(roll.max_tokens_to_generate, roll.temperature, roll.top_k, roll.top_p)
 
     def step(index: int, trainable, opt_state):
         picked = [rows[order[((index - first) * batch + i) % len(order)]] for i in range(batch)]
         with loop.StepTimer() as timer:
-            nnx.update(loaded.model, trainable)
+            nnx.update(loaded.model, compute(trainable))  # rollouts sample in the tier's dtype
             policy = loaded if base is None else dataclasses.replace(loaded, model=lora.fold_into(base, loaded.model))
             prompts = [r["prompt"] for r in picked for _ in range(g)]
             gold = [r["answer"] for r in picked for _ in range(g)]
@@ -166,7 +172,7 @@ def make_step(loaded, rows: list[dict], order: list[int], grpo: GrpoConfig, batc
 
 
 def train_session(bus: Bus, loaded, rows: list[dict], session: int, grpo: GrpoConfig, batch: int, digest: str, log,
-                  base: nnx.Module | None = None) -> dict:
+                  base: nnx.Module | None = None, max_refused: int = 3) -> dict:
     """Run session `session` (0-based) on `loaded.model` in place; returns its metrics.
 
     `base`: with LoRA, the model `lora.add` was given. Rollouts then sample
@@ -178,6 +184,7 @@ def train_session(bus: Bus, loaded, rows: list[dict], session: int, grpo: GrpoCo
     first, last = session * steps, (session + 1) * steps
     tx = step_lib.optimizer(grpo.optimizer, grpo.schedule, steps * grpo.sessions)
     graphdef, trainable, frozen = step_lib.split(loaded.model)
+    trainable, compute = step_lib.master(trainable)
     # The starting weights (zero LoRA adapters, or the full model), copied:
     # the optimizer step reuses the trainable arrays' buffers.
     reference = jax.tree.map(jnp.copy, trainable) if grpo.beta else None
@@ -192,8 +199,9 @@ def train_session(bus: Bus, loaded, rows: list[dict], session: int, grpo: GrpoCo
     plan = loop.Plan(checkpoints=stages.checkpoints_key("grpo"), metrics_dir="grpo", metrics_key=stages.metrics_key(key),
                      digest=digest, every=grpo.checkpoint_every, keep=grpo.keep_checkpoints, first=first, last=last,
                      event="grpo step", context={"session": session}, name=f"session {session}",
-                     after=f"session {session - 1}")
-    step = make_step(loaded, rows, order, grpo, batch, first, prompt_len, (graphdef, frozen, reference, tx), base)
+                     after=f"session {session - 1}", max_refused=max_refused)
+    step = make_step(loaded, rows, order, grpo, batch, first, prompt_len, (graphdef, frozen, reference, tx, compute),
+                     base)
     summary, start = loop.run(bus, plan, loaded.model, (trainable, tx.init(trainable)), step, log)
     return {**summary, "session": session, "steps": last - start, "global_step": last}
 
@@ -202,9 +210,9 @@ def run(bus: Bus, cfg, session: int, log):
     """The GRPO session stage `grpo/s-<session>`: skip if done; else train, export, mark."""
     grpo = cfg.grpo
     if grpo is None:
-        raise ValueError(f"recipe {cfg.recipe!r} has no grpo section")
+        raise UsageError(f"recipe {cfg.recipe!r} has no grpo section")
     if not 0 <= session < grpo.sessions:
-        raise ValueError(f"session {session} out of range: the recipe has {grpo.sessions} session(s)")
+        raise UsageError(f"session {session} out of range: the recipe has {grpo.sessions} session(s)")
     stage = stages.Stage("grpo", stages.grpo_key(session), f"GRPO session {session + 1}", (session,))
     digest = stages.digest(cfg, stage)
 
@@ -217,7 +225,7 @@ def run(bus: Bus, cfg, session: int, log):
             base = loaded.model
             loaded.model = lora.add(base, cfg.model.lora, grpo.seed)
         final = train_session(bus, loaded, bus.read_jsonl(stages.TRAIN_ROWS), session, grpo,
-                              grpo.batch_size or cfg.tier.train_batch, digest, log, base)
+                              grpo.batch_size or cfg.tier.train_batch, digest, log, base, cfg.tier.max_refused_steps)
         if cfg.model.lora:
             lora.merge(loaded.model)
         outputs = export.to_bus(bus, stages.model_key(stage.key), loaded)

@@ -9,6 +9,7 @@ bit-for-bit the uninterrupted one (tested).
 
 from __future__ import annotations
 
+import math
 import signal
 import tempfile
 import time
@@ -19,9 +20,19 @@ from typing import Callable
 
 from flax import nnx
 
+from showwork.errors import RunError, UsageError
 from showwork import stages
 from showwork.bus import Bus
 from showwork.train.checkpoints import Checkpoints
+
+class NonFiniteSteps(RunError):
+    """Too many consecutive steps had a non-finite gradient: the run stops rather than train on."""
+
+
+def refused(scalars: dict) -> bool:
+    """Whether the optimizer refused this step (step.make_apply keeps the state when the gradient is not finite)."""
+    return not math.isfinite(scalars.get("grad_norm", 0.0))
+
 
 class Preempted(Exception):
     """Raised after a checkpoint was saved because SIGTERM arrived."""
@@ -124,6 +135,7 @@ class Plan:
     last: int  # the step the run ends at (exclusive of steps done before `first`)
     first: int = 0  # the global step it starts at: GRPO session K starts where K-1 ended
     event: str = "train step"  # the log event of each step
+    max_refused: int = 3  # consecutive steps with a non-finite gradient before the run stops (tier.max_refused_steps)
     context: dict = field(default_factory=dict)  # extra fields on each step's log line
     name: str = "this run"  # for messages: "session 1"
     after: str = "the run before it"  # the run whose final checkpoint `first` is: "session 0"
@@ -134,15 +146,15 @@ def resume(ckpt: Checkpoints, plan: Plan, state, log):
     fresh state at `first`. A run past `first` needs the checkpoint its predecessor left."""
     latest = ckpt.latest_step()
     if latest is not None and latest > plan.last:
-        raise ValueError(f"{ckpt.uri} holds step {latest}, past this run's last step {plan.last}")
+        raise UsageError(f"{ckpt.uri} holds step {latest}, past this run's last step {plan.last}")
     newest = ckpt.restore_newest(state, log, at_least=plan.first) if latest is not None else None
     if newest is None:
         if plan.first > 0:
-            raise ValueError(f"{plan.name} needs {plan.after}'s final checkpoint (step {plan.first}) in {ckpt.uri}")
+            raise RunError(f"{plan.name} needs {plan.after}'s final checkpoint (step {plan.first}) in {ckpt.uri}")
         return state, plan.first
     state, meta, step = newest
     if meta.get("digest") != plan.digest:
-        raise ValueError(f"checkpoint {ckpt.uri}/{step} belongs to another config ({meta.get('digest')})")
+        raise UsageError(f"checkpoint {ckpt.uri}/{step} belongs to another config ({meta.get('digest')})")
     log.info("resuming from checkpoint", step=step, of=plan.last, **plan.context)
     return state, step
 
@@ -161,10 +173,18 @@ def run(bus: Bus, plan: Plan, model: nnx.Module, state: tuple, step_fn: StepFn, 
     (trainable, opt_state), start = resume(ckpt, plan, state, log)
     metrics = Metrics(bus, plan.metrics_dir, plan.metrics_key, resume_step=start)
     scalars: dict = {}
+    in_a_row = 0
     with PreemptionGuard() as guard:
         for step in range(start, plan.last):
             trainable, opt_state, scalars = step_fn(step, trainable, opt_state)
+            in_a_row = _count_refusals(in_a_row, step + 1, scalars, plan, log)
             metrics.log(step + 1, **scalars)
+            if in_a_row >= plan.max_refused:
+                metrics.close()
+                ckpt.close()
+                raise NonFiniteSteps(f"step {step + 1}: {in_a_row} steps in a row had a non-finite gradient (limit "
+                                     f"tier.max_refused_steps={plan.max_refused}); stopping instead of training on: "
+                                     "lower the learning rate, check the data, or train in float32")
             log.info(plan.event, **plan.context, step=step + 1, of=plan.last,
                      **{k: float(f"{v:.6g}") for k, v in scalars.items()})
             meta = {"digest": plan.digest, "step": step + 1}
@@ -178,3 +198,14 @@ def run(bus: Bus, plan: Plan, model: nnx.Module, state: tuple, step_fn: StepFn, 
     metrics.close()
     nnx.update(model, trainable)
     return scalars, start
+
+
+def _count_refusals(in_a_row: int, step: int, scalars: dict, plan: Plan, log) -> int:
+    """Consecutive refused steps up to this one (marking a refused step's scalars)."""
+    if not refused(scalars):
+        return 0
+    scalars["refused"] = 1.0
+    in_a_row += 1
+    log.warning("step refused: non-finite gradient; weights and optimizer state unchanged", step=step,
+                in_a_row=in_a_row, limit=plan.max_refused, **plan.context)
+    return in_a_row

@@ -9,6 +9,7 @@ of sampled), and then runs SFT on the kept samples into `self-teach/model`.
 
 from __future__ import annotations
 
+from showwork.errors import RunError, UsageError
 from showwork import stages
 from showwork.bus import Bus, StageResult, run_once
 from showwork.config import SelfTeachConfig
@@ -54,7 +55,7 @@ def run(bus: Bus, cfg, log):
     """The self-teaching stage: sample, keep, fine-tune on the keepers, export, mark."""
     st = cfg.self_teach
     if st is None:
-        raise ValueError(f"recipe {cfg.recipe!r} has no self_teach section")
+        raise UsageError(f"recipe {cfg.recipe!r} has no self_teach section")
     stage = stages.Stage("self-teach", "self-teach", "self-teaching")
     digest = stages.digest(cfg, stage)
 
@@ -64,7 +65,7 @@ def run(bus: Bus, cfg, log):
                                   meshes.tier_mesh(cfg.tier.mesh), 0, cfg.tier.remat)
         kept, stats = sample_keepers(bus, loaded, rows, st, cfg.tier.eval_batch, log)
         if not kept:
-            raise ValueError(f"self-teaching kept no samples ({stats}): the model solves none of "
+            raise RunError(f"self-teaching kept no samples ({stats}): the model solves none of "
                              f"{stats['questions']} questions in the required format; run SFT first")
         done = sft.train_and_export(bus, cfg, loaded, kept, st.sft, stage.key, digest, log)
         return StageResult(outputs=done["outputs"] + [stages.SELF_TEACH_SAMPLES, stages.SELF_TEACH_YIELD],

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from showwork.errors import UsageError
 from showwork import stages
 from showwork.bus import Bus, StageResult, run_once
 from showwork.config import SftConfig
@@ -71,10 +72,15 @@ def total_steps(n: int, batch: int, sft: SftConfig) -> int:
     return max(1, math.ceil(sft.epochs * n / (batch * sft.gradient_accumulation)))
 
 
-def make_step_fns(graphdef, tx):
-    """(loss and gradient, optimizer update, loss alone) for the step and the held-out loss."""
+def make_step_fns(graphdef, tx, compute=None):
+    """(loss and gradient, optimizer update, loss alone) for the step and the held-out loss.
+
+    `compute` casts the float32 master weights to the dtypes the model computes in (step.master).
+    """
+    compute = compute or (lambda tree: tree)
+
     def loss_fn(trainable, frozen, prompt, completion, mask):
-        logps = completion_logps(graphdef, (trainable, frozen), prompt, completion, mask)
+        logps = completion_logps(graphdef, (compute(trainable), frozen), prompt, completion, mask)
         return -(logps * mask).sum() / jnp.maximum(mask.sum(), 1.0)
 
     return jax.jit(jax.value_and_grad(loss_fn)), step_lib.make_apply(tx), jax.jit(loss_fn)
@@ -91,10 +97,12 @@ def held_out_loss(loss_fn, trainable, frozen, seqs: Sequences, batch: int) -> fl
     return total / max(tokens, 1.0)
 
 
-def make_step(seqs: Sequences, sft: SftConfig, batch: int, graphdef, frozen, tx, held_out: Sequences | None = None):
+def make_step(seqs: Sequences, sft: SftConfig, batch: int, parts: tuple, held_out: Sequences | None = None):
     """SFT's step for train.loop: `gradient_accumulation` micro-batches of `batch` rows, one update;
-    every `eval_every` steps also the loss on `held_out` (logged as `eval_loss`)."""
-    grad_fn, apply, loss_fn = make_step_fns(graphdef, tx)
+    every `eval_every` steps also the loss on `held_out` (logged as `eval_loss`).
+    `parts` = (graphdef, frozen, tx, compute)."""
+    graphdef, frozen, tx, compute = parts
+    grad_fn, apply, loss_fn = make_step_fns(graphdef, tx, compute)
     n, accumulation = len(seqs.prompts), sft.gradient_accumulation
     # One prompt width for the run and completions in 128-token buckets: a
     # handful of compiled shapes instead of one per length. A bucket never
@@ -131,23 +139,25 @@ def make_step(seqs: Sequences, sft: SftConfig, batch: int, graphdef, frozen, tx,
 
 
 def train(bus: Bus, loaded, rows: list[dict], sft: SftConfig, batch: int, stage: str, digest: str, log,
-          held_out: list[dict] | None = None) -> dict:
+          held_out: list[dict] | None = None, max_refused: int = 3) -> dict:
     """Train `loaded.model` in place on rows' prompt/target; returns final metrics.
 
-    `held_out` rows (prompt/target) give the `eval_loss` logged every `sft.eval_every` steps.
+    `held_out` rows (prompt/target) give the `eval_loss` logged every `sft.eval_every` steps;
+    `max_refused` non-finite steps in a row stop the run (tier.max_refused_steps).
     """
     seqs = tokenize(rows, loaded.tokenizer, sft.max_seq_len)
     if not seqs.prompts:
-        raise ValueError(f"no training sequences fit max_seq_len={sft.max_seq_len}")
+        raise UsageError(f"no training sequences fit max_seq_len={sft.max_seq_len}")
     steps = total_steps(len(seqs.prompts), batch, sft)
     tx = step_lib.optimizer(sft.optimizer, sft.schedule, steps)
     graphdef, trainable, frozen = step_lib.split(loaded.model)
+    trainable, compute = step_lib.master(trainable)
     held = tokenize(held_out, loaded.tokenizer, sft.max_seq_len) if held_out and sft.eval_every else None
     plan = loop.Plan(checkpoints=stages.checkpoints_key(stage), metrics_dir=stage, metrics_key=stages.metrics_key(stage),
                      digest=digest, every=sft.checkpoint_every, keep=sft.keep_checkpoints, last=steps,
-                     event="sft step")
+                     event="sft step", max_refused=max_refused)
     last, _ = loop.run(bus, plan, loaded.model, (trainable, tx.init(trainable)),
-                       make_step(seqs, sft, batch, graphdef, frozen, tx, held), log)
+                       make_step(seqs, sft, batch, (graphdef, frozen, tx, compute), held), log)
     return {**last, "steps": steps, "sequences": len(seqs.prompts), "truncated": seqs.truncated,
             "dropped_too_long": seqs.dropped}
 
@@ -157,7 +167,8 @@ def train_and_export(bus: Bus, cfg, loaded, rows: list[dict], sft: SftConfig, st
     """Adapt (LoRA when the recipe says), train, merge and export `loaded` as `stage`'s model."""
     if cfg.model.lora:
         loaded.model = lora.add(loaded.model, cfg.model.lora, sft.seed)
-    final = train(bus, loaded, rows, sft, sft.batch_size or cfg.tier.train_batch, stage, digest, log, held_out)
+    final = train(bus, loaded, rows, sft, sft.batch_size or cfg.tier.train_batch, stage, digest, log, held_out,
+                  cfg.tier.max_refused_steps)
     final["sharded_params"] = meshes.sharded_params(loaded.model)
     if cfg.model.lora:
         lora.merge(loaded.model)
@@ -167,7 +178,7 @@ def train_and_export(bus: Bus, cfg, loaded, rows: list[dict], sft: SftConfig, st
 def run(bus: Bus, cfg, log):
     """The SFT stage: skip if done; otherwise load, adapt, train, export, mark."""
     if cfg.sft is None:
-        raise ValueError(f"recipe {cfg.recipe!r} has no sft section")
+        raise UsageError(f"recipe {cfg.recipe!r} has no sft section")
     stage = stages.Stage("sft", "sft", "SFT")
     digest = stages.digest(cfg, stage)
 
