@@ -473,6 +473,8 @@ def run_once(bus: Bus, stage: str, digest: str, body, log=None) -> tuple[Marker,
                     metrics=result.metrics, started=started)
     if not write_marker(bus, marker):
         winner = stage_done(bus, stage, digest)
+        if winner == marker:  # ours landed but its response was lost: the retry saw it as "taken"
+            return marker, True
         if log:
             log.warning("another writer finished this stage first; keeping its marker", stage=stage)
         return winner, False

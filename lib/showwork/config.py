@@ -240,6 +240,11 @@ class MeshConfig:
 class TierConfig:
     name: str
     platform: Literal["cpu", "tpu", "gpu"] = "cpu"
+    # The compute dtype: weights are loaded in it, forward and backward passes
+    # run in it, frozen weights stay in it. Trainable weights (LoRA or full)
+    # and the optimizer's moments are float32 whatever it says (mixed
+    # precision, train/step.master); checkpoints hold that float32 state and
+    # exports are float32.
     dtype: Literal["float32", "bfloat16"] = "float32"
     mesh: MeshConfig = MeshConfig()
     hosts: int = 1

@@ -63,7 +63,7 @@ class FaultyProxy:
 
             def _handle(self):
                 body = self._body()
-                fault = proxy.draw()
+                fault = proxy.draw(self.command, self.path, body)
                 if fault in ("503", "429"):
                     payload = b'{"error": {"code": %s, "message": "injected"}}' % fault.encode()
                     self.send_response(int(fault))
@@ -102,7 +102,8 @@ class FaultyProxy:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    def draw(self) -> str | None:
+    def draw(self, method: str = "", path: str = "", body: bytes = b"") -> str | None:
+        """The fault for one request (None: pass it through); tests may replace it to aim at one request."""
         with self.lock:
             self.requests += 1
             if self.random.random() >= self.rate:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, TIERS, job_env
-from showwork.bus import Bus, BusError, Marker, run_once, StageResult
+from showwork.bus import Bus, BusError, Marker, StageResult, read_marker, run_once
 from showwork.train import checkpoints
 
 CPU = TIERS / "cpu" / "tier.yaml"
@@ -66,16 +66,23 @@ def test_a_stage_marker_survives_a_lost_create_response(faulty_gcs):
     bus.write_text("stage/out.txt", "result\n")
     proxy.rate, proxy.kinds = 1.0, ("drop-after",)
     original = proxy.draw
-    calls = []
+    uploads = []
 
-    def lose_only_the_first_upload():
-        calls.append(1)
-        return original() if len(calls) == 2 else None  # 1: marker read (absent), 2: marker upload
+    def lose_the_first_marker_upload(method, path, body):
+        # Aimed by request, not by count: the marker's create is an upload (POST) whose metadata
+        # names stage/_SUCCESS; reads and size lookups before it pass through.
+        if method == "POST" and "/upload/" in path and b"stage/_SUCCESS" in body:
+            uploads.append(path)
+            if len(uploads) == 1:
+                return original(method, path, body)
+        return None
 
-    proxy.draw = lose_only_the_first_upload
+    proxy.draw = lose_the_first_marker_upload
     marker, ran = run_once(bus, "stage", "d1", lambda: StageResult(outputs=["stage/out.txt"]))
     assert isinstance(marker, Marker) and marker.digest == "d1" and marker.outputs == ["stage/out.txt"]
-    assert proxy.faults["drop-after"] == 1
+    assert proxy.faults["drop-after"] == 1 and len(uploads) == 2  # lost, then retried (and refused: 412)
+    assert ran  # the marker that stands is ours, so this call is the one that ran the stage
+    assert read_marker(bus, "stage") == marker
 
 
 def test_retries_are_bounded_and_the_error_names_the_object(faulty_gcs, monkeypatch):
