@@ -10,7 +10,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     SHOWWORK_CACHE=/tmp/showwork-cache \
-    SHOWWORK_LOG_FORMAT=json
+    SHOWWORK_LOG_FORMAT=json \
+    HOME=/tmp/showwork-home \
+    HF_HOME=/tmp/showwork-home/hf \
+    XDG_CACHE_HOME=/tmp/showwork-home/.cache
 
 WORKDIR /app
 COPY lib/requirements.lock lib/requirements.lock

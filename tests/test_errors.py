@@ -102,3 +102,13 @@ def test_a_bug_keeps_its_traceback_and_exits_nonzero(tmp_path, capsys):
 ])
 def test_exit_code_table(err, code):
     assert cli.exit_code(err) == code
+
+
+def test_an_unreachable_hub_is_one_line_that_says_what_to_stage(tmp_path):
+    """A gsm8k recipe without data.path reaches for the Hugging Face Hub; this machine (like a pod) has
+    no route to it: one line saying to stage the file and set data.path, exit 1, no traceback."""
+    text = "recipe: hub\nmodel: {name: tiny}\ndata: {source: gsm8k, train_size: 4, eval_size: 2}\n"
+    done = job("jobs.prepare_data", text, tmp_path)
+    assert done.returncode == errors.EXIT_ERROR
+    line = one_line(done)
+    assert "openai/gsm8k" in line and "set data.path" in line, line

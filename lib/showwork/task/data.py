@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from showwork.errors import UsageError
+from showwork.errors import RunError, UsageError
 from showwork import stages
 from showwork.bus import StageResult, run_once
 from showwork.task import answers, prompts
@@ -153,15 +153,21 @@ def read_records(path: str) -> Iterator[dict | Rejected]:
 
 
 def read_hub(dataset: str, config: str | None, split: str) -> Iterator[dict]:
-    """A Hugging Face dataset split; needs network and the `hub` extra."""
+    """A Hugging Face dataset split, streamed (a 20M-row corpus is never downloaded whole);
+    needs network and the `hub` extra. Pods have neither: recipes read staged files (data.path)."""
     try:
         import datasets
     except ImportError:
-        raise RuntimeError(
-            f"reading {dataset} from the Hugging Face Hub needs `pip install showwork[hub]`; "
-            "offline, set data.path to a local file"
+        raise UsageError(
+            f"reading {dataset} from the Hugging Face Hub needs `pip install showwork[hub]` and network; "
+            "in a pod or offline, set data.path to a staged copy of the data"
         ) from None
-    yield from datasets.load_dataset(dataset, config, split=split)
+    try:
+        yield from datasets.load_dataset(dataset, config, split=split, streaming=True)
+    except (OSError, ConnectionError, datasets.exceptions.DatasetNotFoundError) as err:
+        raise RunError(f"cannot read {dataset} ({split}) from the Hugging Face Hub ({type(err).__name__}: "
+                       f"{str(err)[:200]}); stage it once where the hub is reachable and set data.path "
+                       "(and data.eval_path) to the staged .jsonl") from None
 
 
 def reasoning_gym_records(task: str, size: int, seed: int) -> Iterator[dict]:
