@@ -21,6 +21,17 @@ def _severity(_, method_name: str, event_dict: dict) -> dict:
     return event_dict
 
 
+class _CurrentStderr:
+    """Whatever sys.stderr is when a line is written, not when logging was configured: a stream
+    swapped out and closed later (a test's capture, a redirect) must not break every later log line."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure(json_lines: bool | None = None, level: str | None = None) -> None:
     """Set up structlog once; `json_lines` None means: JSON unless stderr is a TTY."""
     global _configured
@@ -39,7 +50,7 @@ def configure(json_lines: bool | None = None, level: str | None = None) -> None:
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level_name, logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),
         cache_logger_on_first_use=False,
     )
     # absl/jax chatter goes through the stdlib logger; keep it at warnings.

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from conftest import REPO, TIERS, job_env
+from showwork import stages
 from showwork.bus import Bus
 from showwork.eval import evaluate, report, voting
 
@@ -278,7 +279,7 @@ def test_report_html_renders_in_headless_chromium(tmp_path):
     outcomes = {"base": [False, False, True, False], "sft": [True, False, True, True]}
     for model, correct in outcomes.items():
         recs = records({f"q{i}": {"greedy": c} for i, c in enumerate(correct)})
-        key = evaluate.shard_key(model, 0, 1)
+        key = stages.shard_key(model, 0, 1)
         bus.write_jsonl(key + ".jsonl", recs)
         run_once(bus, key, "d", lambda key=key: StageResult(outputs=[key + ".jsonl"], metrics={"questions": 4}))
     report.build(bus, ["base", "sft"], ["greedy"], 1, "showwork report: browser check")

@@ -189,7 +189,7 @@ def test_job_on_reasoning_gym_writes_layout_skips_and_refuses(tmp_path):
     changed = tmp_path / "changed.yaml"
     changed.write_text("data: {source: reasoning-gym, train_size: 10, eval_size: 5}\n")
     third = run_job(recipe, tier, changed, "--root", tmp_path, "--run-id", "r1")
-    assert third.returncode == 1
+    assert third.returncode == 2  # a changed config on an old run id is a usage error (showwork.errors)
     assert "already finished with config digest" in third.stderr and "--run-id" in third.stderr
 
 
