@@ -14,11 +14,14 @@ from flax import nnx
 from showwork import log as log_lib
 from showwork.bus import Bus
 from showwork.config import LoraConfig, OptimizerConfig, SftConfig
-from showwork.model import export, families, loader, lora, tiny
+from showwork.model import export, families, loader, lora
+
 from showwork.model.loaded import Loaded
 from showwork.train import sft
 
-WINDOW = 8  # sliding window of the stand-ins; TEXT is longer, so local and global layers differ
+from standins import WINDOW, gemma2_2b_shaped as tiny_gemma2, gemma3_1b_shaped as tiny_gemma3
+import standins
+
 TEXT = "Natalia sold 48 clips in April and half as many in May. How many clips in all?"
 ROWS = [
     {"prompt": "How many clips did Natalia sell in April?", "target": "She sold 48 clips. <answer>48</answer>"},
@@ -26,34 +29,6 @@ ROWS = [
     {"prompt": "Betty needs $100 and has half. How much is missing?", "target": "100 / 2 = 50. <answer>50</answer>"},
     {"prompt": "What is 48 + 24?", "target": "48 + 24 = 72. <answer>72</answer>"},
 ]
-
-
-def tiny_gemma2(seed: int = 0, kv_heads: int = 1) -> Loaded:
-    """A Gemma 2 stand-in (~0.2M params): soft-capping, alternating local/global layers, a short window."""
-    from tunix.models.gemma import model as gemma
-
-    tok = tiny.tokenizer()
-    local, full = gemma.AttentionType.LOCAL_SLIDING, gemma.AttentionType.GLOBAL
-    config = gemma.ModelConfig(
-        num_layers=4, num_embed=tok.vocab_size, embed_dim=64, hidden_dim=128, num_heads=2, head_dim=32,
-        num_kv_heads=kv_heads, final_logit_softcap=30.0, attn_logits_soft_cap=50.0,
-        use_post_attn_norm=True, use_post_ffw_norm=True, attention_types=(local, full) * 2,
-        sliding_window_size=WINDOW)
-    return Loaded(name="tiny-gemma2", model=tiny.random_gemma2(config, seed), tokenizer=tok, config=config)
-
-
-def tiny_gemma3(seed: int = 0) -> Loaded:
-    """The tiny Gemma 3 with six layers (five local, one global), non-default RoPE and query scaling,
-    a short window and random norm scales, so that every field config.json carries changes the logits."""
-    from tunix.models.gemma3 import model as gemma3
-
-    tok = tiny.tokenizer()
-    config = dataclasses.replace(
-        tiny.config(tok.vocab_size), num_layers=6, head_dim=16, sliding_window_size=WINDOW,
-        local_base_frequency=20_000, global_base_frequency=500_000, global_scale_factor=8.0,
-        query_pre_attn_norm=gemma3.QueryPreAttentionNormalisation.BY_ONE_OVER_SQRT_EMBED_DIM_DIV_NUM_HEADS)
-    return Loaded(name="tiny", model=tiny.random_gemma3(config, seed, norms=True), tokenizer=tok, config=config)
-
 
 STAND_INS = {"gemma2": tiny_gemma2, "gemma3": tiny_gemma3}
 
@@ -102,6 +77,20 @@ def test_gemma2_round_trip_after_training_gives_the_same_logits(mode, tmp_path):
 @pytest.mark.parametrize("mode", ["lora", "full"])
 def test_gemma3_round_trip_after_training_gives_the_same_logits(mode, tmp_path):
     round_trip_after_training(tiny_gemma3(), mode, tmp_path)
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_gemma3_270m_from_its_gguf_round_trips_after_training(mode, tmp_path):
+    """The 270M's form: a llama.cpp GGUF (norms as 1 + w, [out, in], token lists) loads to the model it was
+    written from, then trains, exports as Hugging Face Gemma 3 and loads back with the same logits."""
+    written = standins.gemma3_270m_shaped()
+    path = standins.write_gguf(written, tmp_path / "standin.gguf")
+    loaded = loader.load("gemma3-270m", str(path))
+    ids = written.tokenizer.encode(TEXT, bos=True)[:20]
+    assert loaded.config == written.config
+    assert loaded.tokenizer.encode(TEXT + "<start_of_turn>") == written.tokenizer.encode(TEXT + "<start_of_turn>")
+    assert np.abs(logits(loaded, ids) - logits(written, ids)).max() < 1e-5
+    round_trip_after_training(loaded, mode, tmp_path)
 
 
 def round_trip_after_training(loaded: Loaded, mode: str, tmp_path):
