@@ -57,10 +57,11 @@ def _mesh(cfg, args, placement: Placement):
 
     from showwork.model import meshes
 
+    compilation_cache()
     if placement is Placement.SLICE and cfg.tier.hosts > 1:
         # Multi-host TPU slices (JobSet, one pod per host): every process joins
         # one JAX runtime before any device is touched.
-        jax.distributed.initialize()
+        jax.distributed.initialize(**_local_cluster())
     key, shape = ("mesh", cfg.tier.mesh) if placement is Placement.SLICE else (
         "eval_mesh" if cfg.tier.eval_mesh else "mesh", cfg.tier.mesh_for_eval())
     try:
@@ -68,6 +69,31 @@ def _mesh(cfg, args, placement: Placement):
     except ValueError as err:  # more devices than this job sees: before any work starts
         raise config_lib.ConfigError(f"{args.configs[-1]}: tier.{key}.shape: {err}; pick the tier that matches "
                                      "the node pool") from None
+
+
+def compilation_cache() -> None:
+    """Keep compiled XLA programs under the cache (`SHOWWORK_CACHE`/xla), so a resumed run, the next
+    eval shard and the next stage load what an earlier process compiled instead of compiling again.
+    A cache the user set (JAX_COMPILATION_CACHE_DIR) wins."""
+    import jax
+
+    from showwork.model.cache import cache_dir
+
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "xla"))
+    # JAX's default keeps only programs that took over a second to compile; ours are many small ones.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
+
+def _local_cluster() -> dict:
+    """jax.distributed arguments for hosts simulated on one machine (the recipe matrix in CI):
+    JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID. Empty on a TPU slice, where
+    JAX finds its hosts by itself."""
+    if "JAX_NUM_PROCESSES" not in os.environ:
+        return {}
+    return {"coordinator_address": os.environ["JAX_COORDINATOR_ADDRESS"],
+            "num_processes": int(os.environ["JAX_NUM_PROCESSES"]),
+            "process_id": int(os.environ["JAX_PROCESS_ID"])}
 
 
 def run(doc: str, main, argv: list[str] | None = None, add_arguments=None, placement: Placement = Placement.SLICE):

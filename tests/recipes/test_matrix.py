@@ -1,0 +1,151 @@
+"""Every recipe on every tier we document it with, end to end through the job entry points.
+
+Each cell: the recipe and tier files as shipped plus a shrinking override
+(matrix.ALLOWED), the model swapped for its family's stand-in, on as many
+host devices as the tier's mesh has, in the tier's dtype. Single-host tiers
+run `jobs.pipeline` (every stage in one process, as `make demo` does);
+multi-host tiers run each stage as its pods do: data-prep and the report on
+"CPU", each training stage as `hosts` processes joined by jax.distributed,
+each eval shard as its own single-host process. All cells share one
+SHOWWORK_CACHE, so compiled programs are reused across cells.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import yaml
+
+import standins
+from recipes import matrix
+from showwork import config, stages
+
+CELLS = matrix.cells()
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """Stand-in weights of every family, staged-style data files, one cache for every cell."""
+    root = tmp_path_factory.mktemp("matrix")
+    cache = root / "cache"
+    models = {name: str(standins.write(name, root / "models")) for name in standins.STAND_INS}
+    return {"root": root, "cache": cache, "models": models, "data": write_data(root / "data")}
+
+
+def write_data(directory):
+    """GSM8K-layout train/test files (with calculator annotations and `####`) and glaive-layout traces."""
+    directory.mkdir(parents=True)
+    rng = random.Random(0)
+
+    def gsm(n):
+        for _ in range(n):
+            a, b, c = rng.randint(2, 40), rng.randint(2, 40), rng.randint(2, 9)
+            total = (a + b) * c
+            yield {"question": f"Sam has {a} red and {b} blue marbles and buys {c} times as many. How many now?",
+                   "answer": f"He has {a}+{b}=<<{a}+{b}={a + b}>>{a + b}. Then {a + b}*{c}=<<{a + b}*{c}={total}>>"
+                             f"{total}.\n#### {total}"}
+
+    def glaive(n):
+        for q in gsm(n):
+            steps, _, final = q["answer"].partition("####")
+            yield {"prompt": q["question"], "response": f"<think>{steps.strip()}</think> {final.strip()}"}
+
+    files = {}
+    for name, rows in (("gsm8k-train", gsm(40)), ("gsm8k-test", gsm(20)), ("glaive", glaive(60))):
+        path = directory / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        files[name] = str(path)
+    return {"gsm8k": {"path": files["gsm8k-train"], "eval_path": files["gsm8k-test"]},
+            "glaive": {"path": files["glaive"]}}
+
+
+def test_the_matrix_holds_every_recipe_and_every_documented_pairing():
+    recipes = {p.stem for p in matrix.RECIPES.glob("*.yaml")}
+    assert {c.recipe for c in CELLS} == recipes  # a recipe no README row or overlay names is a doc bug
+    assert matrix.overlay_cells() <= set(CELLS)
+    assert matrix.Cell("hybrid", "v5e-16") in CELLS and matrix.Cell("efficiency", "v5e-4") in CELLS
+    assert all(c.tier_file.is_file() and c.recipe_file.is_file() for c in CELLS)
+
+
+def test_readme_cells_read_every_backticked_recipe_and_tier():
+    readme = ("## Recipes\n\n| recipe | reproduces | model | tier | expected |\n| --- | --- | --- | --- | --- |\n"
+              "| `a`, `b` | x | y | `cpu`, `v5e-8` | z |\n| `c` | x | y | `v5e-4` (spot) | z |\n\n## Next\n| `d` |")
+    assert matrix.readme_cells(readme) == {matrix.Cell(r, t) for r in "ab" for t in ("cpu", "v5e-8")} | {
+        matrix.Cell("c", "v5e-4")}
+
+
+@pytest.mark.parametrize("keys", [
+    {"tier": {"dtype": "float32"}}, {"tier": {"mesh": {"shape": [1, 1]}}}, {"model": {"lora": {"rank": 4}}},
+    {"grpo": {"rewards": {"answer": 1.0}}}, {"grpo": {"sessions": 1}}, {"eval": {"methods": ["greedy"]}},
+    {"model": {"lora": None}}, {"sft": {"optimizer": {"learning_rate": 1.0}}},
+])
+def test_the_override_may_not_change_what_the_recipe_is(keys):
+    with pytest.raises(ValueError, match="may not set"):
+        matrix.check_override(keys)
+
+
+def _load(path):
+    return yaml.safe_load(path.read_text())
+
+
+@pytest.mark.parametrize("cell", CELLS, ids=[c.id for c in CELLS])
+def test_cell_runs_end_to_end_in_its_tier(cell, shared, tmp_path):
+    recipe, tier = _load(cell.recipe_file), _load(cell.tier_file)["tier"]
+    name = recipe["model"]["name"]
+    doc = matrix.override(recipe, tier, shared["models"][name], shared["data"])
+    override = tmp_path / "override.yaml"
+    override.write_text(yaml.safe_dump(doc))
+    configs = [cell.recipe_file, cell.tier_file, override]
+    cfg = config.load(*configs)
+    assert (cfg.tier.dtype, cfg.tier.mesh, cfg.model.lora) == (
+        config.load(cell.recipe_file, cell.tier_file).tier.dtype, config.load(cell.recipe_file, cell.tier_file).tier.mesh,
+        config.load(cell.recipe_file, cell.tier_file).model.lora)
+    root = tmp_path / "runs"
+    if cfg.tier.hosts == 1:
+        done = matrix.job("jobs.pipeline", configs, root, matrix.devices(cfg.tier.mesh.shape), shared["cache"])
+        assert done.returncode == 0, done.stderr[-4000:]
+    else:
+        run_as_pods(cfg, configs, root, shared["cache"])
+    check_report(cfg, root / cfg.recipe)
+
+
+def run_as_pods(cfg, configs, root, cache):
+    """A multi-host tier's stages as its JobSet runs them (see the module docstring)."""
+    hosts, per_host = cfg.tier.hosts, matrix.devices(cfg.tier.mesh.shape) // cfg.tier.hosts
+    eval_devices = matrix.devices(cfg.tier.mesh_for_eval().shape)
+    for stage in stages.plan(cfg):
+        if stage.name in ("data", "report"):
+            module = {"data": "jobs.prepare_data", "report": "jobs.report"}[stage.name]
+            results = [matrix.job(module, configs, root, 1, cache)]
+        elif stage.name == "eval":
+            model, shard, count = stage.args
+            results = [matrix.job("jobs.evaluate", configs, root, eval_devices, cache, "--model", model,
+                                  "--shard", str(shard), "--shards", str(count))]
+        else:
+            module, flags = {"sft": ("jobs.sft", ()), "self-teach": ("jobs.self_teach", ()),
+                             "grpo": ("jobs.grpo_session", ("--session", str(stage.args[0])))}[stage.name]
+            results = matrix.hosts_job(module, configs, root, hosts, per_host, cache, *flags)
+        for done in results:
+            assert done.returncode == 0, f"{stage.label}: {done.stderr[-4000:]}"
+
+
+def check_report(cfg, run):
+    """The report exists and every accuracy in metrics.json is recomputed from the shard records."""
+    assert (run / "report" / "report.html").is_file()
+    metrics = json.loads((run / "report" / "metrics.json").read_text())
+    eval_rows = sum(1 for _ in (run / "data" / "eval.jsonl").open())
+    assert eval_rows > 0
+    for model in cfg.eval.models:
+        records = [json.loads(line) for path in sorted((run / "eval" / model).glob("shard-*.jsonl"))
+                   for line in path.open()]
+        assert sorted(r["id"] for r in records) == sorted({r["id"] for r in records}) and len(records) == eval_rows
+        for method in cfg.eval.methods:
+            got = metrics["models"][model][method]
+            correct = sum(bool(r["methods"][method]["correct"]) for r in records)
+            assert (got["questions"], got["correct"]) == (eval_rows, correct), (model, method)
+            assert got["accuracy"] == pytest.approx(correct / eval_rows)
+        if model != "base":  # trained models went through export and reload
+            exported = json.loads((run / stages.eval_model_key(cfg, model) / "config.json").read_text())
+            assert exported["model_type"] in ("gemma3_text", "gemma2")
