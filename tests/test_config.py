@@ -97,3 +97,13 @@ def test_digest_is_stable_and_sensitive():
     assert stages.hash_sections(data=cfg.data) == stages.hash_sections(data=same.data)
     changed = dataclasses.replace(cfg.data, seed=cfg.data.seed + 1)
     assert stages.hash_sections(data=cfg.data) != stages.hash_sections(data=changed)
+
+
+def test_a_field_added_later_leaves_digests_alone_until_set():
+    """model.export_dtype came after runs existed: at its default the digest is the one it had."""
+    cfg = config.load(RECIPES / "hybrid.yaml", CPU)
+    pre_field = {f.name: getattr(cfg.model, f.name) for f in dataclasses.fields(cfg.model) if f.name != "export_dtype"}
+    assert stages.as_data(cfg.model) == stages.as_data(pre_field)
+    tier_export = dataclasses.replace(cfg.model, export_dtype="tier")
+    assert stages.as_data(tier_export)["export_dtype"] == "tier"
+    assert stages.hash_sections(model=tier_export) != stages.hash_sections(model=cfg.model)

@@ -77,7 +77,7 @@ def compilation_cache() -> None:
     A cache the user set (JAX_COMPILATION_CACHE_DIR) wins."""
     import jax
 
-    from showwork.model.cache import cache_dir
+    from showwork.cache import cache_dir
 
     if not jax.config.jax_compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "xla"))

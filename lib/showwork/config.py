@@ -42,6 +42,12 @@ def _positive(section, *keys):
             yield key, f"must be positive, got {getattr(section, key)}"
 
 
+# Metadata of a field added after runs existed: at its default it is left out
+# of stage digests (showwork.stages.as_data), so runs started before it was
+# added keep their digests and resume.
+ADDED = {"digest": "omit_at_default"}
+
+
 @dataclass(frozen=True)
 class LoraConfig:
     rank: int
@@ -62,6 +68,9 @@ class ModelConfig:
     path: Optional[str] = None
     # No `lora` section means full fine-tuning.
     lora: Optional[LoraConfig] = None
+    # The dtype of exported weights: float32 (the trained float32 state, exact) or the tier's dtype
+    # (half the bytes on a bfloat16 tier; what the eval pods compute in anyway).
+    export_dtype: Literal["float32", "tier"] = field(default="float32", metadata=ADDED)
 
 
 @dataclass(frozen=True)
@@ -248,7 +257,9 @@ class TierConfig:
     dtype: Literal["float32", "bfloat16"] = "float32"
     mesh: MeshConfig = MeshConfig()
     hosts: int = 1
-    train_batch: int = 4  # prompts (GRPO) or sequences (SFT) per step, per replica
+    # Prompts (GRPO) or sequences (SFT) per step across the whole mesh, split over its
+    # data-parallel replicas (mesh.shape[0]), which must divide it (GRPO: prompts x generations).
+    train_batch: int = 4
     eval_batch: int = 8
     eval_shards: int = 1
     # The mesh of one eval pod. Eval shards are independent single-host pods,
@@ -306,11 +317,12 @@ class Config:
                 yield "grpo.batch_size", (f"{batch} prompts x {self.grpo.num_generations} generations = "
                                           f"{batch * self.grpo.num_generations} completions per step, not divisible "
                                           f"by the mesh's {replicas} data-parallel replicas (tier.mesh.shape[0])")
-        if self.sft is not None:
-            batch = self.sft.batch_size or self.tier.train_batch
+        sft_sections = {"sft": self.sft, "self_teach.sft": self.self_teach.sft if self.self_teach else None}
+        for key, section in sft_sections.items():
+            batch = section.batch_size or self.tier.train_batch if section is not None else 0
             if batch % replicas:
-                yield "sft.batch_size", (f"{batch} sequences per step is not divisible by the mesh's "
-                                         f"{replicas} data-parallel replicas (tier.mesh.shape[0])")
+                yield f"{key}.batch_size", (f"{batch} sequences per step is not divisible by the mesh's "
+                                            f"{replicas} data-parallel replicas (tier.mesh.shape[0])")
 
 
 # ---------------------------------------------------------------- loading

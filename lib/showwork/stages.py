@@ -137,12 +137,18 @@ def digest(cfg, stage: Stage) -> str:
 def as_data(section) -> object:
     """A JSON-ready view of a config section (dataclass, tuple, dict, scalar)."""
     if dataclasses.is_dataclass(section):
-        return {f.name: as_data(getattr(section, f.name)) for f in dataclasses.fields(section)}
+        return {f.name: as_data(getattr(section, f.name)) for f in dataclasses.fields(section)
+                if not _omitted(f, getattr(section, f.name))}
     if isinstance(section, (tuple, list)):
         return [as_data(v) for v in section]
     if isinstance(section, dict):
         return {k: as_data(v) for k, v in section.items()}
     return section
+
+
+def _omitted(f: dataclasses.Field, value) -> bool:
+    """A field added after runs existed (config.ADDED) is left out of digests while at its default."""
+    return f.metadata.get("digest") == "omit_at_default" and value == f.default
 
 
 def hash_sections(**sections) -> str:

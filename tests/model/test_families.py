@@ -280,3 +280,25 @@ def test_what_tunix_cannot_run_is_one_clear_error(name):
     call, words = ERRORS[name]
     with pytest.raises(ValueError, match=words):
         call()
+
+
+@pytest.mark.parametrize("family", ["gemma2", "gemma3"])
+def test_export_in_the_tier_dtype_writes_bfloat16_that_loads_back(family, tmp_path):
+    import ml_dtypes
+    from safetensors.numpy import load_file
+
+    loaded = STAND_INS[family]()
+    out = export.export_hf(loaded, tmp_path / "bf16", dtype="bfloat16")
+    assert {t.dtype for t in load_file(str(out / "model.safetensors")).values()} == {np.dtype(ml_dtypes.bfloat16)}
+    assert json.loads((out / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    back = loader.load_dir(str(out))  # loaded in float32: the bfloat16 values, widened
+    ids = loaded.tokenizer.encode(TEXT, bos=True)[:20]
+    assert np.abs(logits(back, ids) - logits(loaded, ids)).max() < 0.05  # bfloat16 rounding, nothing else
+
+
+def test_export_dtype_follows_the_recipe():
+    from showwork.config import ModelConfig
+
+    assert export.dtype_for(ModelConfig(name="tiny"), "bfloat16") == "float32"
+    assert export.dtype_for(ModelConfig(name="tiny", export_dtype="tier"), "bfloat16") == "bfloat16"
+    assert export.dtype_for(ModelConfig(name="tiny", export_dtype="tier"), "float32") == "float32"

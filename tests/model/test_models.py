@@ -250,7 +250,7 @@ def test_a_gs_model_is_staged_once_and_an_escaping_object_name_is_refused(gcs_se
 
     from showwork.bus import Bus
     from showwork.errors import RunError
-    from showwork.model import cache
+    from showwork import cache
 
     monkeypatch.setenv("SHOWWORK_CACHE", str(tmp_path / "cache"))
     export.export_hf(tiny, tmp_path / "hf")

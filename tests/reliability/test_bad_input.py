@@ -29,6 +29,8 @@ data: {source: reasoning-gym, train_size: 4, eval_size: 2}
     (BASE + "grpo: {batch_size: 3, num_generations: 2}\n", "mesh: {shape: [4, 1]}",
      "grpo.batch_size", "6 completions per step, not divisible by the mesh's 4"),
     (BASE + "sft: {batch_size: 6}\n", "mesh: {shape: [4, 1]}", "sft.batch_size", "not divisible"),
+    (BASE + "self_teach: {sft: {batch_size: 6}}\n", "mesh: {shape: [4, 1]}", "self_teach.sft.batch_size",
+     "6 sequences per step is not divisible"),
     (BASE + "eval: {models: [base, grpo]}\n", "", "eval.models", "no grpo section"),
     (BASE, "eval_shards: 0", "tier.eval_shards", "must be positive"),
     (BASE, "mesh: {shape: [2, 2], axes: [fsdp]}", "tier.mesh.shape", "2 dims but axes names 1"),

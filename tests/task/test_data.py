@@ -222,3 +222,72 @@ def test_job_on_gcs_bus(tmp_path, gcs_server):
     assert done.returncode == 0, done.stderr
     bus = Bus("gs://showwork-test/jobs/q")
     assert len(bus.read_jsonl("data/eval.jsonl")) == 50
+
+
+# ---------------------------------------------------------------- staged hub data: pods never reach a hub
+
+
+def test_every_hub_sourced_recipe_reads_staged_files():
+    import yaml
+
+    for path in sorted(RECIPES.glob("*.yaml")):
+        section = yaml.safe_load(path.read_text())["data"]
+        if section["source"] in data.STAGED_SPLITS:
+            wanted = ["path", "eval_path"] if "test" in data.STAGED_SPLITS[section["source"]] else ["path"]
+            assert all(section.get(key) for key in wanted), f"{path.name} would read the hub from its pod"
+
+
+class _FakeDatasets:
+    """Stands in for Hugging Face `datasets` (no hub here): each split is a list of records."""
+
+    class exceptions:  # noqa: N801 (the module's name)
+        class DatasetNotFoundError(Exception):
+            pass
+
+    def __init__(self, splits):
+        self.splits, self.calls = splits, []
+
+    def load_dataset(self, name, config, split, streaming):
+        self.calls.append((name, config, split, streaming))
+        return iter(self.splits[split])
+
+
+def _staged_gsm8k(monkeypatch, dest):
+    from jobs import stage_data
+
+    fake = _FakeDatasets({"train": GSM8K_ROWS * 2, "test": GSM8K_ROWS[:2]})
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    written = stage_data.main(["gsm8k", dest])
+    assert fake.calls == [("openai/gsm8k", "main", "train", True), ("openai/gsm8k", "main", "test", True)]
+    return written
+
+
+def test_stage_data_writes_the_files_a_gsm8k_recipe_reads(monkeypatch, tmp_path, capsys):
+    train, test = _staged_gsm8k(monkeypatch, str(tmp_path / "staged"))
+    assert capsys.readouterr().out.split() == [train, test]
+    rows_train, rows_eval, stats = data.build_splits(DataConfig(source="gsm8k", path=train, eval_path=test,
+                                                                train_size=3, eval_size=2))
+    assert stats["rows_out"] == {"train": 3, "eval": 0}  # the test questions are in train: dropped, counted
+    assert stats["dropped"]["eval_seen_in_train"] == 2 and {r.answer for r in rows_train} == {"72", "10", "10800"}
+
+
+def test_stage_data_limit_keeps_the_first_rows(monkeypatch, tmp_path):
+    from jobs import stage_data
+
+    traces = [{"prompt": f"What is {n} + {n}?", "response": f"<think>{n} + {n} = {2 * n}</think> {2 * n}"}
+              for n in range(10)]
+    monkeypatch.setitem(sys.modules, "datasets", _FakeDatasets({"train": traces}))
+    (train,) = stage_data.main(["glaive", str(tmp_path / "glaive"), "--limit", "4"])
+    assert [json.loads(line)["prompt"] for line in open(train)] == [t["prompt"] for t in traces[:4]]
+
+
+def test_a_gs_data_path_is_read_through_the_bus(monkeypatch, gcs_server, tmp_path):
+    monkeypatch.setenv("SHOWWORK_CACHE", str(tmp_path / "cache"))
+    train, test = _staged_gsm8k(monkeypatch, "gs://showwork-test/data/gsm8k")
+    assert train == "gs://showwork-test/data/gsm8k/train.jsonl"
+    rows, evals, _ = data.build_splits(DataConfig(source="gsm8k", path=train, eval_path=test, train_size=3,
+                                                 eval_size=0))
+    assert len(rows) == 3
+    with pytest.raises(FileNotFoundError, match="gs://showwork-test/data/gsm8k/nope.jsonl"):
+        data.build_splits(DataConfig(source="gsm8k", path="gs://showwork-test/data/gsm8k/nope.jsonl",
+                                     eval_path=test, train_size=3, eval_size=1))

@@ -19,7 +19,8 @@ from pathlib import Path
 from showwork.errors import UsageError
 from showwork import log
 from showwork.config import ModelConfig
-from showwork.model import cache, families, gguf, tiny
+from showwork import cache
+from showwork.model import families, gguf, tiny
 from showwork.model.loaded import DTYPES, Loaded, with_remat
 from showwork.model.tokenizer import Tokenizer
 

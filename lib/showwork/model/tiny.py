@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from showwork.model import families, meshes
-from showwork.model.cache import cache_dir
+from showwork.cache import cache_dir
 from showwork.model.loaded import DTYPES, Loaded, with_remat
 from showwork.model.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 from showwork.task.prompts import END_OF_TURN, START_OF_TURN

@@ -107,12 +107,14 @@ def stable_id(source: str, question: str) -> str:
 
 
 def read_records(path: str) -> Iterator[dict | Rejected]:
-    """Records from a local .jsonl, .json, .csv or .parquet file.
+    """Records from a .jsonl, .json, .csv or .parquet file, local or gs:// (staged once into the cache).
 
     Undecodable or unparsable lines come out as `Rejected`, so one bad line
     costs one row, not the job.
     """
-    p = Path(path)
+    from showwork.cache import local_file
+
+    p = Path(local_file(path))
     if not p.exists():
         raise FileNotFoundError(f"data file not found: {path}")
     suffix = p.suffix.lower()
@@ -262,6 +264,31 @@ def formatted(row: Row, system: str) -> dict:
 # ---------------------------------------------------------------- splits
 
 _HUB = {"gsm8k": ("openai/gsm8k", "main"), "glaive": ("glaiveai/reasoning-v1-20m", None)}
+
+
+# The splits a recipe reads, per hub source: GSM8K's train and test; glaive has one split,
+# from which train and eval rows are carved.
+STAGED_SPLITS = {"gsm8k": ("train", "test"), "glaive": ("train",)}
+
+
+def stage(source: str, dest: str, limit: int | None = None) -> list[str]:
+    """Copy a hub source's splits to `dest` (a directory or gs:// prefix) as `<split>.jsonl`, from a
+    machine that reaches the hub; recipes then read them (data.path, data.eval_path) and pods never
+    reach a hub. `limit` keeps the first rows of each split (glaive has 20 million)."""
+    import itertools
+
+    from showwork.bus import Bus
+
+    if source not in _HUB:
+        raise UsageError(f"{source!r} is not read from a hub; stageable: {', '.join(sorted(_HUB))}")
+    dataset, config = _HUB[source]
+    bus = Bus(dest)
+    written = []
+    for split in STAGED_SPLITS[source]:
+        records = read_hub(dataset, config, split)
+        bus.write_jsonl(f"{split}.jsonl", itertools.islice(records, limit) if limit else records)
+        written.append(bus.uri(f"{split}.jsonl"))
+    return written
 
 
 def _counted(records: Iterable, counter: Counter, key: str) -> Iterator:

@@ -228,7 +228,8 @@ def run(bus: Bus, cfg, session: int, log):
                               grpo.batch_size or cfg.tier.train_batch, digest, log, base, cfg.tier.max_refused_steps)
         if cfg.model.lora:
             lora.merge(loaded.model)
-        outputs = export.to_bus(bus, stages.model_key(stage.key), loaded)
+        outputs = export.to_bus(bus, stages.model_key(stage.key), loaded,
+                                 export.dtype_for(cfg.model, cfg.tier.dtype))
         inputs = [stages.TRAIN_ROWS] + ([start] if start else [])
         return StageResult(outputs=outputs + [stages.metrics_key(stage.key)], inputs=inputs, metrics=final)
 

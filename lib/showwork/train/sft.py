@@ -172,7 +172,8 @@ def train_and_export(bus: Bus, cfg, loaded, rows: list[dict], sft: SftConfig, st
     final["sharded_params"] = meshes.sharded_params(loaded.model)
     if cfg.model.lora:
         lora.merge(loaded.model)
-    return {"metrics": final, "outputs": export.to_bus(bus, stages.model_key(stage), loaded)}
+    dtype = export.dtype_for(cfg.model, cfg.tier.dtype)
+    return {"metrics": final, "outputs": export.to_bus(bus, stages.model_key(stage), loaded, dtype)}
 
 
 def run(bus: Bus, cfg, log):

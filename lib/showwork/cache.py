@@ -20,6 +20,29 @@ def cache_dir() -> Path:
     return Path(root)
 
 
+def local_file(uri: str) -> str:
+    """A local path holding the file at `uri`: the path itself, or, for gs://, a copy staged into the
+    cache, keyed by the URI and the object's bytes (a file re-staged to the same place is fetched again)."""
+    if not uri.startswith("gs://"):
+        return uri
+    from showwork.bus import Bus
+
+    parent, _, name = uri.rstrip("/").rpartition("/")
+    if not name or parent == "gs:/":
+        raise RunError(f"{uri}: expected gs://bucket/path/to/file")
+    bus = Bus(parent)
+    if not bus.exists(name):
+        raise FileNotFoundError(f"data file not found: {uri}")
+    data = bus.read_bytes(name)
+    target = cache_dir() / "staged" / f"{hashlib.sha256(uri.encode() + data).hexdigest()[:16]}-{name}"
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}")
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+    return str(target)
+
+
 def local_dir(uri: str) -> str:
     """A local directory holding the files under `uri`: the path itself, or, for gs://,
     a copy staged once into the cache (pods never reach a hub; a model is read from the bus).
