@@ -141,10 +141,12 @@ STAND_INS = {
 }
 
 
-def write(name: str, directory: Path, seed: int = 0) -> Path:
-    """Write model `name`'s stand-in under `directory` in its users' form; returns what model.path takes."""
+def write(name: str, directory: Path, seed: int = 0, loaded: Loaded | None = None) -> Path:
+    """Write model `name`'s stand-in (or `loaded`, one built from it) under `directory` in its users'
+    form; returns what model.path takes."""
     build, form = STAND_INS[name]
+    loaded = loaded or build(seed)
     directory.mkdir(parents=True, exist_ok=True)
     if form == "gguf":
-        return write_gguf(build(seed), directory / f"{name}-standin.gguf")
-    return write_hf_dir(build(seed), directory / f"{name}-standin")
+        return write_gguf(loaded, directory / f"{name}-standin.gguf")
+    return write_hf_dir(loaded, directory / f"{name}-standin")

@@ -253,7 +253,7 @@ class TierConfig:
     # run in it, frozen weights stay in it. Trainable weights (LoRA or full)
     # and the optimizer's moments are float32 whatever it says (mixed
     # precision, train/step.master); checkpoints hold that float32 state and
-    # exports are float32.
+    # exports are float32 unless model.export_dtype says "tier".
     dtype: Literal["float32", "bfloat16"] = "float32"
     mesh: MeshConfig = MeshConfig()
     hosts: int = 1

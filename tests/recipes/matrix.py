@@ -129,7 +129,7 @@ def override(recipe: dict, tier: dict, model_path: str, data_files: dict[str, di
         out["grpo"] = {"prompts_per_session": prompts, "steps_per_session": 1, "batch_size": prompts,
                        "rollout": {"max_tokens_to_generate": 8}}
     if "self_teach" in recipe:
-        out["self_teach"] = {"questions": 2, "max_tokens": 8, "sft": {"max_steps": 2, "max_seq_len": 384,
+        out["self_teach"] = {"questions": 2, "max_tokens": 160, "sft": {"max_steps": 2, "max_seq_len": 384,
                                                                       "batch_size": replicas}}
     check_override(out)
     return out

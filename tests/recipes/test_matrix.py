@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 
 import pytest
 import yaml
@@ -99,6 +100,10 @@ def test_cell_runs_end_to_end_in_its_tier(cell, shared, tmp_path):
     override.write_text(yaml.safe_dump(doc))
     configs = [cell.recipe_file, cell.tier_file, override]
     cfg = config.load(*configs)
+    if cfg.self_teach is not None:  # self-teaching keeps only correct samples: a random model has none
+        doc["model"]["path"] = str(competent_standin(cfg, tmp_path / "competent"))
+        override.write_text(yaml.safe_dump(doc))
+        cfg = config.load(*configs)
     assert (cfg.tier.dtype, cfg.tier.mesh, cfg.model.lora) == (
         config.load(cell.recipe_file, cell.tier_file).tier.dtype, config.load(cell.recipe_file, cell.tier_file).tier.mesh,
         config.load(cell.recipe_file, cell.tier_file).model.lora)
@@ -111,24 +116,49 @@ def test_cell_runs_end_to_end_in_its_tier(cell, shared, tmp_path):
     check_report(cfg, root / cfg.recipe)
 
 
+def competent_standin(cfg, directory):
+    """The family's stand-in, fully fine-tuned until it writes the cell's own first training solutions
+    (the rows self-teaching samples), so the stage has correct samples to keep, as a trained model would."""
+    from showwork import log
+    from showwork.bus import Bus
+    from showwork.config import OptimizerConfig, ScheduleConfig, SftConfig
+    from showwork.task import data
+    from showwork.train import sft
+
+    build, _ = standins.STAND_INS[cfg.model.name]
+    loaded = build(0)
+    train, _, _ = data.build_splits(cfg.data)
+    rows = [data.formatted(r, cfg.prompt.system) for r in train[:cfg.self_teach.questions]]
+    settings = SftConfig(max_steps=60, max_seq_len=512, checkpoint_every=10**6, schedule=ScheduleConfig(),
+                         optimizer=OptimizerConfig(learning_rate=1e-2, weight_decay=0.0))
+    sft.train(Bus(str(directory / "bus")), loaded, rows, settings, len(rows), "memorise", "-", log.get("matrix"))
+    return standins.write(cfg.model.name, directory, loaded=loaded)
+
+
 def run_as_pods(cfg, configs, root, cache):
     """A multi-host tier's stages as its JobSet runs them (see the module docstring)."""
     hosts, per_host = cfg.tier.hosts, matrix.devices(cfg.tier.mesh.shape) // cfg.tier.hosts
     eval_devices = matrix.devices(cfg.tier.mesh_for_eval().shape)
+    shards_run = set()
     for stage in stages.plan(cfg):
+        began = time.perf_counter()
         if stage.name in ("data", "report"):
             module = {"data": "jobs.prepare_data", "report": "jobs.report"}[stage.name]
             results = [matrix.job(module, configs, root, 1, cache)]
-        elif stage.name == "eval":
-            model, shard, count = stage.args
-            results = [matrix.job("jobs.evaluate", configs, root, eval_devices, cache, "--model", model,
-                                  "--shard", str(shard), "--shards", str(count))]
+        elif stage.name == "eval":  # one pod per shard index, evaluating every model (the Indexed Job)
+            _, shard, count = stage.args
+            if shard in shards_run:
+                continue
+            shards_run.add(shard)
+            results = [matrix.job("jobs.evaluate", configs, root, eval_devices, cache, "--shard", str(shard),
+                                  "--shards", str(count))]
         else:
-            module, flags = {"sft": ("jobs.sft", ()), "self-teach": ("jobs.self_teach", ()),
-                             "grpo": ("jobs.grpo_session", ("--session", str(stage.args[0])))}[stage.name]
+            module = {"sft": "jobs.sft", "self-teach": "jobs.self_teach", "grpo": "jobs.grpo_session"}[stage.name]
+            flags = ("--session", str(stage.args[0])) if stage.name == "grpo" else ()
             results = matrix.hosts_job(module, configs, root, hosts, per_host, cache, *flags)
         for done in results:
             assert done.returncode == 0, f"{stage.label}: {done.stderr[-4000:]}"
+        print(f"{stage.label}: {time.perf_counter() - began:.1f} s")
 
 
 def check_report(cfg, run):
