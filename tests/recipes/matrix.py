@@ -34,6 +34,7 @@ OVERLAYS = REPO / "k8s" / "overlays"
 ALLOWED = {
     ("model", "name"), ("model", "path"),
     ("data", "path"), ("data", "eval_path"), ("data", "train_size"), ("data", "eval_size"), ("data", "offset"),
+    ("data", "max_solution_chars"),
     ("sft", "max_steps"), ("sft", "max_seq_len"), ("sft", "batch_size"), ("sft", "gradient_accumulation"),
     ("grpo", "prompts_per_session"), ("grpo", "steps_per_session"), ("grpo", "batch_size"),
     ("grpo", "rollout", "max_prompt_length"), ("grpo", "rollout", "max_tokens_to_generate"),
@@ -115,7 +116,10 @@ def override(recipe: dict, tier: dict, model_path: str, data_files: dict[str, di
     generations = recipe.get("grpo", {}).get("num_generations", 4)
     out: dict = {"model": {"path": model_path},
                  "data": {"train_size": min(data.get("train_size", 1000), max(8, 2 * replicas)),
-                          "eval_size": min(data.get("eval_size", 100), 2 * shards)},
+                          "eval_size": min(data.get("eval_size", 100), shards),
+                          # Short worked solutions: every SFT batch in one 128-token completion bucket,
+                          # so two steps compile once.
+                          "max_solution_chars": min(data.get("max_solution_chars", 8000), 200)},
                  "tier": {"train_batch": replicas, "eval_batch": 4},
                  "eval": {"max_tokens": 8, "samples": 2}}
     if data.get("offset"):

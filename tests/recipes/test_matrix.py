@@ -4,10 +4,11 @@ Each cell: the recipe and tier files as shipped plus a shrinking override
 (matrix.ALLOWED), the model swapped for its family's stand-in, on as many
 host devices as the tier's mesh has, in the tier's dtype. Single-host tiers
 run `jobs.pipeline` (every stage in one process, as `make demo` does);
-multi-host tiers run each stage as its pods do: data-prep and the report on
-"CPU", each training stage as `hosts` processes joined by jax.distributed,
-each eval shard as its own single-host process. All cells share one
-SHOWWORK_CACHE, so compiled programs are reused across cells.
+multi-host tiers run data-prep on "CPU" and each training stage as `hosts`
+processes joined by jax.distributed on localhost, then the eval shards and
+the report (single-host pods, as on every tier) in one `jobs.pipeline`
+process. All cells share one SHOWWORK_CACHE, so compiled programs are
+reused across cells.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from recipes import matrix
 from showwork import config, stages
 
 CELLS = matrix.cells()
+# Two layers (Gemma 2: one local, one global; Gemma 3: two local): every recipe's path runs at a third
+# of the compile time of the six-layer stand-ins; tests/model/test_families.py covers the full patterns.
+LAYERS = 2
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +35,7 @@ def shared(tmp_path_factory):
     """Stand-in weights of every family, staged-style data files, one cache for every cell."""
     root = tmp_path_factory.mktemp("matrix")
     cache = root / "cache"
-    models = {name: str(standins.write(name, root / "models")) for name in standins.STAND_INS}
+    models = {name: str(standins.write(name, root / "models", layers=LAYERS)) for name in standins.STAND_INS}
     return {"root": root, "cache": cache, "models": models, "data": write_data(root / "data")}
 
 
@@ -126,7 +130,7 @@ def competent_standin(cfg, directory):
     from showwork.train import sft
 
     build, _ = standins.STAND_INS[cfg.model.name]
-    loaded = build(0)
+    loaded = build(0, layers=LAYERS)
     train, _, _ = data.build_splits(cfg.data)
     rows = [data.formatted(r, cfg.prompt.system) for r in train[:cfg.self_teach.questions]]
     settings = SftConfig(max_steps=60, max_seq_len=512, checkpoint_every=10**6, schedule=ScheduleConfig(),
@@ -136,22 +140,17 @@ def competent_standin(cfg, directory):
 
 
 def run_as_pods(cfg, configs, root, cache):
-    """A multi-host tier's stages as its JobSet runs them (see the module docstring)."""
+    """A multi-host tier's data and training stages as its JobSet runs them: data-prep on one CPU, each
+    training stage as `hosts` processes of mesh/hosts devices joined by jax.distributed. Its eval shards
+    are single-host pods like every other tier's, run here by one `jobs.pipeline --from eval` process
+    (one simulated host of `hosts` processes: the pipeline joins a jax.distributed runtime of one)."""
     hosts, per_host = cfg.tier.hosts, matrix.devices(cfg.tier.mesh.shape) // cfg.tier.hosts
-    eval_devices = matrix.devices(cfg.tier.mesh_for_eval().shape)
-    shards_run = set()
     for stage in stages.plan(cfg):
         began = time.perf_counter()
-        if stage.name in ("data", "report"):
-            module = {"data": "jobs.prepare_data", "report": "jobs.report"}[stage.name]
-            results = [matrix.job(module, configs, root, 1, cache)]
-        elif stage.name == "eval":  # one pod per shard index, evaluating every model (the Indexed Job)
-            _, shard, count = stage.args
-            if shard in shards_run:
-                continue
-            shards_run.add(shard)
-            results = [matrix.job("jobs.evaluate", configs, root, eval_devices, cache, "--shard", str(shard),
-                                  "--shards", str(count))]
+        if stage.name == "data":
+            results = [matrix.job("jobs.prepare_data", configs, root, 1, cache)]
+        elif stage.name in ("eval", "report"):
+            break
         else:
             module = {"sft": "jobs.sft", "self-teach": "jobs.self_teach", "grpo": "jobs.grpo_session"}[stage.name]
             flags = ("--session", str(stage.args[0])) if stage.name == "grpo" else ()
@@ -159,6 +158,10 @@ def run_as_pods(cfg, configs, root, cache):
         for done in results:
             assert done.returncode == 0, f"{stage.label}: {done.stderr[-4000:]}"
         print(f"{stage.label}: {time.perf_counter() - began:.1f} s")
+    done = matrix.job("jobs.pipeline", configs, root, matrix.devices(cfg.tier.mesh.shape), cache, "--from", "eval",
+                      JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{matrix.free_port()}", JAX_NUM_PROCESSES="1",
+                      JAX_PROCESS_ID="0")
+    assert done.returncode == 0, done.stderr[-4000:]
 
 
 def check_report(cfg, run):

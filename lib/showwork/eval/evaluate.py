@@ -16,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import time
 
+import jax
+
 from showwork.errors import UsageError
 from showwork import stages
 from showwork.bus import Bus, StageResult, run_once
@@ -101,10 +103,9 @@ def evaluate_rows(loaded, rows: list[dict], plan: dict[str, list[float]], *, max
     return records
 
 
-def model_for(bus: Bus, cfg, name: str):
-    """Load the model a report calls `name` (base, sft, self-teach, grpo) on one eval pod's mesh."""
-    return loader.load_from(bus, stages.eval_model_key(cfg, name), cfg.model, cfg.tier.dtype,
-                            meshes.tier_mesh(cfg.tier.mesh_for_eval()))
+def model_for(bus: Bus, cfg, name: str, mesh):
+    """Load the model a report calls `name` (base, sft, self-teach, grpo) on one eval pod's `mesh`."""
+    return loader.load_from(bus, stages.eval_model_key(cfg, name), cfg.model, cfg.tier.dtype, mesh)
 
 
 def run_shard(bus: Bus, cfg, model: str, index: int, count: int, log):
@@ -118,13 +119,17 @@ def run_shard(bus: Bus, cfg, model: str, index: int, count: int, log):
         if ev.questions is not None:
             rows = rows[: ev.questions]
         mine = shard_rows(rows, index, count)
-        loaded = model_for(bus, cfg, model)
-        prompt_len = forward.bucket(max(len(loaded.tokenizer.encode(r["prompt"], bos=True)) for r in rows))
-        started = time.perf_counter()
-        records = evaluate_rows(loaded, mine, method_plan(ev), max_tokens=ev.max_tokens, batch_size=cfg.tier.eval_batch,
-                                seed=ev.seed, top_k=ev.top_k, prompt_len=prompt_len,
-                                stop_strings=ev.stop_strings, log=log)
-        seconds = time.perf_counter() - started
+        mesh = meshes.tier_mesh(cfg.tier.mesh_for_eval())
+        # An eval pod's mesh, also where the caller runs under the training slice's (the local
+        # pipeline on a multi-host tier): jit refuses weights on one mesh under another.
+        with jax.set_mesh(mesh):
+            loaded = model_for(bus, cfg, model, mesh)
+            prompt_len = forward.bucket(max(len(loaded.tokenizer.encode(r["prompt"], bos=True)) for r in rows))
+            started = time.perf_counter()
+            records = evaluate_rows(loaded, mine, method_plan(ev), max_tokens=ev.max_tokens,
+                                    batch_size=cfg.tier.eval_batch, seed=ev.seed, top_k=ev.top_k,
+                                    prompt_len=prompt_len, stop_strings=ev.stop_strings, log=log)
+            seconds = time.perf_counter() - started
         bus.write_jsonl(f"{stage.key}.jsonl", records)
         first = [r["methods"][ev.methods[0]]["correct"] for r in records]
         return StageResult(outputs=[f"{stage.key}.jsonl"], inputs=[stages.EVAL_ROWS],
