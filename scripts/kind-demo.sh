@@ -13,13 +13,27 @@ kind get clusters | grep -qx showwork || kind create cluster --config k8s/kind/c
 kubectl apply --server-side -f "https://github.com/kubernetes-sigs/jobset/releases/download/${JOBSET_VERSION}/manifests.yaml"
 kubectl -n jobset-system rollout status deployment/jobset-controller-manager --timeout=180s
 
-docker build -f images/base.Dockerfile -t showwork-base .
+# The cpu component pins these tags with imagePullPolicy IfNotPresent: the kubelet uses what
+# `kind load` put on the node and never goes to a registry.
+docker build -f images/base.Dockerfile -t showwork-base:local .
 for image in data-prep sft grpo-session eval; do
-  docker build -f "images/${image}.Dockerfile" --build-arg BASE=showwork-base -t "showwork-${image}" .
-  kind load docker-image --name showwork "showwork-${image}"
+  docker build -f "images/${image}.Dockerfile" --build-arg BASE=showwork-base:local -t "showwork-${image}:local" .
+  kind load docker-image --name showwork "showwork-${image}:local"
 done
 
 kubectl apply -k "k8s/overlays/${OVERLAY}"
 name=$(kubectl kustomize "k8s/overlays/${OVERLAY}" | awk '/^kind: JobSet/{f=1} f&&/^  name:/{print $2; exit}')
 echo "waiting for JobSet ${name} (python -m jobs.status to watch)"
-kubectl wait "jobset/${name}" --for=condition=Completed --timeout=3h
+# Stop at the first terminal state: a failed JobSet ends the wait at once, with its reason.
+deadline=$((SECONDS + 3 * 3600))
+while ((SECONDS < deadline)); do
+  state=$(kubectl get "jobset/${name}" -o jsonpath='{.status.terminalState}')
+  case "$state" in
+    Completed) echo "JobSet ${name} completed"; exit 0 ;;
+    Failed) kubectl get "jobset/${name}" -o jsonpath='{range .status.conditions[*]}{.type}: {.reason} {.message}{"\n"}{end}' >&2
+            echo "error: JobSet ${name} failed" >&2; exit 1 ;;
+  esac
+  sleep 10
+done
+echo "error: JobSet ${name} did not finish in 3 hours" >&2
+exit 1

@@ -208,7 +208,7 @@ def test_images_commands_configmaps_and_recipes_are_real(overlay):
             if "configMap" in volume:
                 assert volume["configMap"]["name"] in cms, volume
         container = spec["containers"][0]
-        image = container["image"].rsplit("/", 1)[-1].removeprefix("showwork-")
+        image = container["image"].rsplit("/", 1)[-1].split(":")[0].split("@")[0].removeprefix("showwork-")
         dockerfile = REPO / "images" / f"{image}.Dockerfile"
         assert dockerfile.exists(), container["image"]
         module = entrypoint_module(dockerfile)
@@ -287,7 +287,7 @@ def test_hybrid_cpu_manifests_run_locally_in_dependency_order(tmp_path, gcs_serv
         assert env["SHOWWORK_ROOT"] == "/bus"
         env["SHOWWORK_ROOT"] = root
         env["STORAGE_EMULATOR_HOST"] = gcs_server.url
-        image = container["image"].rsplit("/", 1)[-1].removeprefix("showwork-")
+        image = container["image"].rsplit("/", 1)[-1].split(":")[0].split("@")[0].removeprefix("showwork-")
         module = entrypoint_module(REPO / "images" / f"{image}.Dockerfile")
         command = container.get("command") or [sys.executable, "-m", module]
         if container.get("command"):
@@ -332,3 +332,22 @@ def test_status_without_a_cluster_shows_bus_markers(tmp_path):
                              env=job_env(KUBECONFIG=str(tmp_path / "missing")), capture_output=True, text=True,
                              timeout=60)
     assert nothing.returncode == 1 and "nothing known about run 'nope'" in nothing.stderr
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_kind_overlays_run_the_images_kind_demo_loads(overlay):
+    """On the cpu tier (kind, no registry) every image is the tag scripts/kind-demo.sh builds and
+    `kind load`s, with IfNotPresent: an untagged image would mean `Always` and ErrImagePull."""
+    docs = render(overlay)
+    if tier_of(docs)["name"] != "cpu":
+        pytest.skip("a GKE overlay: images come from a registry")
+    script = (REPO / "scripts" / "kind-demo.sh").read_text()
+    loaded = set(re.findall(r'kind load docker-image --name showwork "(showwork-\$\{image\}:local)"', script))
+    built = re.search(r"for image in ([a-z -]+); do", script).group(1).split()
+    assert loaded and built
+    for _, spec in pod_specs(jobset(docs)):
+        for c in spec["containers"]:
+            name, _, tag = c["image"].partition(":")
+            assert tag == "local" and name.removeprefix("showwork-") in built, c["image"]
+            assert c["imagePullPolicy"] == "IfNotPresent"
