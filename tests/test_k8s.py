@@ -158,7 +158,14 @@ def test_restricted_pod_security_everywhere(overlay):
             assert sc["allowPrivilegeEscalation"] is False, name
             assert sc["readOnlyRootFilesystem"] is True, name
             assert sc["capabilities"]["drop"] == ["ALL"], name
-            assert c["resources"]["requests"] == c["resources"]["limits"], name
+            requests, limits = c["resources"]["requests"], c["resources"]["limits"]
+            # Memory (and chips) are held exactly; TPU pods have no CPU limit (it throttles XLA
+            # compilation); ephemeral storage is requested and bounded by the emptyDir's sizeLimit.
+            assert requests["memory"] == limits["memory"] and requests.get("google.com/tpu") == limits.get(
+                "google.com/tpu"), name
+            assert ("cpu" not in limits) == ("google.com/tpu" in limits), name
+            assert "cpu" not in limits or limits["cpu"] == requests["cpu"], name
+            assert "ephemeral-storage" in requests, name
             mounts |= {m["mountPath"] for m in c["volumeMounts"]}
         assert {"/tmp", "/dev/shm"} <= mounts, name
         assert not any("hostPath" in v for v in spec["volumes"]), name
@@ -351,3 +358,34 @@ def test_kind_overlays_run_the_images_kind_demo_loads(overlay):
             name, _, tag = c["image"].partition(":")
             assert tag == "local" and name.removeprefix("showwork-") in built, c["image"]
             assert c["imagePullPolicy"] == "IfNotPresent"
+
+
+def image_env() -> dict[str, str]:
+    """The ENV the base image sets (every job image builds on it)."""
+    text = (REPO / "images" / "base.Dockerfile").read_text().replace("\\\n", " ")
+    env = {}
+    for line in text.splitlines():
+        if line.startswith("ENV "):
+            env.update(dict(re.findall(r"(\w+)=(\S+)", line)))
+    return env
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_read_only_pods_have_writable_home_caches_and_bounded_scratch(overlay):
+    """HOME, HF_HOME, XDG_CACHE_HOME and SHOWWORK_CACHE lie on a writable emptyDir in every container
+    with a read-only root filesystem, and every emptyDir has a size limit."""
+    env = image_env()
+    assert {"HOME", "HF_HOME", "XDG_CACHE_HOME", "SHOWWORK_CACHE"} <= set(env)
+    for name, spec in pod_specs(jobset(render(overlay))):
+        for volume in spec["volumes"]:
+            if "emptyDir" in volume:
+                assert volume["emptyDir"].get("sizeLimit"), (name, volume["name"])
+        writable = {v["name"] for v in spec["volumes"] if "emptyDir" in v}
+        for c in spec["containers"]:
+            assert c["securityContext"]["readOnlyRootFilesystem"] is True
+            mounts = [m["mountPath"] for m in c["volumeMounts"] if m["name"] in writable and not m.get("readOnly")]
+            values = {**env, **{e["name"]: e["value"] for e in c.get("env", []) if "value" in e}}
+            for key in ("HOME", "HF_HOME", "XDG_CACHE_HOME", "SHOWWORK_CACHE"):
+                assert any(values[key] == m or values[key].startswith(m.rstrip("/") + "/") for m in mounts), (
+                    name, key, values[key])
