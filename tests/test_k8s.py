@@ -389,3 +389,68 @@ def test_read_only_pods_have_writable_home_caches_and_bounded_scratch(overlay):
             for key in ("HOME", "HF_HOME", "XDG_CACHE_HOME", "SHOWWORK_CACHE"):
                 assert any(values[key] == m or values[key].startswith(m.rstrip("/") + "/") for m in mounts), (
                     name, key, values[key])
+
+
+# ---------------------------------------------------------------- Kueue
+
+
+def with_component(overlay: str, component: str, tmp_path) -> list[dict]:
+    """An overlay composed with a component, as a user composes one (relative paths, as kustomize wants)."""
+    import os
+
+    k8s = os.path.relpath(REPO / "k8s", tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        f"resources:\n  - {k8s}/overlays/{overlay}\ncomponents:\n  - {k8s}/components/{component}\n")
+    out = subprocess.run([KUBECTL, "kustomize", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def kueue_objects() -> dict[str, dict]:
+    docs = yaml.safe_load_all((REPO / "k8s" / "kueue" / "queues.yaml").read_text())
+    return {f"{d['kind']}/{d['metadata']['name']}": d for d in docs}
+
+
+def quantity(value) -> float:
+    """A Kubernetes quantity (\"100\", \"150Gi\", 8) as a number (bytes for memory)."""
+    value = str(value)
+    for suffix, factor in (("Ki", 2**10), ("Mi", 2**20), ("Gi", 2**30), ("Ti", 2**40)):
+        if value.endswith(suffix):
+            return float(value[: -len(suffix)]) * factor
+    return float(value)
+
+
+def flavor_needs(js: dict, flavors: dict[str, dict]) -> dict[str, dict[str, float]]:
+    """What Kueue must hold per TPU flavor to admit the JobSet: every pod of every replicated job at once."""
+    needs: dict[str, dict[str, float]] = {}
+    for rj in js["spec"]["replicatedJobs"]:
+        job = rj["template"]["spec"]
+        spec = job["template"]["spec"]
+        requests = spec["containers"][0]["resources"]["requests"]
+        if "google.com/tpu" not in requests:
+            continue
+        (flavor,) = [n for n, f in flavors.items() if f["spec"]["nodeLabels"].items() <= spec["nodeSelector"].items()]
+        pods = job.get("parallelism", 1) * rj.get("replicas", 1)
+        for resource in ("cpu", "memory", "google.com/tpu"):
+            need = needs.setdefault(flavor, {})
+            need[resource] = need.get(resource, 0.0) + quantity(requests[resource]) * pods
+    return needs
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", [o for o in OVERLAYS if not o.endswith("-cpu")])
+def test_the_kueue_component_queues_a_jobset_its_example_cluster_queue_can_admit(overlay, tmp_path):
+    objects = kueue_objects()
+    js = jobset(with_component(overlay, "kueue", tmp_path))
+    labels = js["metadata"]["labels"]
+    assert f"LocalQueue/{labels['kueue.x-k8s.io/queue-name']}" in objects
+    assert f"WorkloadPriorityClass/{labels['kueue.x-k8s.io/priority-class']}" in objects
+    flavors = {k.split("/")[1]: v for k, v in objects.items() if k.startswith("ResourceFlavor/") and
+               v.get("spec", {}).get("nodeLabels")}
+    (queue,) = [v for k, v in objects.items() if k.startswith("ClusterQueue/")]
+    quota = {f["name"]: {r["name"]: r["nominalQuota"] for r in f["resources"]}
+             for group in queue["spec"]["resourceGroups"] for f in group["flavors"]}
+    for flavor, need in flavor_needs(js, flavors).items():
+        for resource, amount in need.items():
+            assert quantity(quota[flavor][resource]) >= amount, (overlay, flavor, resource, amount)
