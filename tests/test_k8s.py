@@ -454,3 +454,33 @@ def test_the_kueue_component_queues_a_jobset_its_example_cluster_queue_can_admit
     for flavor, need in flavor_needs(js, flavors).items():
         for resource, amount in need.items():
             assert quantity(quota[flavor][resource]) >= amount, (overlay, flavor, resource, amount)
+
+
+def json_patches() -> dict[str, list[dict]]:
+    """Every JSON patch we ship: component patch files and overlays' inline patches."""
+    out = {}
+    for path in sorted((REPO / "k8s" / "components").glob("*/patch.yaml")):
+        out[str(path.relative_to(REPO))] = yaml.safe_load(path.read_text())
+    for kfile in sorted((REPO / "k8s" / "overlays").glob("*/kustomization.yaml")):
+        for n, patch in enumerate(yaml.safe_load(kfile.read_text()).get("patches", [])):
+            if "patch" in patch:
+                out[f"{kfile.relative_to(REPO)}#{n}"] = yaml.safe_load(patch["patch"])
+    return out
+
+
+@pytest.mark.parametrize("name, ops", sorted(json_patches().items()))
+def test_every_patch_names_the_replicated_job_it_changes(name, ops):
+    """A patch addresses a replicated job by position only after testing that position's name, so an
+    overlay a user composes (a job removed, reordered) fails to build instead of patching the wrong job."""
+    checked: set[int] = set()
+    for op in ops:
+        match = re.match(r"/spec/replicatedJobs/(\d+)(/.*)?$", op["path"])
+        if not match:
+            continue
+        index, rest = int(match.group(1)), match.group(2)
+        if op["op"] == "test" and rest == "/name":
+            checked.add(index)
+            continue
+        assert index in checked, f"{name}: {op['op']} {op['path']} without a test of its name first"
+        if op["op"] == "remove" and rest is None:
+            checked = {i for i in checked if i < index}  # later positions shift: test them again
