@@ -133,6 +133,8 @@ def test_skaffold_validates_against_its_schema():
     assert {"showwork-data-prep", "showwork-sft", "showwork-grpo-session", "showwork-eval"} <= built
     assert any(s["groupKind"] == "JobSet.jobset.x-k8s.io" for s in doc["resourceSelector"]["allow"])
     assert {p["name"] for p in doc["profiles"]} >= {"kind", "gke-v5e-8"}
+    gke = next(p for p in doc["profiles"] if p["name"] == "gke-v5e-8")
+    assert gke["build"]["platforms"] == ["linux/amd64"]  # TPU hosts are x86-64
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
@@ -484,3 +486,21 @@ def test_every_patch_names_the_replicated_job_it_changes(name, ops):
         assert index in checked, f"{name}: {op['op']} {op['path']} without a test of its name first"
         if op["op"] == "remove" and rest is None:
             checked = {i for i in checked if i < index}  # later positions shift: test them again
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_image_is_tagged_and_named_as_skaffold_builds_it(overlay):
+    """Kustomize leaves skaffold's artifact names in place (skaffold substitutes what it built and
+    pushed); every image has a tag (no implicit `latest` and `Always` pull): `local` on kind, the
+    release version on GKE."""
+    import tomllib
+
+    artifacts = {a["image"] for a in yaml.safe_load((REPO / "skaffold.yaml").read_text())["build"]["artifacts"]}
+    version = tomllib.loads((REPO / "lib" / "pyproject.toml").read_text())["project"]["version"]
+    docs = render(overlay)
+    wanted = "local" if tier_of(docs)["name"] == "cpu" else version
+    for _, spec in pod_specs(jobset(docs)):
+        for c in spec["containers"]:
+            name, _, tag = c["image"].partition(":")
+            assert name in artifacts and tag == wanted, c["image"]
