@@ -87,8 +87,9 @@ class DataConfig:
     # rows: a continuation run on fresh samples sets it to the first run's size.
     offset: int = 0
     seed: int = 0
-    # GSM8K's `<<48/2=24>>` calculator annotations: readable math, dropped, or kept.
-    calculator_annotations: Literal["readable", "drop", "keep"] = "readable"
+    # GSM8K's `<<48/2=24>>` calculator annotations: readable math, dropped, kept, or
+    # `<<`/`>>` rewritten as parentheses (the full-SFT system's choice).
+    calculator_annotations: Literal["readable", "drop", "keep", "parentheses"] = "readable"
     max_question_chars: int = 2000
     max_solution_chars: int = 8000
 

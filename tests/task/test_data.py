@@ -37,6 +37,9 @@ GSM8K_ROWS = [
     ("Total <<2+3=5>>", "readable", "Total 2+3 = 5"),
     ("a <<broken annotation", "readable", "a broken annotation"),
     ("no annotations here", "readable", "no annotations here"),
+    ("Natalia sold 48/2 = <<48/2=24>>24 clips.", "parentheses", "Natalia sold 48/2 = (48/2=24)24 clips."),
+    ("It pays <<30*360=10800>>10800 dollars.", "parentheses", "It pays (30*360=10800)10800 dollars."),
+    ("a <<broken annotation", "parentheses", "a (broken annotation"),
 ])
 def test_clean_calculator(text, mode, expected):
     assert data.clean_calculator(text, mode) == expected

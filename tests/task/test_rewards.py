@@ -64,27 +64,36 @@ def test_numbers(completion, expected):
     assert one(rewards.numbers, completion) == expected
 
 
+WRONG_LONG = "<reasoning>" + " ".join(["w"] * 25) + "</reasoning><answer>9</answer>"
+
+
 @pytest.mark.parametrize("completion, expected", [
-    (LONG, 3.0),  # (0.6 + 0.4) * 3
-    (GOOD, 1.2),  # 12 words: no reasoning credit, correct: 0.4 * 3
-    ("<reasoning>" + " ".join(["w"] * 25) + "</reasoning><answer>9</answer>", 1.8),  # 0.6 * 3
-    (NO_TAGS, 1.2),  # correct through "the answer is", no reasoning block
+    (LONG, 2.1),  # 60 words: r = 0.5, tagged right: a = 1 -> (0.3 + 0.4) * 3
+    (GOOD, 1.2),  # 12 words: r = 0; right: 0.4 * 3
+    (WRONG_LONG, 0.9),  # 25 words, wrong: 0.6 * 0.5 * 3
+    (NO_TAGS, 0.0),  # right, but not inside <answer>: no credit
+    ("<reasoning>r</reasoning><answer>72.0</answer>", 1.2),  # the same number
     (WRONG, 0.0),
 ])
 def test_trajectory(completion, expected):
     assert one(rewards.trajectory, completion) == pytest.approx(expected)
 
 
+def test_trajectory_ranks_right_and_short_above_wrong_and_long():
+    """The ordering the trajectory system relied on."""
+    assert one(rewards.trajectory, GOOD) > one(rewards.trajectory, WRONG_LONG)
+
+
 @pytest.mark.parametrize("completion, expected", [
-    # format 2.0, depth 3 steps * 0.3 = 0.9, answer 2.0 -> 0.6 + 0.36 + 0.6
-    (STEPS, 1.56),
-    # format 2.0, depth 0.5 (60 words, no steps), answer 2.0 -> 0.6 + 0.2 + 0.6
-    (LONG, 1.4),
-    # format 2.0, depth 0, wrong -> 0.6
-    (WRONG, 0.6),
-    # both blocks but not well formed: format 1.0 -> 0.3, correct 0.6
+    # format 3.0, depth 3 steps * 0.3 = 0.9, answer 3.0 -> 0.9 + 0.36 + 0.9
+    (STEPS, 2.16),
+    # format 3.0, depth 0.5 (60 words, no steps), answer 3.0 -> 0.9 + 0.2 + 0.9
+    (LONG, 2.0),
+    # format 3.0, depth 0, wrong -> 0.9
+    (WRONG, 0.9),
+    # both blocks but not well formed: format 0; answer inside the last <answer> -> 0.9
     (DOUBLE, 0.9),
-    (NO_TAGS, 0.6),  # correct only
+    (NO_TAGS, 0.0),  # right, but no tags: nothing
 ])
 def test_hybrid(completion, expected):
     assert one(rewards.hybrid, completion) == pytest.approx(expected)

@@ -59,15 +59,19 @@ _CALC = re.compile(r"<<([^<>]{0,200}?)=([^<>=]{0,60})>>")
 
 
 def clean_calculator(text: str, mode: str) -> str:
-    """GSM8K's `<<48/2=24>>24` annotations: readable, dropped, or kept.
+    """GSM8K's `<<48/2=24>>24` annotations: readable, dropped, kept, or in parentheses.
 
     GSM8K usually writes the expression before the annotation ("48/2 =
     <<48/2=24>>24"), so dropping it reads well there; where the text gives
     only the result ("sold <<48/2=24>>24 clips"), `readable` writes the
     expression out ("sold 48/2 = 24 clips") so the step is still shown.
+    `parentheses` is the full-SFT system's rewrite: `<<` becomes `(` and `>>`
+    becomes `)`, nothing dropped ("sold (48/2=24)24 clips").
     """
     if mode == "keep":
         return text
+    if mode == "parentheses":
+        return text.replace("<<", "(").replace(">>", ")")
     if mode == "drop":
         return _CALC.sub("", text).replace("<<", "").replace(">>", "")
 

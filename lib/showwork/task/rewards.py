@@ -102,18 +102,24 @@ def numbers(prompts, completions, answer, **kw) -> list[float]:
 # ---------------------------------------------------------------- trajectory
 
 
-def trajectory(prompts, completions, answer, **kw) -> list[float]:
-    """(0.6 * reasoning + 0.4 * answer) * 3, max 3.0.
+def tagged_correct(text: str, gold: str) -> bool:
+    """The number inside the (last) <answer> block equals the gold number: no tag, no credit (the
+    trajectory and hybrid systems credit only a tagged answer, unlike `is_correct`'s fallbacks)."""
+    return answers.same_number(answers.xml_answer(text), str(gold))
 
-    Reasoning earns its credit only above 20 words: a bare tag pair with a
-    token of text is not reasoning.
+
+def trajectory(prompts, completions, answer, **kw) -> list[float]:
+    """(0.6 * r + 0.4 * a) * 3, as the trajectory-reward system scores it (max 2.1).
+
+    r = 0.5 when the reasoning block has more than 20 words (a bare tag pair with a token of
+    text is not reasoning), else 0; a = 1 only for the gold number inside <answer>. So a right
+    answer with short reasoning (1.2) beats a wrong one with long reasoning (0.9).
     """
     out = []
     for c, gold in zip(completions, answer):
         text = _text(c)
-        flags = answers.check_format(text)
-        reasoning = 1.0 if flags.reasoning_words > 20 else 0.0
-        correct = 1.0 if answers.is_correct(text, str(gold)) else 0.0
+        reasoning = 0.5 if answers.check_format(text).reasoning_words > 20 else 0.0
+        correct = 1.0 if tagged_correct(text, gold) else 0.0
         out.append((0.6 * reasoning + 0.4 * correct) * 3.0)
     return out
 
@@ -130,17 +136,17 @@ def reasoning_depth(text: str) -> float:
 
 
 def hybrid(prompts, completions, answer, **kw) -> list[float]:
-    """0.3 * format + 0.4 * reasoning depth + 0.3 * answer, each part on [0, 2].
+    """0.3 * format + 0.4 * reasoning depth + 0.3 * answer, the recommended-hybrid system's
+    weights and scales (max 2.6).
 
-    format: 2.0 well-formed, 1.0 both blocks present but not strictly
-    formed, else 0; depth: `reasoning_depth`; answer: 2.0 if correct. Max 2.0.
+    format: 3.0 when well formed, else 0; depth: `reasoning_depth` (0 to 2); answer: 3.0 for
+    the gold number inside <answer>, else 0 (no credit without the tag).
     """
     out = []
     for c, gold in zip(completions, answer):
         text = _text(c)
-        flags = answers.check_format(text)
-        fmt = 2.0 if flags.well_formed else (1.0 if flags.has_reasoning and flags.has_answer else 0.0)
-        correct = 2.0 if answers.is_correct(text, str(gold)) else 0.0
+        fmt = 3.0 if answers.check_format(text).well_formed else 0.0
+        correct = 3.0 if tagged_correct(text, gold) else 0.0
         out.append(0.3 * fmt + 0.4 * reasoning_depth(text) + 0.3 * correct)
     return out
 
