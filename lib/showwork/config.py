@@ -185,8 +185,26 @@ class GrpoConfig:
     rewards: dict[str, float] = field(default_factory=lambda: {"format_exact": 1.0, "answer": 1.0})
     checkpoint_every: int = 20
     keep_checkpoints: int = 2
+    # The objective's switches (showwork.train.objective; docs/OBJECTIVES.md maps them to TRL's).
+    # Clip-higher (DAPO): the ratio's upper bound 1 + epsilon_high; None: epsilon.
+    epsilon_high: Optional[float] = field(default=None, metadata=ADDED)
+    # How token losses add up: sequence-mean-token-mean (GRPO), token-mean (DAPO),
+    # sequence-mean-token-scale (Dr. GRPO: / max_tokens_to_generate), seq-mean-token-sum.
+    loss_agg_mode: Literal["sequence-mean-token-mean", "token-mean", "sequence-mean-token-scale",
+                           "seq-mean-token-sum"] = field(default="sequence-mean-token-mean", metadata=ADDED)
+    # grpo: a ratio per token; gspo-token: GSPO's sequence ratio (use epsilon ~3e-4, epsilon_high ~4e-4).
+    loss_algo: Literal["grpo", "gspo-token"] = field(default="grpo", metadata=ADDED)
+    # Advantages divided by the group's reward std (GRPO), the batch's, or nothing (Dr. GRPO).
+    scale_rewards: Literal["group", "batch", "none"] = field(default="group", metadata=ADDED)
+    # Completions cut by max_tokens_to_generate (no stop token) leave the loss (DAPO).
+    mask_truncated_completions: bool = field(default=False, metadata=ADDED)
 
     def problems(self):
+        if self.epsilon_high is not None and self.epsilon_high < self.epsilon:
+            yield "epsilon_high", f"must be >= epsilon ({self.epsilon}), got {self.epsilon_high}"
+        if self.loss_algo == "gspo-token" and self.epsilon > 0.01:
+            yield "epsilon", (f"{self.epsilon} is a token-ratio clip range; GSPO's sequence ratios stay near 1 "
+                              "and need epsilon about 3e-4 and epsilon_high about 4e-4 (Zheng et al. 2025)")
         if self.num_generations < 2:
             yield "num_generations", f"GRPO needs at least 2 generations per prompt, got {self.num_generations}"
         yield from _positive(self, "sessions")

@@ -18,7 +18,7 @@ from showwork.errors import EXIT_PREEMPTED
 from showwork.config import LoraConfig, OptimizerConfig, ScheduleConfig
 from showwork.model import export, families, loader, lora, tiny as tiny_model
 from showwork.sample import forward
-from showwork.train import checkpoints, grpo, sft, step as step_lib
+from showwork.train import checkpoints, grpo, objective, sft, step as step_lib
 
 CPU = TIERS / "cpu" / "tier.yaml"
 
@@ -205,12 +205,12 @@ def test_grpo_objective_matches_hand_computation():
     ref = old
     adv = jnp.array([1.0, -1.0])
     mask = jnp.array([[1.0, 1.0], [1.0, 0.0]])
-    loss, aux = grpo.objective(logps, old, ref, adv, mask, beta=0.0, epsilon=0.2)
+    loss, aux = objective.loss(logps, old, ref, adv, mask, objective.Objective(beta=0.0))
     # row 0: ratios 2.0 (clipped to 1.2) and 1.0 -> per-token -1.2, -1.0 -> mean -1.1
     # row 1: ratio 1.0 on its one token, advantage -1 -> +1.0
     assert float(loss) == pytest.approx((-1.1 + 1.0) / 2)
     assert float(aux["clip_fraction"]) == pytest.approx(1 / 3)
-    loss_kl, aux_kl = grpo.objective(logps, old, ref, adv, mask, beta=0.5, epsilon=0.2)
+    loss_kl, aux_kl = objective.loss(logps, old, ref, adv, mask, objective.Objective(beta=0.5))
     assert float(aux_kl["kl"]) > 0 and float(loss_kl) > float(loss)
 
 
@@ -225,7 +225,7 @@ def test_grpo_single_update_uses_current_logps_as_old_without_another_forward(ti
     graphdef, trainable, frozen = step_lib.split(loaded.model)
     trainable = jax.tree.map(lambda x: x + 0.01, trainable)  # adapters away from zero: a real gradient
     tx = step_lib.optimizer(OptimizerConfig(1e-3, 0.9, 0.99, 0.0, 1.0), ScheduleConfig(warmup_steps=0, end_value_ratio=0.1), 4)
-    logps_fn, grad_fn, _ = grpo.make_step_fns(graphdef, tx, beta=0.0, epsilon=0.2, temperature=1.0)
+    logps_fn, grad_fn, _ = grpo.make_step_fns(graphdef, tx, objective.Objective(beta=0.0), temperature=1.0)
     prompt, completion, mask = forward.pack([[5, 6, 7], [8, 9]], [[10, 11, 12, 13], [14, 15]])
     adv = jnp.array([1.0, -1.0])
     old = logps_fn(trainable, frozen, prompt, completion, mask)

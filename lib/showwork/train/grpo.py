@@ -22,8 +22,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from tunix.rl import common as tunix_common
-from tunix.rl.algo_core import compute_advantages
 
 from showwork.errors import UsageError
 from showwork import stages
@@ -33,38 +31,14 @@ from showwork.model import export, loader, lora, meshes
 from showwork.sample import forward, sampler
 from showwork.sample.logprobs import completion_logps
 from showwork.task import rewards as rewards_lib
-from showwork.train import loop, step as step_lib
+from showwork.train import loop, objective, step as step_lib
 
-# ---------------------------------------------------------------- the objective
-
-
-def objective(logps, old_logps, ref_logps, advantages, mask, beta: float, epsilon: float):
-    """The GRPO loss (Shao et al. 2024, eq. 21) and diagnostics.
-
-    Per token: -min(r·A, clip(r, 1-ε, 1+ε)·A) + β·KL(π‖π_ref), where r is the
-    ratio to the sampling policy. KL uses the k3 estimator ("low_var_kl");
-    tokens are averaged per sequence, then over sequences (tunix's
-    `sequence-mean-token-mean`).
-    """
-    ratio = jnp.exp(jnp.clip(logps - old_logps, -20.0, 20.0))
-    adv = advantages[:, None]
-    unclipped = -adv * ratio
-    clipped = -adv * jnp.clip(ratio, 1.0 - epsilon, 1.0 + epsilon)
-    per_token = jnp.maximum(unclipped, clipped)
-    # No reference (beta 0): nothing to measure against, reported as 0.
-    kl = jnp.zeros_like(logps) if ref_logps is None else tunix_common.compute_kl_divergence(logps, ref_logps,
-                                                                                            "low_var_kl")
-    if beta:
-        per_token = per_token + beta * kl
-    loss = tunix_common.aggregate_loss(per_token, mask, "sequence-mean-token-mean")
-    denom = jnp.maximum(mask.sum(), 1.0)
-    aux = {"kl": (kl * mask).sum() / denom, "clip_fraction": ((clipped > unclipped) * mask).sum() / denom}
-    return loss, aux
+# ---------------------------------------------------------------- the step functions
 
 
-def make_step_fns(graphdef, tx, beta: float, epsilon: float, temperature: float, compute=None):
-    """(log-probs, loss and gradient, optimizer update); `compute` casts the float32 master
-    weights to the dtypes the model computes in (step.master)."""
+def make_step_fns(graphdef, tx, obj: objective.Objective, temperature: float, compute=None):
+    """(log-probs, loss and gradient, optimizer update) for the objective `obj`; `compute` casts
+    the float32 master weights to the dtypes the model computes in (step.master)."""
     compute = compute or (lambda tree: tree)
 
     def logps_fn(trainable, frozen, prompt, completion, mask):
@@ -78,7 +52,7 @@ def make_step_fns(graphdef, tx, beta: float, epsilon: float, temperature: float,
         # current one; its log-probs are these, held constant (ratio 1, the
         # same gradient) without a forward pass to compute them again.
         old = jax.lax.stop_gradient(logps) if old is None else old
-        return objective(logps, old, ref, adv, mask, beta, epsilon)
+        return objective.loss(logps, old, ref, adv, mask, obj)
 
     return logps_jit, jax.jit(jax.value_and_grad(loss_fn, has_aux=True)), step_lib.make_apply(tx)
 
@@ -134,7 +108,7 @@ def make_step(loaded, rows: list[dict], order: list[int], grpo: GrpoConfig, batc
     """GRPO's step for train.loop: sample G completions per prompt, reward, update `num_iterations` times."""
     graphdef, frozen, reference, tx, compute = parts
     roll, g = grpo.rollout, grpo.num_generations
-    logps_fn, grad_fn, apply = make_step_fns(graphdef, tx, grpo.beta, grpo.epsilon, max(roll.temperature, 1e-3),
+    logps_fn, grad_fn, apply = make_step_fns(graphdef, tx, objective.Objective.of(grpo), max(roll.temperature, 1e-3),
                                              compute)
     settings = sampler.SampleSettings(roll.max_tokens_to_generate, roll.temperature, roll.top_k, roll.top_p)
 
@@ -151,9 +125,11 @@ def make_step(loaded, rows: list[dict], order: list[int], grpo: GrpoConfig, batc
             totals, per_reward = rewards_lib.combined(grpo.rewards, prompts, samples.texts, gold)
             prompt, completion, mask = forward.pack(samples.prompt_tokens, samples.completion_ids, prompt_len=prompt_len,
                                                     completion_len=roll.max_tokens_to_generate)
+            if grpo.mask_truncated_completions:
+                mask = objective.drop_truncated(mask, samples.stopped)
             old = logps_fn(trainable, frozen, prompt, completion, mask) if grpo.num_iterations > 1 else None
             ref = logps_fn(reference, frozen, prompt, completion, mask) if reference is not None else None
-            adv = jnp.asarray(compute_advantages(np.asarray(totals, np.float32), g), jnp.float32)
+            adv = jnp.asarray(objective.advantages(np.asarray(totals, np.float32), g, grpo.scale_rewards), jnp.float32)
             for _ in range(grpo.num_iterations):
                 (loss, aux), grads = grad_fn(trainable, frozen, prompt, completion, mask, old, ref, adv)
                 trainable, opt_state, grad_norm = apply(trainable, opt_state, grads)
