@@ -42,7 +42,8 @@ class PreemptionGuard:
     """Turns SIGTERM into a flag the step loop checks between steps.
 
     GKE sends SIGTERM and waits terminationGracePeriodSeconds before SIGKILL;
-    the loop saves a checkpoint at the next step boundary and the job exits 0.
+    the loop saves a checkpoint at the next step boundary and the job exits 75
+    (errors.EXIT_PREEMPTED: "run me again"; 0 would make a deleted pod Succeeded).
     """
 
     def __init__(self):
