@@ -108,9 +108,8 @@ def test_cell_runs_end_to_end_in_its_tier(cell, shared, tmp_path):
         doc["model"]["path"] = str(competent_standin(cfg, tmp_path / "competent"))
         override.write_text(yaml.safe_dump(doc))
         cfg = config.load(*configs)
-    assert (cfg.tier.dtype, cfg.tier.mesh, cfg.model.lora) == (
-        config.load(cell.recipe_file, cell.tier_file).tier.dtype, config.load(cell.recipe_file, cell.tier_file).tier.mesh,
-        config.load(cell.recipe_file, cell.tier_file).model.lora)
+    shipped = config.load(cell.recipe_file, cell.tier_file)
+    assert (cfg.tier.dtype, cfg.tier.mesh, cfg.model.lora) == (shipped.tier.dtype, shipped.tier.mesh, shipped.model.lora)
     root = tmp_path / "runs"
     if cfg.tier.hosts == 1:
         done = matrix.job("jobs.pipeline", configs, root, matrix.devices(cfg.tier.mesh.shape), shared["cache"])
