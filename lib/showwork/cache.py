@@ -33,13 +33,17 @@ def local_file(uri: str) -> str:
     bus = Bus(parent)
     if not bus.exists(name):
         raise FileNotFoundError(f"data file not found: {uri}")
-    data = bus.read_bytes(name)
-    target = cache_dir() / "staged" / f"{hashlib.sha256(uri.encode() + data).hexdigest()[:16]}-{name}"
-    if not target.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}")
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
+    staged = cache_dir() / "staged"
+    staged.mkdir(parents=True, exist_ok=True)
+    # Streamed to disk, then hashed in chunks: a staged corpus never sits in memory whole.
+    tmp = staged / f".{name}.{os.getpid()}"
+    bus.get_file(name, tmp)
+    digest = hashlib.sha256(uri.encode())
+    with tmp.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    target = staged / f"{digest.hexdigest()[:16]}-{name}"
+    os.replace(tmp, target)
     return str(target)
 
 
