@@ -21,11 +21,17 @@ $(VENV)/.installed: lib/requirements-dev.lock lib/pyproject.toml
 demo: install
 	$(BIN)/python -m jobs.pipeline k8s/base/recipes/$(RECIPE).yaml k8s/components/$(TIER)/tier.yaml
 
+# Two test processes by default: one process keeps only about one of two cores busy (JAX on small
+# programs is mostly compile and dispatch), two halve the wall time. Each loads its own models, so
+# raise TEST_WORKERS only with the memory for it (about 6 GB each at the suite's peak).
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
+
 test: install
-	$(BIN)/python -m pytest
+	$(PYTEST)
 
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow"
+	$(PYTEST) -m "not slow"
 
 # Re-resolve the locks from lib/pyproject.toml in a throwaway virtualenv: the dev lock (what CI and
 # `make install` use) and, from it, the runtime lock the images install (no test or lint tools).

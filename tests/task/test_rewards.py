@@ -147,5 +147,7 @@ ADVERSARIAL = [
 def test_adversarial_completions_bounded_and_safe(name, index):
     start = time.perf_counter()
     value = rewards.REWARDS[name](["q"], [ADVERSARIAL[index]], ["72"])
-    assert time.perf_counter() - start < 0.05
+    # Linear work takes under 20 ms here; backtracking would take seconds. The margin absorbs the
+    # other test process sharing the cores.
+    assert time.perf_counter() - start < 0.1
     assert len(value) == 1 and isinstance(value[0], float)
