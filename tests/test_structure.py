@@ -251,7 +251,7 @@ def config_classes(root: type = config.Config) -> list[type]:
     return seen
 
 
-READING_METHODS_IN_CONFIG = ("problems", "mesh_for_eval")
+READING_METHODS_IN_CONFIG = ("problems", "mesh_for_eval", "session_steps", "total_steps")
 
 
 def attribute_reads(tree: ast.AST) -> set[str]:
@@ -272,7 +272,8 @@ def reads_outside_config(roots) -> set[str]:
 
 
 def reads_inside_config() -> set[str]:
-    """What config.py's own checks read: only inside `problems` and `mesh_for_eval`."""
+    """What config.py's own methods read: its checks (`problems`) and the quantities it derives
+    for the jobs (`mesh_for_eval`, `session_steps`, `total_steps`)."""
     return {name for node in ast.walk(parse(LIB / "config.py"))
             if isinstance(node, ast.FunctionDef) and node.name in READING_METHODS_IN_CONFIG
             for name in attribute_reads(node)}

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 import types
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 import yaml
 
@@ -46,6 +47,9 @@ def _positive(section, *keys):
 # of stage digests (showwork.stages.as_data), so runs started before it was
 # added keep their digests and resume.
 ADDED = {"digest": "omit_at_default"}
+# A field that changes only what is logged, never what is trained or written as a result: left out
+# of digests, so changing it neither reruns a stage nor refuses its checkpoints.
+LOGGING = {"digest": "never"}
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,13 @@ class DataConfig:
     calculator_annotations: Literal["readable", "drop", "keep", "parentheses"] = "readable"
     max_question_chars: int = 2000
     max_solution_chars: int = 8000
+    # shuffled: a seeded order of the rows read; source: the source's own order (a corpus's first N
+    # rows, as the glaive system trained on), train rows first, then eval rows, and stats.json
+    # records the source index of the last training record it consumed.
+    order: Literal["shuffled", "source"] = field(default="shuffled", metadata=ADDED)
+    # order source: the data/stats.json (local or gs://) of the run this one continues; reading starts
+    # right after the last record that run trained on, so the two runs' training rows are disjoint.
+    start_after: Optional[str] = field(default=None, metadata=ADDED)
 
     def problems(self):
         for key in ("train_size", "eval_size", "offset", "max_question_chars", "max_solution_chars"):
@@ -99,6 +110,11 @@ class DataConfig:
                 yield key, f"must be >= 0, got {getattr(self, key)}"
         if self.train_size + self.eval_size == 0:
             yield "train_size", "train_size and eval_size are both 0: nothing to prepare"
+        if self.order == "source" and (self.source == "reasoning-gym" or self.eval_path or self.offset):
+            yield "order", ("source order reads one corpus from its start (or start_after): not with reasoning-gym, "
+                            "eval_path or offset")
+        if self.start_after and self.order != "source":
+            yield "start_after", "continues a run in the source's order: set order: source"
 
 
 @dataclass(frozen=True)
@@ -145,6 +161,12 @@ class SftConfig:
     # Every this many steps, the loss on the held-out rows (data/eval.jsonl) is logged
     # as `eval_loss`; 0 never computes it.
     eval_every: int = 0
+
+    def total_steps(self, n: int, batch: int) -> int:
+        """Optimizer steps: `max_steps`, or enough micro-batches of `batch` for `epochs` passes over n rows."""
+        if self.max_steps is not None:
+            return self.max_steps
+        return max(1, math.ceil(self.epochs * n / (batch * self.gradient_accumulation)))
 
     def problems(self):
         if self.epochs <= 0 and self.max_steps is None:
@@ -198,6 +220,29 @@ class GrpoConfig:
     scale_rewards: Literal["group", "batch", "none"] = field(default="group", metadata=ADDED)
     # Completions cut by max_tokens_to_generate (no stop token) leave the loss (DAPO).
     mask_truncated_completions: bool = field(default=False, metadata=ADDED)
+    # DAPO's dynamic sampling: groups whose G rewards are all equal (no advantage) are replaced by
+    # groups sampled from more prompts, up to max_num_gen_batches sampling rounds per step (verl's
+    # name; the first round included); the step keeps its batch size either way.
+    dynamic_sampling: bool = field(default=False, metadata=ADDED)
+    max_num_gen_batches: int = field(default=3, metadata=ADDED)
+    # DAPO's overlong shaping: a penalty from 0 to -overlong_buffer_penalty over the last
+    # overlong_buffer_length tokens of rollout.max_tokens_to_generate (logged as reward_overlong).
+    overlong_buffer_length: Optional[int] = field(default=None, metadata=ADDED)
+    overlong_buffer_penalty: float = field(default=1.0, metadata=ADDED)
+    # Each step writes this many prompts with their G completions, rewards and advantages to
+    # grpo/s-K/samples.jsonl and TensorBoard text (TRL's names); the report shows some of them.
+    log_completions: bool = field(default=True, metadata=LOGGING)
+    num_completions_to_print: int = field(default=2, metadata=LOGGING)
+
+    def session_steps(self, batch: int) -> list[int]:
+        """Steps of each session: `steps_per_session`, or enough steps of `batch` prompts for the
+        session's new prompts plus those it replays (session 0 none; later ones per review_ratio, as
+        train.grpo.session_prompts draws them)."""
+        if self.steps_per_session:
+            return [self.steps_per_session] * self.sessions
+        per = self.prompts_per_session
+        replayed = [0] + [min(k * per, int(round(per * self.review_ratio))) for k in range(1, self.sessions)]
+        return [max(1, math.ceil((per + r) / batch)) for r in replayed]
 
     def problems(self):
         if self.epsilon_high is not None and self.epsilon_high < self.epsilon:
@@ -207,6 +252,16 @@ class GrpoConfig:
                               "and need epsilon about 3e-4 and epsilon_high about 4e-4 (Zheng et al. 2025)")
         if self.num_generations < 2:
             yield "num_generations", f"GRPO needs at least 2 generations per prompt, got {self.num_generations}"
+        if self.max_num_gen_batches < 1:
+            yield "max_num_gen_batches", f"must be >= 1 (sampling rounds per step), got {self.max_num_gen_batches}"
+        if self.overlong_buffer_length is not None and not (
+                0 < self.overlong_buffer_length <= self.rollout.max_tokens_to_generate):
+            yield "overlong_buffer_length", (f"must be in 1..rollout.max_tokens_to_generate "
+                                             f"({self.rollout.max_tokens_to_generate}), got {self.overlong_buffer_length}")
+        if self.overlong_buffer_penalty < 0:
+            yield "overlong_buffer_penalty", f"must be >= 0, got {self.overlong_buffer_penalty}"
+        if self.num_completions_to_print < 0:
+            yield "num_completions_to_print", f"must be >= 0, got {self.num_completions_to_print}"
         yield from _positive(self, "sessions")
         if self.review_ratio < 0:
             yield "review_ratio", f"must be >= 0, got {self.review_ratio}"
@@ -306,6 +361,16 @@ class TierConfig:
 
 
 @dataclass(frozen=True)
+class Difference:
+    """A value a recipe sets unlike the system it reproduces (showwork.systems), and why."""
+
+    key: str  # a config key (grpo.optimizer.b2) or a quantity showwork.systems derives (grpo.steps)
+    system: Any  # the system's value, as showwork.systems.SYSTEMS states it
+    ours: Any  # this recipe's value
+    why: str
+
+
+@dataclass(frozen=True)
 class Config:
     recipe: str
     model: ModelConfig
@@ -319,9 +384,17 @@ class Config:
     eval: EvalConfig = EvalConfig()
     # Where the files came from, for messages; not part of any digest.
     sources: tuple[str, ...] = ()
+    # The published system this recipe reproduces (a key of showwork.systems.SYSTEMS) and each value
+    # it sets otherwise; documentation that tests/test_systems.py holds to the recipe's values.
+    reference: Optional[str] = field(default=None, metadata=LOGGING)
+    differences: tuple[Difference, ...] = field(default=(), metadata=LOGGING)
 
     def problems(self):
         """Combinations that cannot run, caught before any work starts."""
+        from showwork import systems
+
+        if self.reference is not None and self.reference not in systems.SYSTEMS:
+            yield "reference", f"unknown system {self.reference!r}; known: {', '.join(sorted(systems.SYSTEMS))}"
         sections = {"sft": self.sft, "grpo": self.grpo, "self-teach": self.self_teach}
         for name in self.eval.models:
             if name in sections and sections[name] is None:
@@ -450,6 +523,8 @@ def _convert(tp, value, origin, keypath, files):
             _fail(origin, keypath, files, f"expected a mapping, got {_describe(value)}")
         key_type, value_type = args
         return {str(k): _convert(value_type, v, origin, keypath + (str(k),), files) for k, v in value.items()}
+    if tp is Any:  # documentation values (Difference): kept as YAML gave them
+        return value
     if tp is bool:
         if not isinstance(value, bool):
             _fail(origin, keypath, files, f"expected true or false, got {_describe(value)}")

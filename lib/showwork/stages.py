@@ -57,6 +57,11 @@ def metrics_key(stage_key: str) -> str:
     return f"{stage_key}/metrics.jsonl"
 
 
+def samples_key(stage_key: str) -> str:
+    """A GRPO session's logged completions (grpo.log_completions), one row per prompt and step."""
+    return f"{stage_key}/samples.jsonl"
+
+
 # Where each training stage keeps its checkpoints and TensorBoard events
 # (GRPO's sessions share one directory: steps are numbered across sessions).
 TRAINING_DIRS = ("sft", "self-teach", "grpo")
@@ -147,8 +152,10 @@ def as_data(section) -> object:
 
 
 def _omitted(f: dataclasses.Field, value) -> bool:
-    """A field added after runs existed (config.ADDED) is left out of digests while at its default."""
-    return f.metadata.get("digest") == "omit_at_default" and value == f.default
+    """Left out of digests: a field added after runs existed (config.ADDED) while at its default,
+    and a logging-only field (config.LOGGING) always."""
+    kind = f.metadata.get("digest")
+    return kind == "never" or (kind == "omit_at_default" and value == f.default)
 
 
 def hash_sections(**sections) -> str:

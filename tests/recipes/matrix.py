@@ -34,14 +34,19 @@ OVERLAYS = REPO / "k8s" / "overlays"
 ALLOWED = {
     ("model", "name"), ("model", "path"),
     ("data", "path"), ("data", "eval_path"), ("data", "train_size"), ("data", "eval_size"), ("data", "offset"),
+    ("data", "start_after"),
     ("data", "max_solution_chars"),
     ("sft", "max_steps"), ("sft", "max_seq_len"), ("sft", "batch_size"), ("sft", "gradient_accumulation"),
     ("grpo", "prompts_per_session"), ("grpo", "steps_per_session"), ("grpo", "batch_size"),
     ("grpo", "rollout", "max_prompt_length"), ("grpo", "rollout", "max_tokens_to_generate"),
+    # Scaled with max_tokens_to_generate: the same share of the shrunken budget (DAPO's overlong shaping).
+    ("grpo", "overlong_buffer_length"),
     ("self_teach", "questions"), ("self_teach", "max_tokens"),
     ("self_teach", "sft", "max_steps"), ("self_teach", "sft", "max_seq_len"), ("self_teach", "sft", "batch_size"),
     ("eval", "max_tokens"), ("eval", "samples"),
     ("tier", "train_batch"), ("tier", "eval_batch"),
+    # Two shards still split, merge and check the set; the tier's own count is the manifests' (test_k8s).
+    ("tier", "eval_shards"),
 }
 
 
@@ -109,7 +114,7 @@ def check_override(doc: dict, prefix: tuple = ()) -> None:
 def override(recipe: dict, tier: dict, model_path: str, data_files: dict[str, dict]) -> dict:
     """The smallest run of `recipe` on `tier` that still goes through every stage it names."""
     data = recipe["data"]
-    shards = tier.get("eval_shards", 1)
+    shards = min(tier.get("eval_shards", 1), 2)
     # The smallest batches the mesh divides: one sequence per data-parallel replica; for GRPO the
     # fewest prompts whose completions split evenly.
     replicas = tier.get("mesh", {}).get("shape", [1])[0]
@@ -120,10 +125,12 @@ def override(recipe: dict, tier: dict, model_path: str, data_files: dict[str, di
                           # Short worked solutions: every SFT batch in one 128-token completion bucket,
                           # so two steps compile once.
                           "max_solution_chars": min(data.get("max_solution_chars", 8000), 200)},
-                 "tier": {"train_batch": replicas, "eval_batch": 4},
+                 "tier": {"train_batch": replicas, "eval_batch": 4, "eval_shards": min(shards, 2)},
                  "eval": {"max_tokens": 8, "samples": 2}}
     if data.get("offset"):
         out["data"]["offset"] = out["data"]["train_size"]  # still "skip the first run's rows"
+    if data.get("start_after"):  # a continuation: of a first run on the generated corpus
+        out["data"]["start_after"] = data_files["continuation"]["start_after"]
     if data["source"] in data_files:
         out["data"].update(data_files[data["source"]])
     if "sft" in recipe:
@@ -132,6 +139,10 @@ def override(recipe: dict, tier: dict, model_path: str, data_files: dict[str, di
         prompts = replicas // math.gcd(replicas, generations)
         out["grpo"] = {"prompts_per_session": prompts, "steps_per_session": 1, "batch_size": prompts,
                        "rollout": {"max_tokens_to_generate": 8}}
+        buffer = recipe["grpo"].get("overlong_buffer_length")
+        if buffer:
+            budget = recipe["grpo"].get("rollout", {}).get("max_tokens_to_generate", 256)
+            out["grpo"]["overlong_buffer_length"] = max(1, round(buffer * 8 / budget))
     if "self_teach" in recipe:
         out["self_teach"] = {"questions": 2, "max_tokens": 160, "sft": {"max_steps": 2, "max_seq_len": 384,
                                                                       "batch_size": replicas}}

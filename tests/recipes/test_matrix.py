@@ -62,8 +62,16 @@ def write_data(directory):
         path = directory / f"{name}.jsonl"
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
         files[name] = str(path)
+    # What a first glaive run leaves for its continuation (data.start_after): its data/stats.json.
+    from showwork.config import DataConfig
+    from showwork.task import data
+
+    _, _, stats = data.build_splits(DataConfig(source="glaive", path=files["glaive"], order="source", train_size=16,
+                                               eval_size=1))
+    (directory / "first-run-stats.json").write_text(json.dumps(stats))
     return {"gsm8k": {"path": files["gsm8k-train"], "eval_path": files["gsm8k-test"]},
-            "glaive": {"path": files["glaive"]}}
+            "glaive": {"path": files["glaive"]},
+            "continuation": {"start_after": str(directory / "first-run-stats.json")}}
 
 
 def test_the_matrix_holds_every_recipe_and_every_documented_pairing():
@@ -164,8 +172,14 @@ def run_as_pods(cfg, configs, root, cache):
 
 
 def check_report(cfg, run):
-    """The report exists and every accuracy in metrics.json is recomputed from the shard records."""
+    """The report exists and every accuracy in metrics.json is recomputed from the shard records; a
+    GRPO recipe's report shows the completions its first and last step logged."""
     assert (run / "report" / "report.html").is_file()
+    if cfg.grpo is not None and cfg.grpo.log_completions and cfg.grpo.num_completions_to_print:
+        logged = [json.loads(line) for path in sorted((run / "grpo").glob("s-*/samples.jsonl")) for line in path.open()]
+        assert logged and all(len(r["completions"]) == cfg.grpo.num_generations for r in logged)
+        shown = (run / "report" / "report.md").read_text()
+        assert "## GRPO completions" in shown and logged[0]["prompt"][:40].replace("\n", " ⏎ ") in shown
     metrics = json.loads((run / "report" / "metrics.json").read_text())
     eval_rows = sum(1 for _ in (run / "data" / "eval.jsonl").open())
     assert eval_rows > 0

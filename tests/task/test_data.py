@@ -294,3 +294,55 @@ def test_a_gs_data_path_is_read_through_the_bus(monkeypatch, gcs_server, tmp_pat
     with pytest.raises(FileNotFoundError, match="gs://showwork-test/data/gsm8k/nope.jsonl"):
         data.build_splits(DataConfig(source="gsm8k", path="gs://showwork-test/data/gsm8k/nope.jsonl",
                                      eval_path=test, train_size=3, eval_size=1))
+
+
+def glaive_corpus(path, n):
+    """A glaive-layout corpus of n records: every 7th has no reasoning trace (rejected), every 11th
+    repeats an earlier prompt (a duplicate), so source indices and clean rows differ."""
+    with path.open("w") as f:
+        for i in range(n):
+            prompt = f"Explain step {i - 1}." if i % 11 == 10 else f"Explain step {i}."
+            response = f"The answer {i}." if i % 7 == 6 else f"<think>Because {i} follows {i - 1}.</think> It is {i}."
+            f.write(json.dumps({"prompt": prompt, "response": response}) + "\n")
+
+
+def test_a_source_order_continuation_trains_on_the_next_rows(tmp_path):
+    """The first run trains on the corpus's first N clean rows and records the source index of the last
+    record it trained on; the continuation reads from the next record: disjoint training rows, and
+    exactly the next N clean rows of the corpus."""
+    corpus = tmp_path / "glaive.jsonl"
+    glaive_corpus(corpus, 120)
+    everything, _, _ = data.build_splits(DataConfig(source="glaive", path=str(corpus), order="source",
+                                                    train_size=1000, eval_size=0))
+    first = DataConfig(source="glaive", path=str(corpus), order="source", train_size=30, eval_size=5)
+    train1, evals1, stats1 = data.build_splits(first)
+    assert [r.id for r in train1] == [r.id for r in everything[:30]]  # the corpus's first 30 clean rows
+    assert [r.id for r in evals1] == [r.id for r in everything[30:35]]  # held out: the rows after them
+    assert stats1["first_index"] == 0 and stats1["dropped"]["no_reasoning_trace"] > 0
+    # The last training row came from this source record (line), whatever was rejected before it.
+    lines = corpus.read_text().splitlines()
+    assert data.stable_id("glaive", json.loads(lines[stats1["last_index"]])["prompt"]) == train1[-1].id
+
+    (tmp_path / "stats.json").write_text(json.dumps(stats1))
+    second = DataConfig(source="glaive", path=str(corpus), order="source", train_size=30, eval_size=5,
+                        start_after=str(tmp_path / "stats.json"))
+    train2, _, stats2 = data.build_splits(second)
+    assert stats2["first_index"] == stats1["last_index"] + 1
+    assert not {r.id for r in train1} & {r.id for r in train2}
+    assert [r.id for r in train2] == [r.id for r in everything[30:60]]
+
+
+@pytest.mark.parametrize("section, says", [
+    ({"source": "reasoning-gym", "order": "source"}, "not with reasoning-gym"),
+    ({"source": "glaive", "order": "source", "offset": 10}, "not with reasoning-gym, eval_path or offset"),
+    ({"source": "glaive", "start_after": "runs/a/data/stats.json"}, "set order: source"),
+])
+def test_source_order_settings_that_cannot_work_are_refused(section, says):
+    problems = dict(DataConfig(**section).problems())
+    assert any(says in m for m in problems.values()), problems
+
+
+def test_a_continuation_of_a_shuffled_run_is_refused(tmp_path):
+    (tmp_path / "stats.json").write_text(json.dumps({"source": "glaive", "rows_out": {"train": 3}}))
+    with pytest.raises(Exception, match="did not read its data in source order"):
+        data.continuation_start(str(tmp_path / "stats.json"))

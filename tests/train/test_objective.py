@@ -117,7 +117,54 @@ def test_the_default_objective_is_grpo_as_before():
 @pytest.mark.parametrize("section, says", [
     ({"epsilon": 0.2, "epsilon_high": 0.1}, "must be >= epsilon"),
     ({"loss_algo": "gspo-token"}, "about 3e-4"),
+    ({"max_num_gen_batches": 0}, "sampling rounds per step"),
+    ({"overlong_buffer_length": 300}, "1..rollout.max_tokens_to_generate (256)"),
+    ({"overlong_buffer_length": 0}, "1..rollout.max_tokens_to_generate"),
+    ({"overlong_buffer_penalty": -1.0}, "must be >= 0"),
 ])
 def test_impossible_objective_settings_are_refused(section, says):
     problems = dict(GrpoConfig(**section).problems())
     assert any(says in message for message in problems.values()), problems
+
+
+# Budget 160 tokens, buffer the last 32: free up to 128, then -1/32 per token, -1 at the budget.
+@pytest.mark.parametrize("length, expected", [
+    (0, 0.0), (100, 0.0), (128, 0.0), (129, -1 / 32), (144, -0.5), (159, -31 / 32), (160, -1.0),
+])
+def test_overlong_penalty_matches_dapo_and_tunix(length, expected):
+    from tunix.rl.grpo.dapo_learner import reward_shaping
+
+    ours = float(objective.overlong_penalty([length], max_len=160, buffer=32, penalty=1.0)[0])
+    assert ours == pytest.approx(expected)
+    # tunix counts the characters of the completion text: a text of `length` characters is the same case.
+    buffer = {"overlong_buffer_length": 32, "overlong_buffer_penalty": 1.0, "max_response_length": 160}
+    assert ours == pytest.approx(reward_shaping([""], ["x" * length], None, overlong_buffer=buffer)[0])
+    assert float(objective.overlong_penalty([length], 160, 32, penalty=0.5)[0]) == pytest.approx(expected / 2)
+
+
+@pytest.mark.parametrize("rewards, expected", [
+    ([1.0, 1.0, 0.0, 1.0], [False, True]),  # the first group all alike: no advantage
+    ([0.0, 0.0, 0.0, 0.0], [False, False]),
+    ([0.5, 0.50001, -1.0, -1.0], [True, False]),  # any difference is a signal (group std scaling amplifies it)
+])
+def test_informative_groups_are_those_whose_rewards_differ(rewards, expected):
+    assert objective.informative(rewards, 2).tolist() == expected
+    for scale in ("group", "batch", "none"):  # a group it calls uninformative has zero advantage every way
+        adv = objective.advantages(np.asarray(rewards), 2, scale).reshape(-1, 2)
+        assert all(np.all(adv[g] == 0) for g, keep in enumerate(expected) if not keep)
+
+
+@pytest.mark.parametrize("rounds, batch, expected", [
+    # enough informative groups in round 0: those, then round 0's others fill nothing
+    ([[True, True, True]], 3, [(0, 0), (0, 1), (0, 2)]),
+    # round 0 has one; round 1 brings two more: informative first, in round order
+    ([[False, True, False], [True, False, True]], 3, [(0, 1), (1, 0), (1, 2)]),
+    # more informative than needed: the first `batch` of them
+    ([[True, False], [True, True]], 2, [(0, 0), (1, 0)]),
+    # the rounds ran out: round 0's uninformative groups keep the batch size
+    ([[False, True, False], [False, False, False]], 3, [(0, 1), (0, 0), (0, 2)]),
+    ([[False, False]], 2, [(0, 0), (0, 1)]),
+])
+def test_dynamic_sampling_chooses_informative_groups_first_and_keeps_the_batch(rounds, batch, expected):
+    chosen = objective.choose_groups([np.asarray(r) for r in rounds], batch)
+    assert chosen == expected and len(set(chosen)) == batch

@@ -110,9 +110,12 @@ def test_master_weights_are_float32_and_cast_back_to_the_compute_dtype():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("adapt", [True, False], ids=["lora", "full"])
+@pytest.mark.parametrize("adapt", [True], ids=["lora"])
 def test_real_270m_trains_in_bfloat16_with_finite_falling_loss(tmp_path, adapt):
-    """The real Gemma 3 270M on a bfloat16 tier: every step finite, none refused, the loss falls."""
+    """The real Gemma 3 270M on a bfloat16 tier: every step finite, none refused, the loss falls.
+    LoRA only at this size (each variant compiles the 270M for minutes on CI's cores); full
+    fine-tuning in bfloat16 is tested on the tiny model above (finite losses, update within 10%
+    of float32's)."""
     from showwork.config import DataConfig, PromptConfig
     from showwork.model import loader
     from showwork.task import data

@@ -3,6 +3,7 @@ exact resume after a real SIGTERM (parameters identical to an uninterrupted run)
 
 import signal
 import subprocess
+import zlib
 import sys
 import tempfile
 from pathlib import Path
@@ -18,6 +19,7 @@ from showwork.errors import EXIT_PREEMPTED
 from showwork.config import LoraConfig, OptimizerConfig, ScheduleConfig
 from showwork.model import export, families, loader, lora, tiny as tiny_model
 from showwork.sample import forward
+from showwork.task import rewards as rewards_lib
 from showwork.train import checkpoints, grpo, objective, sft, step as step_lib
 
 CPU = TIERS / "cpu" / "tier.yaml"
@@ -44,6 +46,12 @@ grpo:
   rollout: {max_prompt_length: 512, max_tokens_to_generate: 12, temperature: 1.0, top_k: 30}
   optimizer: {learning_rate: 1.0e-3}
   rewards: {format_approx: 1.0, numbers: 1.0}
+"""
+DAPO_SWITCHES = """  dynamic_sampling: true
+  max_num_gen_batches: 3
+  overlong_buffer_length: 4
+  epsilon_high: 0.28
+  loss_agg_mode: token-mean
 """
 
 
@@ -135,8 +143,10 @@ def test_qlora_sft_job_trains_and_exports_a_plain_model(tmp_path):
     assert reloaded.model.layers[0].mlp.down_proj.kernel.value.dtype == np.float32
 
 
-def test_grpo_sessions_resume_after_sigterm_equals_uninterrupted(tmp_path):
-    path = recipe(tmp_path, TINY_GRPO)
+def test_grpo_sessions_with_dapo_switches_resume_after_sigterm_equals_uninterrupted(tmp_path):
+    """Dynamic sampling's extra rounds and overlong shaping on (the default objective's resume is
+    tests/reliability/test_preemption.py's): the same weights, metrics and logged samples."""
+    path = recipe(tmp_path, TINY_GRPO + DAPO_SWITCHES)
     for root in ("a", "b"):
         run("jobs.prepare_data", path, CPU, "--root", tmp_path / root)
     run("jobs.grpo_session", path, CPU, "--root", tmp_path / "a")  # both sessions in order
@@ -154,7 +164,15 @@ def test_grpo_sessions_resume_after_sigterm_equals_uninterrupted(tmp_path):
     bus_a = Bus(str(tmp_path / "a" / "tiny-grpo"))
     s1 = bus_a.read_jsonl("grpo/s-1/metrics.jsonl")
     assert [m["step"] for m in s1] == list(range(7, 13))
-    assert {"reward", "correct", "kl", "loss", "reward_format_approx", "reward_numbers"} <= set(s1[0])
+    assert {"reward", "correct", "kl", "loss", "reward_format_approx", "reward_numbers", "reward_overlong",
+            "sampling_rounds", "informative_groups"} <= set(s1[0])
+    assert any(m["sampling_rounds"] > 1 for m in s1)  # the extra rounds ran, and resumed alike
+    for key in ("grpo/s-1/metrics.jsonl", "grpo/s-1/samples.jsonl"):
+        a, b = bus_a.read_jsonl(key), bus_b.read_jsonl(key)
+        for row in a + b:
+            row.pop("step_seconds", None), row.pop("sample_seconds", None)
+        assert a == b, key
+    assert [r["step"] for r in bus_b.read_jsonl("grpo/s-1/samples.jsonl")] == [s for s in range(7, 13) for _ in (0, 1)]
     # A changed session-0 model would show: session 1 must differ from session 0.
     s0w = weights(tmp_path / "a" / "tiny-grpo", "grpo/s-0/model/model.safetensors")
     s1w = weights(tmp_path / "a" / "tiny-grpo", "grpo/s-1/model/model.safetensors")
@@ -404,3 +422,75 @@ def test_sft_eval_every_logs_held_out_loss_on_its_steps(tmp_path):
     _, _, loss_fn = sft.make_step_fns(graphdef, step_lib.optimizer(sft_cfg.optimizer, sft_cfg.schedule, 4))
     assert rows[-1]["eval_loss"] == pytest.approx(sft.held_out_loss(loss_fn, trainable, frozen, seqs, 2), rel=1e-5)
     assert rows[-1]["eval_loss"] != rows[1]["eval_loss"]
+
+
+def flat_or_spread(prompts, completions, answer, **kw):
+    """A test reward: 0 for every completion of a "flat" row; otherwise a value that differs between
+    any two different completions (so a group of distinct samples always has a signal)."""
+    return [0.0 if a == "flat" else zlib.crc32(c.encode()) / 2**32 for c, a in zip(completions, answer)]
+
+
+def test_dynamic_sampling_trains_a_full_batch_of_informative_groups(tmp_path, monkeypatch):
+    """Half of each step's prompts score the same whatever is written (zero advantage). Without
+    dynamic sampling half the batch is dead; with it every trained group's rewards differ, the
+    batch keeps its size, and the scheduled prompts' rollouts (what `reward` reports) are the same."""
+    from showwork import log
+    from showwork.config import GrpoConfig, RolloutConfig
+
+    monkeypatch.setitem(rewards_lib.REWARDS, "flat_or_spread", flat_or_spread)
+    order = grpo.session_prompts(16, 0, 8, 0.0, seed=0)
+    kinds = {row: ("flat" if position % 4 < 2 else "spread") for position, row in enumerate(order)}
+    rows = [{"prompt": f"Question {i}: what is {i} plus {i}?", "answer": kinds.get(i, "spread")} for i in range(16)]
+    logged = {}
+    for dynamic in (False, True):
+        cfg = GrpoConfig(batch_size=4, num_generations=2, beta=0.0, prompts_per_session=8, review_ratio=0.0,
+                         steps_per_session=2, dynamic_sampling=dynamic, max_num_gen_batches=4,
+                         num_completions_to_print=4, rewards={"flat_or_spread": 1.0},
+                         rollout=RolloutConfig(max_prompt_length=64, max_tokens_to_generate=6, temperature=1.0,
+                                               top_k=None),
+                         optimizer=OptimizerConfig(learning_rate=1e-3))
+        bus = Bus(str(tmp_path / str(dynamic)))
+        grpo.train_session(bus, tiny_model.load(seed=3), rows, 0, cfg, 4, "t", log.get("t"))
+        logged[dynamic] = bus.read_jsonl("grpo/s-0/metrics.jsonl"), bus.read_jsonl("grpo/s-0/samples.jsonl")
+
+    plain, plain_samples = logged[False]
+    assert [m["informative_groups"] for m in plain] == [2.0, 2.0] and "sampling_rounds" not in plain[0]
+    assert sorted(r["answer"] for r in plain_samples if r["step"] == 1) == ["flat", "flat", "spread", "spread"]
+
+    metrics, samples = logged[True]
+    assert [m["informative_groups"] for m in metrics] == [4.0, 4.0]
+    assert all(m["sampling_rounds"] >= 2 for m in metrics)
+    for step in (1, 2):
+        trained = [r for r in samples if r["step"] == step]
+        assert len(trained) == 4 and all(r["answer"] == "spread" for r in trained)
+        for group in trained:
+            rewards = [c["reward"] for c in group["completions"]]
+            assert len(set(rewards)) == 2
+            adv = objective.advantages(np.asarray(rewards), 2)
+            assert [c["advantage"] for c in group["completions"]] == pytest.approx(adv.tolist(), abs=1e-5)
+        assert any(group["round"] > 0 for group in trained)
+    # Round 0 is the scheduled prompts sampled with the step's usual seed, whether or not more rounds follow.
+    assert metrics[0]["reward"] == pytest.approx(plain[0]["reward"])
+
+
+def test_several_updates_per_rollout_clip_against_the_rollouts_log_probs(tmp_path, monkeypatch):
+    """num_iterations 1: the sampling policy is the current one, every ratio is 1 and nothing is
+    clipped. num_iterations 3 (μ): updates 2 and 3 see ratios to the rollout's log-probs move away
+    from 1, and a large step gets clipped; the ratio would stay 1 if `old` were recomputed."""
+    from showwork import log
+    from showwork.config import GrpoConfig, RolloutConfig
+
+    monkeypatch.setitem(rewards_lib.REWARDS, "flat_or_spread", flat_or_spread)  # every group has a signal
+    rows = [{"prompt": f"Question {i}: what is {i} plus {i}?", "answer": "spread"} for i in range(8)]
+    clipped = {}
+    for mu in (1, 3):
+        cfg = GrpoConfig(batch_size=2, num_generations=4, beta=0.0, prompts_per_session=4, steps_per_session=2,
+                         num_iterations=mu, rewards={"flat_or_spread": 1.0},
+                         rollout=RolloutConfig(max_prompt_length=64, max_tokens_to_generate=8, temperature=1.0,
+                                               top_k=None),
+                         optimizer=OptimizerConfig(learning_rate=0.05, max_grad_norm=10.0))
+        bus = Bus(str(tmp_path / str(mu)))
+        grpo.train_session(bus, tiny_model.load(seed=4), rows, 0, cfg, 2, "t", log.get("t"))
+        clipped[mu] = [m["clip_fraction"] for m in bus.read_jsonl("grpo/s-0/metrics.jsonl")]
+    assert clipped[1] == [0.0, 0.0]
+    assert max(clipped[3]) > 0.0

@@ -211,7 +211,11 @@ def plot_training(curves: dict[str, list[dict]]) -> bytes | None:
     fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.2), squeeze=False)
     for ax, (name, rows) in zip(axes[0], curves.items()):
         key = "loss" if name.startswith("sft") or name.startswith("self-teach") else "reward"
-        ax.plot([r["step"] for r in rows], [r.get(key, float("nan")) for r in rows])
+        ax.plot([r["step"] for r in rows], [r.get(key, float("nan")) for r in rows], label=key)
+        held_out = [r for r in rows if "eval_loss" in r]  # sft.eval_every: loss on the held-out rows
+        if held_out:
+            ax.plot([r["step"] for r in held_out], [r["eval_loss"] for r in held_out], "o-", label="held-out loss")
+            ax.legend()
         ax.set_title(f"{name}: {key}")
         ax.set_xlabel("step")
     return _png(fig)
@@ -240,6 +244,42 @@ def training_curves(bus: Bus) -> dict[str, list[dict]]:
     return curves
 
 
+def grpo_samples(bus: Bus) -> dict[str, list[dict]]:
+    """The completions GRPO logged at its first and at its last step (grpo.log_completions), read
+    from every session's samples.jsonl; empty when it logged none (or the recipe has no GRPO)."""
+    rows = [r for key in sorted(k for k in bus.list("grpo") if k.endswith("/samples.jsonl"))
+            for r in bus.read_jsonl(key)]
+    if not rows:
+        return {}
+    first, last = min(r["step"] for r in rows), max(r["step"] for r in rows)
+    return {"first": [r for r in rows if r["step"] == first], "last": [r for r in rows if r["step"] == last]}
+
+
+def _cell(text: str, limit: int = 280) -> str:
+    """Free text made safe for one table cell: no pipes, backticks or line breaks, cut at `limit`."""
+    flat = text.replace("|", "¦").replace("`", "'").replace("\n", " ⏎ ").strip()
+    return flat if len(flat) <= limit else flat[:limit] + " …"
+
+
+def samples_markdown(samples: dict[str, list[dict]], prompts: int = 2) -> list[str]:
+    """GRPO's logged completions, its first step beside its last, one table per logged prompt."""
+    if not samples:
+        return []
+    first, last = samples["first"], samples["last"]
+    lines = [f"## GRPO completions: step {first[0]['step']} beside step {last[0]['step']}", "",
+             "Each completion with its total reward (r) and advantage (A); all of them are in "
+             "`grpo/s-*/samples.jsonl` and in TensorBoard's text tab.", ""]
+    for a, b in list(zip(first, last))[:prompts]:
+        lines += [f"| | step {a['step']} | step {b['step']} |", "|---|---|---|",
+                  f"| prompt | {_cell(a['prompt'], 200)} | {_cell(b['prompt'], 200)} |",
+                  f"| gold | {_cell(a['answer'])} | {_cell(b['answer'])} |"]
+        for j, (x, y) in enumerate(zip(a["completions"], b["completions"])):
+            lines.append(f"| {j + 1} | r {x['reward']:.2f}, A {x['advantage']:+.2f}: {_cell(x['text'])} "
+                         f"| r {y['reward']:.2f}, A {y['advantage']:+.2f}: {_cell(y['text'])} |")
+        lines.append("")
+    return lines
+
+
 # ---------------------------------------------------------------- documents
 
 
@@ -247,7 +287,8 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
-def markdown(metrics: dict, methods: list[str], title: str, images: dict[str, str], description: str = "") -> str:
+def markdown(metrics: dict, methods: list[str], title: str, images: dict[str, str], description: str = "",
+             samples: dict | None = None) -> str:
     """The report as markdown; `images` maps caption -> PNG file name; `description` is the recipe's.
 
     Order: what a reader wants first (the accuracy table and its plots),
@@ -291,6 +332,7 @@ def markdown(metrics: dict, methods: list[str], title: str, images: dict[str, st
                  for b in (bucket_label(x) for x in LENGTH_BUCKETS)]
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
     lines += [""] + figure("reasoning_length.png")
+    lines += samples_markdown(samples or {})
     lines += [f"## Unsolved by every model and method ({len(metrics['unsolved'])})", ""]
     for q in metrics["unsolved"][:50]:
         lines.append(f"* `{q['id']}` (gold {q['gold']}): {q['question'][:160]}")
@@ -374,7 +416,7 @@ def build(bus: Bus, models: list[str], methods: list[str], shards: int, title: s
     captions = {"Accuracy per model and method": "accuracy.png", "Accuracy by reasoning length": "reasoning_length.png"}
     if training_png:
         captions["Training curves"] = "training.png"
-    md_text = markdown(metrics, methods, title, captions, description)
+    md_text = markdown(metrics, methods, title, captions, description, grpo_samples(bus))
     for name, data in images.items():
         bus.write_bytes(stages.report_key(name), data)
     bus.write_json(stages.report_key("metrics.json"), metrics)

@@ -252,6 +252,45 @@ def clean_rows(records: Iterable[dict | Rejected], source: str, calculator: str,
     return rows
 
 
+def in_source_order(records: Iterable[dict | Rejected], start: int, train_size: int, eval_size: int, convert,
+                    dropped: Counter) -> tuple[list[Row], list[Row], int]:
+    """(train, eval, last): from source record `start` on, the first `train_size` clean rows, then the
+    next `eval_size`; `last` is the source index of the last record the training rows used (-1 if
+    none), where a continuation starts next. Rejects and duplicates are counted in `dropped`."""
+    train: list[Row] = []
+    evals: list[Row] = []
+    seen: set[str] = set()
+    last = start - 1
+    for index, record in enumerate(records):
+        if index < start:
+            continue
+        if len(train) >= train_size and len(evals) >= eval_size:
+            break
+        if len(train) < train_size:
+            last = index  # still filling the training rows: a continuation starts after this record
+        row = convert(record)
+        if isinstance(row, Rejected):
+            dropped[row.reason] += 1
+        elif row.id in seen:
+            dropped["duplicate"] += 1
+        else:
+            seen.add(row.id)
+            (train if len(train) < train_size else evals).append(row)
+    return train, evals, last
+
+
+def continuation_start(stats_uri: str | None) -> int:
+    """The source index after the last record the run behind `stats_uri` (its data/stats.json) trained on."""
+    if not stats_uri:
+        return 0
+    from showwork.cache import local_file
+
+    stats = json.loads(Path(local_file(stats_uri)).read_text(encoding="utf-8"))
+    if "last_index" not in stats:
+        raise UsageError(f"{stats_uri}: no last_index: that run did not read its data in source order (order: source)")
+    return int(stats["last_index"]) + 1
+
+
 def shuffled(rows: list[Row], seed: int) -> list[Row]:
     """A deterministic order that depends on row ids and seed, not on file order."""
     return sorted(rows, key=lambda r: hashlib.sha256(f"{seed}:{r.id}".encode()).hexdigest())
@@ -308,7 +347,8 @@ def _source_records(source: str, path: str | None, split: str, limit: int) -> It
 
     dataset, config = _HUB[source]
     # Streaming keeps a 20M-row corpus from being downloaded whole; we read
-    # a generous multiple of what we keep so the hash shuffle still mixes.
+    # a generous multiple of what we keep so the hash shuffle still mixes
+    # (no limit: source order reads until it has what it keeps).
     return itertools.islice(read_hub(dataset, config, split), limit)
 
 
@@ -323,7 +363,15 @@ def build_splits(data) -> tuple[list[Row], list[Row], dict]:
         _counted(recs, rows_in, key), source, data.calculator_annotations, data.max_question_chars,
         data.max_solution_chars, dropped, keep)
     limit = 4 * (offset + train_size + eval_size) + 1000
-    if source == "reasoning-gym":
+    extra = {}
+    if data.order == "source":
+        start = continuation_start(data.start_after)
+        convert = lambda r: to_row(r, source, data.calculator_annotations, data.max_question_chars,  # noqa: E731
+                                   data.max_solution_chars)
+        records = _counted(_source_records(source, path, "train", None), rows_in, "read")
+        train, evals, last = in_source_order(records, start, train_size, eval_size, convert, dropped)
+        extra = {"first_index": start, "last_index": last}
+    elif source == "reasoning-gym":
         # Generation is cheap and seeded per item, so we draw until the length
         # filters have kept the requested counts (capped, in case the filters
         # reject nearly everything; stats then show the shortfall).
@@ -348,6 +396,7 @@ def build_splits(data) -> tuple[list[Row], list[Row], dict]:
         "rows_out": {"train": len(train), "eval": len(kept_evals)},
         "dropped": dict(sorted(dropped.items())),
         "dropped_total": sum(dropped.values()),
+        **extra,
     }
     return train, kept_evals, stats
 

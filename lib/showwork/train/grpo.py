@@ -16,7 +16,6 @@ adapters, so it costs no memory.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
@@ -78,13 +77,6 @@ def session_prompts(n_rows: int, session: int, per_session: int, review_ratio: f
     return [mixed[i] for i in np.random.default_rng([seed, session]).permutation(len(mixed))]
 
 
-def steps_per_session(grpo: GrpoConfig, batch: int) -> int:
-    """`steps_per_session`, or enough steps of `batch` prompts for a session's new and replayed prompts."""
-    if grpo.steps_per_session:
-        return grpo.steps_per_session
-    return max(1, math.ceil(grpo.prompts_per_session * (1 + grpo.review_ratio) / batch))
-
-
 # ---------------------------------------------------------------- one session
 
 
@@ -103,48 +95,143 @@ def fitting_prompts(rows: list[dict], tokenizer, max_prompt_length: int, log) ->
     return [r for r, _ in fits], [n for _, n in fits]
 
 
-def make_step(loaded, rows: list[dict], order: list[int], grpo: GrpoConfig, batch: int, first: int, prompt_len: int,
-              parts: tuple, base: nnx.Module | None):
+@dataclasses.dataclass
+class Round:
+    """One sampling round of a step: `batch` prompts, G completions each, their rewards."""
+
+    rows: list[dict]
+    prompts: list[str]
+    gold: list[str]
+    samples: sampler.Samples
+    totals: np.ndarray
+    per_reward: dict[str, np.ndarray]
+
+
+def round_seed(seed: int, index: int, attempt: int) -> int:
+    """The sampling seed of round `attempt` of step `index`: a function of (seed, step, attempt) only,
+    so a resumed run samples the same extra rounds. Round 0 keeps the seed steps always had."""
+    if attempt == 0:
+        return seed * 1_000_003 + index
+    return int(np.random.SeedSequence([seed, index, attempt]).generate_state(1)[0])
+
+
+def extra_prompts(n: int, batch: int, seed: int, index: int, attempt: int) -> list[int]:
+    """Positions in the session's prompt order for dynamic sampling's round `attempt` of step `index`."""
+    picked = np.random.default_rng([seed, index, attempt, 0xD5]).choice(n, batch, replace=n < batch)
+    return [int(i) for i in picked]
+
+
+@dataclasses.dataclass
+class Rollouts:
+    """A step's sampling: its scheduled prompts (round 0) and, with dynamic sampling, more rounds
+    from the session's prompts until `batch` groups have rewards that differ."""
+
+    grpo: GrpoConfig
+    rows: list[dict]
+    order: list[int]  # the session's prompts (rows indices), in schedule order
+    batch: int
+    first: int  # the session's first global step
+    prompt_len: int
+
+    def sample(self, policy, index: int, attempt: int, picked: list[dict]) -> Round:
+        grpo, g = self.grpo, self.grpo.num_generations
+        roll = grpo.rollout
+        settings = sampler.SampleSettings(roll.max_tokens_to_generate, roll.temperature, roll.top_k, roll.top_p)
+        prompts = [r["prompt"] for r in picked for _ in range(g)]
+        gold = [r["answer"] for r in picked for _ in range(g)]
+        samples = sampler.generate(policy, prompts, settings, seed=round_seed(grpo.seed, index, attempt),
+                                   batch_size=len(prompts), prompt_len=self.prompt_len, group=g)
+        totals, per_reward = rewards_lib.combined(grpo.rewards, prompts, samples.texts, gold)
+        totals, per_reward = np.asarray(totals, np.float64), {k: np.asarray(v, np.float64) for k, v in per_reward.items()}
+        if grpo.overlong_buffer_length:
+            per_reward["overlong"] = objective.overlong_penalty(
+                [len(c) for c in samples.completion_ids], roll.max_tokens_to_generate, grpo.overlong_buffer_length,
+                grpo.overlong_buffer_penalty)
+            totals = totals + per_reward["overlong"]
+        return Round(picked, prompts, gold, samples, totals, per_reward)
+
+    def __call__(self, policy, index: int) -> tuple[list[Round], list[tuple[int, int]]]:
+        """The step's sampling rounds and its `batch` groups as (round, group) pairs."""
+        grpo, g, n = self.grpo, self.grpo.num_generations, len(self.order)
+        scheduled = [self.rows[self.order[((index - self.first) * self.batch + i) % n]] for i in range(self.batch)]
+        rounds = [self.sample(policy, index, 0, scheduled)]
+        if not grpo.dynamic_sampling:
+            return rounds, [(0, k) for k in range(self.batch)]
+        masks = [objective.informative(rounds[0].totals, g)]
+        while sum(int(m.sum()) for m in masks) < self.batch and len(rounds) < grpo.max_num_gen_batches:
+            picks = extra_prompts(n, self.batch, grpo.seed, index, len(rounds))
+            rounds.append(self.sample(policy, index, len(rounds), [self.rows[self.order[i]] for i in picks]))
+            masks.append(objective.informative(rounds[-1].totals, g))
+        return rounds, objective.choose_groups(masks, self.batch)
+
+
+def make_step(loaded, rollouts: Rollouts, parts: tuple, base: nnx.Module | None):
     """GRPO's step for train.loop: sample G completions per prompt, reward, update `num_iterations` times."""
     graphdef, frozen, reference, tx, compute = parts
-    roll, g = grpo.rollout, grpo.num_generations
-    logps_fn, grad_fn, apply = make_step_fns(graphdef, tx, objective.Objective.of(grpo), max(roll.temperature, 1e-3),
-                                             compute)
-    settings = sampler.SampleSettings(roll.max_tokens_to_generate, roll.temperature, roll.top_k, roll.top_p)
+    grpo, g = rollouts.grpo, rollouts.grpo.num_generations
+    logps_fn, grad_fn, apply = make_step_fns(graphdef, tx, objective.Objective.of(grpo),
+                                             max(grpo.rollout.temperature, 1e-3), compute)
 
     def step(index: int, trainable, opt_state):
-        picked = [rows[order[((index - first) * batch + i) % len(order)]] for i in range(batch)]
         with loop.StepTimer() as timer:
             nnx.update(loaded.model, compute(trainable))  # rollouts sample in the tier's dtype
             policy = loaded if base is None else dataclasses.replace(loaded, model=lora.fold_into(base, loaded.model))
-            prompts = [r["prompt"] for r in picked for _ in range(g)]
-            gold = [r["answer"] for r in picked for _ in range(g)]
             with loop.StepTimer() as sampled:
-                samples = sampler.generate(policy, prompts, settings, seed=grpo.seed * 1_000_003 + index,
-                                           batch_size=len(prompts), prompt_len=prompt_len, group=g)
-            totals, per_reward = rewards_lib.combined(grpo.rewards, prompts, samples.texts, gold)
-            prompt, completion, mask = forward.pack(samples.prompt_tokens, samples.completion_ids, prompt_len=prompt_len,
-                                                    completion_len=roll.max_tokens_to_generate)
+                rounds, chosen = rollouts(policy, index)
+            picked = [(rounds[r], k * g + j) for r, k in chosen for j in range(g)]
+            totals = np.asarray([rnd.totals[i] for rnd, i in picked])
+            completions = [rnd.samples.completion_ids[i] for rnd, i in picked]
+            prompt, completion, mask = forward.pack([rnd.samples.prompt_tokens[i] for rnd, i in picked], completions,
+                                                    prompt_len=rollouts.prompt_len,
+                                                    completion_len=grpo.rollout.max_tokens_to_generate)
             if grpo.mask_truncated_completions:
-                mask = objective.drop_truncated(mask, samples.stopped)
+                mask = objective.drop_truncated(mask, [rnd.samples.stopped[i] for rnd, i in picked])
             old = logps_fn(trainable, frozen, prompt, completion, mask) if grpo.num_iterations > 1 else None
             ref = logps_fn(reference, frozen, prompt, completion, mask) if reference is not None else None
-            adv = jnp.asarray(objective.advantages(np.asarray(totals, np.float32), g, grpo.scale_rewards), jnp.float32)
+            adv = objective.advantages(totals, g, grpo.scale_rewards)
             for _ in range(grpo.num_iterations):
-                (loss, aux), grads = grad_fn(trainable, frozen, prompt, completion, mask, old, ref, adv)
+                (loss, aux), grads = grad_fn(trainable, frozen, prompt, completion, mask, old, ref,
+                                             jnp.asarray(adv, jnp.float32))
                 trainable, opt_state, grad_norm = apply(trainable, opt_state, grads)
             jax.block_until_ready(trainable)
-        return trainable, opt_state, {
-            "reward": float(np.mean(totals)), "correct": float(np.mean(rewards_lib.correct(prompts, samples.texts, gold))),
-            "loss": float(loss), "kl": float(aux["kl"]), "clip_fraction": float(aux["clip_fraction"]),
-            # Read after the update: the rate this step applied (optax records it there).
-            "learning_rate": step_lib.current_lr(opt_state), "grad_norm": float(grad_norm),
-            "completion_tokens": float(np.mean([len(t) for t in samples.completion_ids])),
-            "step_seconds": timer.seconds, "sample_seconds": sampled.seconds,
-            **{f"reward_{name}": float(np.mean(v)) for name, v in per_reward.items()},
-        }
+        scalars = {"loss": float(loss), "kl": float(aux["kl"]), "clip_fraction": float(aux["clip_fraction"]),
+                   # Read after the update: the rate this step applied (optax records it there).
+                   "learning_rate": step_lib.current_lr(opt_state), "grad_norm": float(grad_norm),
+                   "completion_tokens": float(np.mean([len(c) for c in completions])),
+                   "informative_groups": float(objective.informative(totals, g).sum()),
+                   "step_seconds": timer.seconds, "sample_seconds": sampled.seconds}
+        if grpo.log_completions and grpo.num_completions_to_print:
+            scalars[loop.SAMPLES] = sample_records(rounds, chosen[:grpo.num_completions_to_print], adv, g)
+        return trainable, opt_state, {**round_scalars(grpo, rounds), **scalars}
 
     return step
+
+
+def round_scalars(grpo: GrpoConfig, rounds: list[Round]) -> dict:
+    """Reward and correctness of the scheduled prompts (round 0): what the policy scores, not the
+    informative groups dynamic sampling picked out of more prompts; and how many rounds it took."""
+    scheduled = rounds[0]
+    out = {"reward": float(np.mean(scheduled.totals)),
+           "correct": float(np.mean(rewards_lib.correct(scheduled.prompts, scheduled.samples.texts, scheduled.gold))),
+           **{f"reward_{name}": float(np.mean(v)) for name, v in scheduled.per_reward.items()}}
+    if grpo.dynamic_sampling:
+        out["sampling_rounds"] = float(len(rounds))
+    return out
+
+
+def sample_records(rounds: list[Round], groups: list[tuple[int, int]], adv: np.ndarray, g: int) -> list[dict]:
+    """The first trained groups, readable: prompt, gold answer and each completion with its total
+    reward, each reward function's value and its advantage (`adv` is laid out as the trained batch)."""
+    records = []
+    for slot, (r, k) in enumerate(groups):
+        rnd = rounds[r]
+        completions = [{"text": rnd.samples.texts[k * g + j], "reward": float(rnd.totals[k * g + j]),
+                        "rewards": {name: float(v[k * g + j]) for name, v in rnd.per_reward.items()},
+                        "advantage": float(adv[slot * g + j]), "tokens": len(rnd.samples.completion_ids[k * g + j]),
+                        "stopped": bool(rnd.samples.stopped[k * g + j])} for j in range(g)]
+        records.append({"prompt": rnd.rows[k]["prompt"], "answer": str(rnd.rows[k]["answer"]), "round": r,
+                        "completions": completions})
+    return records
 
 
 def train_session(bus: Bus, loaded, rows: list[dict], session: int, grpo: GrpoConfig, batch: int, digest: str, log,
@@ -156,9 +243,9 @@ def train_session(bus: Bus, loaded, rows: list[dict], session: int, grpo: GrpoCo
     (lora.fold_into), which decodes faster than running the adapters;
     None samples from `loaded.model` itself.
     """
-    steps = steps_per_session(grpo, batch)
-    first, last = session * steps, (session + 1) * steps
-    tx = step_lib.optimizer(grpo.optimizer, grpo.schedule, steps * grpo.sessions)
+    steps = grpo.session_steps(batch)
+    first, last = sum(steps[:session]), sum(steps[:session + 1])
+    tx = step_lib.optimizer(grpo.optimizer, grpo.schedule, sum(steps))
     graphdef, trainable, frozen = step_lib.split(loaded.model)
     trainable, compute = step_lib.master(trainable)
     # The starting weights (zero LoRA adapters, or the full model), copied:
@@ -173,11 +260,12 @@ def train_session(bus: Bus, loaded, rows: list[dict], session: int, grpo: GrpoCo
     prompt_len = min(grpo.rollout.max_prompt_length, forward.bucket(max(lengths[i] for i in used)))
     key = stages.grpo_key(session)
     plan = loop.Plan(checkpoints=stages.checkpoints_key("grpo"), metrics_dir="grpo", metrics_key=stages.metrics_key(key),
+                     samples_key=stages.samples_key(key),
                      digest=digest, every=grpo.checkpoint_every, keep=grpo.keep_checkpoints, first=first, last=last,
                      event="grpo step", context={"session": session}, name=f"session {session}",
                      after=f"session {session - 1}", max_refused=max_refused)
-    step = make_step(loaded, rows, order, grpo, batch, first, prompt_len, (graphdef, frozen, reference, tx, compute),
-                     base)
+    step = make_step(loaded, Rollouts(grpo, rows, order, batch, first, prompt_len),
+                     (graphdef, frozen, reference, tx, compute), base)
     summary, start = loop.run(bus, plan, loaded.model, (trainable, tx.init(trainable)), step, log)
     return {**summary, "session": session, "steps": last - start, "global_step": last}
 
@@ -207,6 +295,7 @@ def run(bus: Bus, cfg, session: int, log):
         outputs = export.to_bus(bus, stages.model_key(stage.key), loaded,
                                  export.dtype_for(cfg.model, cfg.tier.dtype))
         inputs = [stages.TRAIN_ROWS] + ([start] if start else [])
-        return StageResult(outputs=outputs + [stages.metrics_key(stage.key)], inputs=inputs, metrics=final)
+        logged = [stages.metrics_key(stage.key), stages.samples_key(stage.key)]
+        return StageResult(outputs=outputs + logged, inputs=inputs, metrics=final)
 
     return run_once(bus, stage.key, digest, body, log)

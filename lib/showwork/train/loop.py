@@ -62,31 +62,46 @@ class PreemptionGuard:
         return False
 
 
+# The key under which a step returns non-scalar records to log (GRPO's sampled completions).
+SAMPLES = "samples"
+
+
 class Metrics:
     """Per-step scalars: TensorBoard events under `<prefix>/tensorboard` and a JSONL
-    copy at `jsonl_key`, both on the bus.
+    copy at `jsonl_key`, both on the bus; with `samples_key`, readable samples too
+    (TensorBoard text and JSONL).
 
     Event files are written locally (tensorboardX cannot write gs:// without
     TensorFlow) and copied to the bus on `flush`. A resumed run keeps the
     JSONL rows up to the step it resumes from, so the log has every step once.
     """
 
-    def __init__(self, bus: Bus, prefix: str, jsonl_key: str, resume_step: int = 0):
+    def __init__(self, bus: Bus, prefix: str, jsonl_key: str, resume_step: int = 0, samples_key: str | None = None):
         from tensorboardX import SummaryWriter
 
-        self.bus, self.prefix, self.jsonl_key = bus, prefix, jsonl_key
+        self.bus, self.prefix, self.jsonl_key, self.samples_key = bus, prefix, jsonl_key, samples_key
         self.local = Path(tempfile.mkdtemp(prefix="showwork-tb-"))
         # A unique suffix: a resumed run started within the same second must not
         # overwrite the first run's event file on the bus.
         self.writer = SummaryWriter(str(self.local), filename_suffix=f".{uuid.uuid4().hex[:8]}")
-        self.rows: list[dict] = []
-        if resume_step and bus.exists(jsonl_key):
-            self.rows = [r for r in bus.read_jsonl(jsonl_key) if r["step"] <= resume_step]
+        self.rows = self._kept(jsonl_key, resume_step)
+        self.samples = self._kept(samples_key, resume_step) if samples_key else []
+
+    def _kept(self, key: str, resume_step: int) -> list[dict]:
+        """The rows a resumed run keeps: those of steps up to the checkpoint it resumes from."""
+        if resume_step and self.bus.exists(key):
+            return [r for r in self.bus.read_jsonl(key) if r["step"] <= resume_step]
+        return []
 
     def log(self, step: int, **scalars):
         for name, value in scalars.items():
             self.writer.add_scalar(name, float(value), step)
         self.rows.append({"step": step, **{k: float(v) for k, v in scalars.items()}})
+
+    def log_samples(self, step: int, records: list[dict]):
+        rows = [{"step": step, **r} for r in records]
+        self.samples.extend(rows)
+        self.writer.add_text("samples", "\n\n".join(sample_markdown(r) for r in rows), step)
 
     def flush(self):
         self.writer.flush()
@@ -95,10 +110,22 @@ class Metrics:
                 self.bus.write_bytes(f"{stages.tensorboard_key(self.prefix)}/{path.relative_to(self.local).as_posix()}",
                                      path.read_bytes())
         self.bus.write_jsonl(self.jsonl_key, self.rows)
+        if self.samples_key:
+            self.bus.write_jsonl(self.samples_key, self.samples)
 
     def close(self):
         self.flush()
         self.writer.close()
+
+
+def sample_markdown(row: dict) -> str:
+    """One logged prompt and its completions as TensorBoard's text plugin renders it (markdown)."""
+    lines = [f"**step {row['step']}**, gold `{row['answer']}`", "", "> " + row["prompt"].replace("\n", "\n> "), "",
+             "| reward | advantage | tokens | completion |", "|---|---|---|---|"]
+    for c in row["completions"]:
+        text = c["text"].replace("|", "\\|").replace("\n", " ⏎ ")
+        lines.append(f"| {c['reward']:.3g} | {c['advantage']:.3g} | {c['tokens']} | {text} |")
+    return "\n".join(lines)
 
 
 @dataclass
@@ -140,6 +167,7 @@ class Plan:
     context: dict = field(default_factory=dict)  # extra fields on each step's log line
     name: str = "this run"  # for messages: "session 1"
     after: str = "the run before it"  # the run whose final checkpoint `first` is: "session 0"
+    samples_key: str | None = None  # where a step's SAMPLES records go (JSONL; TensorBoard text too)
 
 
 def resume(ckpt: Checkpoints, plan: Plan, state, log):
@@ -172,12 +200,15 @@ def run(bus: Bus, plan: Plan, model: nnx.Module, state: tuple, step_fn: StepFn, 
     """
     ckpt = Checkpoints(bus, plan.checkpoints, plan.keep, plan.every)
     (trainable, opt_state), start = resume(ckpt, plan, state, log)
-    metrics = Metrics(bus, plan.metrics_dir, plan.metrics_key, resume_step=start)
+    metrics = Metrics(bus, plan.metrics_dir, plan.metrics_key, resume_step=start, samples_key=plan.samples_key)
     scalars: dict = {}
     in_a_row = 0
     with PreemptionGuard() as guard:
         for step in range(start, plan.last):
             trainable, opt_state, scalars = step_fn(step, trainable, opt_state)
+            records = scalars.pop(SAMPLES, None)
+            if records:
+                metrics.log_samples(step + 1, records)
             in_a_row = _count_refusals(in_a_row, step + 1, scalars, plan, log)
             metrics.log(step + 1, **scalars)
             if in_a_row >= plan.max_refused:

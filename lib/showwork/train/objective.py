@@ -11,6 +11,10 @@ tunix's names where tunix has them and TRL's otherwise (table in docs/OBJECTIVES
   long completion weighs less), over all tokens of the batch (DAPO), or per sequence divided by
   the fixed completion budget (Dr. GRPO: no length bias).
 * truncated completions left out of the loss (`mask_truncated_completions`).
+* DAPO's overlong shaping: a penalty growing linearly over the last `overlong_buffer_length`
+  tokens of the budget (`overlong_penalty`).
+* DAPO's dynamic sampling: which groups carry a learning signal (`informative`) and which groups
+  make up the step's batch (`choose_groups`).
 """
 
 from __future__ import annotations
@@ -120,3 +124,31 @@ def loss(logps, old_logps, ref_logps, advantages, mask, obj: Objective):
     total = aggregate(per_token, mask, obj.loss_agg_mode, obj.max_len)
     denom = jnp.maximum(mask.sum(), 1.0)
     return total, {"kl": (kl * mask).sum() / denom, "clip_fraction": (clipped * mask).sum() / denom}
+
+
+def overlong_penalty(lengths, max_len: int, buffer: int, penalty: float = 1.0) -> np.ndarray:
+    """DAPO's soft overlong punishment (Yu et al. 2025, eq. 13), per completion of `lengths` tokens:
+    0 up to max_len - buffer, then falling linearly to -penalty at max_len (and below it past).
+
+    Counted in tokens of the completion, as the paper does; tunix's reward_shaping counts the
+    characters of the decoded text against the same token-sized numbers.
+    """
+    lengths = np.asarray(lengths, np.float32)
+    return np.minimum(-(lengths - (max_len - buffer)) / buffer * penalty, 0.0).astype(np.float32)
+
+
+def informative(rewards, group: int) -> np.ndarray:
+    """Per group: whether its rewards differ. A group whose completions all score the same has zero
+    advantage under every `scale_rewards`, so it trains nothing but the KL term."""
+    grouped = np.asarray(rewards, np.float32).reshape(-1, group)
+    return grouped.max(axis=-1) > grouped.min(axis=-1)
+
+
+def choose_groups(rounds: list[np.ndarray], batch: int) -> list[tuple[int, int]]:
+    """The step's `batch` groups as (round, group) pairs, from each sampling round's `informative`
+    mask: informative groups first, in round order; if the rounds ran out before `batch` of
+    them, round 0's other groups fill the rest (they add no policy gradient), so the step keeps
+    its shape and compiles once."""
+    chosen = [(r, g) for r, mask in enumerate(rounds) for g in np.flatnonzero(mask)][:batch]
+    fill = [(0, int(g)) for g in np.flatnonzero(~rounds[0])]
+    return [(r, int(g)) for r, g in chosen] + fill[:batch - len(chosen)]

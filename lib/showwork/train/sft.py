@@ -9,7 +9,6 @@ data order: the order is a pure function of (seed, epoch).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import jax
@@ -63,13 +62,6 @@ def order(n: int, seed: int, start: int, count: int) -> list[int]:
         epoch, offset = divmod(q, n)
         out.append(int(np.random.default_rng([seed, epoch]).permutation(n)[offset]))
     return out
-
-
-def total_steps(n: int, batch: int, sft: SftConfig) -> int:
-    """Optimizer steps: `max_steps`, or enough micro-batches of `batch` for `epochs` passes over n rows."""
-    if sft.max_steps is not None:
-        return sft.max_steps
-    return max(1, math.ceil(sft.epochs * n / (batch * sft.gradient_accumulation)))
 
 
 def make_step_fns(graphdef, tx, compute=None):
@@ -148,7 +140,7 @@ def train(bus: Bus, loaded, rows: list[dict], sft: SftConfig, batch: int, stage:
     seqs = tokenize(rows, loaded.tokenizer, sft.max_seq_len)
     if not seqs.prompts:
         raise UsageError(f"no training sequences fit max_seq_len={sft.max_seq_len}")
-    steps = total_steps(len(seqs.prompts), batch, sft)
+    steps = sft.total_steps(len(seqs.prompts), batch)
     tx = step_lib.optimizer(sft.optimizer, sft.schedule, steps)
     graphdef, trainable, frozen = step_lib.split(loaded.model)
     trainable, compute = step_lib.master(trainable)
