@@ -220,7 +220,7 @@ class GrpoConfig:
     scale_rewards: Literal["group", "batch", "none"] = field(default="group", metadata=ADDED)
     # Completions cut by max_tokens_to_generate (no stop token) leave the loss (DAPO).
     mask_truncated_completions: bool = field(default=False, metadata=ADDED)
-    # DAPO's dynamic sampling: groups whose G rewards are all equal (no advantage) are replaced by
+    # DAPO's dynamic sampling: groups whose G graded rewards (overlong shaping aside) are all equal are replaced by
     # groups sampled from more prompts, up to max_num_gen_batches sampling rounds per step (verl's
     # name; the first round included); the step keeps its batch size either way.
     dynamic_sampling: bool = field(default=False, metadata=ADDED)
@@ -230,7 +230,8 @@ class GrpoConfig:
     overlong_buffer_length: Optional[int] = field(default=None, metadata=ADDED)
     overlong_buffer_penalty: float = field(default=1.0, metadata=ADDED)
     # Each step writes this many prompts with their G completions, rewards and advantages to
-    # grpo/s-K/samples.jsonl and TensorBoard text (TRL's names); the report shows some of them.
+    # grpo/s-K/samples.jsonl and TensorBoard text; the report shows some of them. TRL's names, but
+    # TRL's num_completions_to_print counts completions, ours prompts (each with all G).
     log_completions: bool = field(default=True, metadata=LOGGING)
     num_completions_to_print: int = field(default=2, metadata=LOGGING)
 

@@ -99,7 +99,7 @@ DERIVED = {
     "grpo.schedule_per_session": lambda cfg: False,
     # passes over the training prompts: prompts drawn over every session / training rows
     "grpo.epochs": lambda cfg: round(sum(_grpo_steps(cfg)) * (cfg.grpo.batch_size or cfg.tier.train_batch)
-                                     / cfg.data.train_size, 2),
+                                     / cfg.data.train_size, 2) if cfg.data.train_size else None,
 }
 
 
@@ -181,7 +181,8 @@ def markdown(configs) -> str:
         for key, theirs in system.values.items():
             entry = noted.get(key)
             ours = value(cfg, key)
-            out.append(f"| `{key}` | {_show(theirs)} | {_show(ours)} | {entry.why if entry else ''} |")
+            why = " ".join((entry.why if entry else "").split()).replace("|", "¦")  # one table cell
+            out.append(f"| `{key}` | {_show(theirs)} | {_show(ours)} | {why} |")
         out.append("")
     return "\n".join(out).rstrip() + "\n"
 

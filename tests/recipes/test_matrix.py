@@ -66,12 +66,15 @@ def write_data(directory):
     from showwork.config import DataConfig
     from showwork.task import data
 
-    _, _, stats = data.build_splits(DataConfig(source="glaive", path=files["glaive"], order="source", train_size=16,
-                                               eval_size=1))
-    (directory / "first-run-stats.json").write_text(json.dumps(stats))
+    train, _, stats = data.build_splits(DataConfig(source="glaive", path=files["glaive"], order="source",
+                                                   train_size=16, eval_size=1))
+    first_run = directory / "first-run" / "data"
+    first_run.mkdir(parents=True)
+    (first_run / "stats.json").write_text(json.dumps(stats))
+    (first_run / "train.jsonl").write_text("".join(json.dumps(data.formatted(r, "")) + "\n" for r in train))
     return {"gsm8k": {"path": files["gsm8k-train"], "eval_path": files["gsm8k-test"]},
             "glaive": {"path": files["glaive"]},
-            "continuation": {"start_after": str(directory / "first-run-stats.json")}}
+            "continuation": {"start_after": str(first_run / "stats.json")}}
 
 
 def test_the_matrix_holds_every_recipe_and_every_documented_pairing():

@@ -298,10 +298,11 @@ def test_a_gs_data_path_is_read_through_the_bus(monkeypatch, gcs_server, tmp_pat
 
 def glaive_corpus(path, n):
     """A glaive-layout corpus of n records: every 7th has no reasoning trace (rejected), every 11th
-    repeats an earlier prompt (a duplicate), so source indices and clean rows differ."""
+    repeats the prompt before it (a duplicate), and record 45 repeats record 2's far later, past the
+    first run's rows: source indices and clean rows differ."""
     with path.open("w") as f:
         for i in range(n):
-            prompt = f"Explain step {i - 1}." if i % 11 == 10 else f"Explain step {i}."
+            prompt = f"Explain step {i - 1}." if i % 11 == 10 else "Explain step 2." if i == 45 else f"Explain step {i}."
             response = f"The answer {i}." if i % 7 == 6 else f"<think>Because {i} follows {i - 1}.</think> It is {i}."
             f.write(json.dumps({"prompt": prompt, "response": response}) + "\n")
 
@@ -323,13 +324,22 @@ def test_a_source_order_continuation_trains_on_the_next_rows(tmp_path):
     lines = corpus.read_text().splitlines()
     assert data.stable_id("glaive", json.loads(lines[stats1["last_index"]])["prompt"]) == train1[-1].id
 
-    (tmp_path / "stats.json").write_text(json.dumps(stats1))
+    first_run = tmp_path / "first" / "data"  # what the first run left on its bus
+    first_run.mkdir(parents=True)
+    (first_run / "stats.json").write_text(json.dumps(stats1))
+    (first_run / "train.jsonl").write_text("".join(json.dumps(data.formatted(r, "s")) + "\n" for r in train1))
     second = DataConfig(source="glaive", path=str(corpus), order="source", train_size=30, eval_size=5,
-                        start_after=str(tmp_path / "stats.json"))
+                        start_after=str(first_run / "stats.json"))
     train2, _, stats2 = data.build_splits(second)
-    assert stats2["first_index"] == stats1["last_index"] + 1
+    assert stats2["first_index"] == stats1["last_index"] + 1 < 45
     assert not {r.id for r in train1} & {r.id for r in train2}
     assert [r.id for r in train2] == [r.id for r in everything[30:60]]
+    # Record 45 asks record 2's question again: the continuation does not train on it a second time.
+    assert stats2["dropped"]["trained_by_previous_run"] == 1
+
+    (first_run / "train.jsonl").unlink()
+    with pytest.raises(Exception, match="training rows are needed beside its stats.json"):
+        data.build_splits(second)
 
 
 @pytest.mark.parametrize("section, says", [

@@ -438,15 +438,19 @@ def test_dynamic_sampling_trains_a_full_batch_of_informative_groups(tmp_path, mo
     from showwork.config import GrpoConfig, RolloutConfig
 
     monkeypatch.setitem(rewards_lib.REWARDS, "flat_or_spread", flat_or_spread)
-    order = grpo.session_prompts(16, 0, 8, 0.0, seed=0)
+    # 12 session prompts, 8 scheduled (2 steps of 4): the 4 never scheduled are the longest, and
+    # dynamic sampling may draw them, so the padded prompt length must fit them too.
+    order = grpo.session_prompts(16, 0, 12, 0.0, seed=0)
     kinds = {row: ("flat" if position % 4 < 2 else "spread") for position, row in enumerate(order)}
-    rows = [{"prompt": f"Question {i}: what is {i} plus {i}?", "answer": kinds.get(i, "spread")} for i in range(16)]
+    long = {row for position, row in enumerate(order) if position >= 8}
+    rows = [{"prompt": f"Question {i}: what is {i} plus {i}?" + (" Show every step of the sum." * 6 if i in long else ""),
+             "answer": kinds.get(i, "spread")} for i in range(16)]
     logged = {}
     for dynamic in (False, True):
-        cfg = GrpoConfig(batch_size=4, num_generations=2, beta=0.0, prompts_per_session=8, review_ratio=0.0,
+        cfg = GrpoConfig(batch_size=4, num_generations=3, beta=0.0, prompts_per_session=12, review_ratio=0.0,
                          steps_per_session=2, dynamic_sampling=dynamic, max_num_gen_batches=4,
                          num_completions_to_print=4, rewards={"flat_or_spread": 1.0},
-                         rollout=RolloutConfig(max_prompt_length=64, max_tokens_to_generate=6, temperature=1.0,
+                         rollout=RolloutConfig(max_prompt_length=256, max_tokens_to_generate=6, temperature=1.0,
                                                top_k=None),
                          optimizer=OptimizerConfig(learning_rate=1e-3))
         bus = Bus(str(tmp_path / str(dynamic)))
@@ -465,8 +469,8 @@ def test_dynamic_sampling_trains_a_full_batch_of_informative_groups(tmp_path, mo
         assert len(trained) == 4 and all(r["answer"] == "spread" for r in trained)
         for group in trained:
             rewards = [c["reward"] for c in group["completions"]]
-            assert len(set(rewards)) == 2
-            adv = objective.advantages(np.asarray(rewards), 2)
+            assert len(set(rewards)) == 3  # G 3: each group's advantages differ from every other's
+            adv = objective.advantages(np.asarray(rewards), 3)
             assert [c["advantage"] for c in group["completions"]] == pytest.approx(adv.tolist(), abs=1e-5)
         assert any(group["round"] > 0 for group in trained)
     # Round 0 is the scheduled prompts sampled with the step's usual seed, whether or not more rounds follow.

@@ -16,6 +16,7 @@ import math
 from statistics import mean
 
 from showwork import stages
+from showwork.markdown import cell
 from showwork.errors import RunError
 from showwork.bus import Bus, StageResult, read_marker, run_once, verify_outputs
 
@@ -247,18 +248,14 @@ def training_curves(bus: Bus) -> dict[str, list[dict]]:
 def grpo_samples(bus: Bus) -> dict[str, list[dict]]:
     """The completions GRPO logged at its first and at its last step (grpo.log_completions), read
     from every session's samples.jsonl; empty when it logged none (or the recipe has no GRPO)."""
-    rows = [r for key in sorted(k for k in bus.list("grpo") if k.endswith("/samples.jsonl"))
-            for r in bus.read_jsonl(key)]
+    rows, session = [], 0
+    while bus.exists(stages.samples_key(stages.grpo_key(session))):
+        rows += bus.read_jsonl(stages.samples_key(stages.grpo_key(session)))
+        session += 1
     if not rows:
         return {}
     first, last = min(r["step"] for r in rows), max(r["step"] for r in rows)
     return {"first": [r for r in rows if r["step"] == first], "last": [r for r in rows if r["step"] == last]}
-
-
-def _cell(text: str, limit: int = 280) -> str:
-    """Free text made safe for one table cell: no pipes, backticks or line breaks, cut at `limit`."""
-    flat = text.replace("|", "¦").replace("`", "'").replace("\n", " ⏎ ").strip()
-    return flat if len(flat) <= limit else flat[:limit] + " …"
 
 
 def samples_markdown(samples: dict[str, list[dict]], prompts: int = 2) -> list[str]:
@@ -271,11 +268,11 @@ def samples_markdown(samples: dict[str, list[dict]], prompts: int = 2) -> list[s
              "`grpo/s-*/samples.jsonl` and in TensorBoard's text tab.", ""]
     for a, b in list(zip(first, last))[:prompts]:
         lines += [f"| | step {a['step']} | step {b['step']} |", "|---|---|---|",
-                  f"| prompt | {_cell(a['prompt'], 200)} | {_cell(b['prompt'], 200)} |",
-                  f"| gold | {_cell(a['answer'])} | {_cell(b['answer'])} |"]
+                  f"| prompt | {cell(a['prompt'], 200)} | {cell(b['prompt'], 200)} |",
+                  f"| gold | {cell(a['answer'], 280)} | {cell(b['answer'], 280)} |"]
         for j, (x, y) in enumerate(zip(a["completions"], b["completions"])):
-            lines.append(f"| {j + 1} | r {x['reward']:.2f}, A {x['advantage']:+.2f}: {_cell(x['text'])} "
-                         f"| r {y['reward']:.2f}, A {y['advantage']:+.2f}: {_cell(y['text'])} |")
+            lines.append(f"| {j + 1} | r {x['reward']:.2f}, A {x['advantage']:+.2f}: {cell(x['text'], 280)} "
+                         f"| r {y['reward']:.2f}, A {y['advantage']:+.2f}: {cell(y['text'], 280)} |")
         lines.append("")
     return lines
 

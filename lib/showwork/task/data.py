@@ -253,10 +253,11 @@ def clean_rows(records: Iterable[dict | Rejected], source: str, calculator: str,
 
 
 def in_source_order(records: Iterable[dict | Rejected], start: int, train_size: int, eval_size: int, convert,
-                    dropped: Counter) -> tuple[list[Row], list[Row], int]:
+                    dropped: Counter, trained_before: frozenset[str] = frozenset()) -> tuple[list[Row], list[Row], int]:
     """(train, eval, last): from source record `start` on, the first `train_size` clean rows, then the
     next `eval_size`; `last` is the source index of the last record the training rows used (-1 if
-    none), where a continuation starts next. Rejects and duplicates are counted in `dropped`."""
+    none), where a continuation starts next. Rejects and duplicates are counted in `dropped`; so are
+    questions a run this one continues trained on (`trained_before`), which a corpus can repeat later."""
     train: list[Row] = []
     evals: list[Row] = []
     seen: set[str] = set()
@@ -273,22 +274,32 @@ def in_source_order(records: Iterable[dict | Rejected], start: int, train_size: 
             dropped[row.reason] += 1
         elif row.id in seen:
             dropped["duplicate"] += 1
+        elif row.id in trained_before:
+            dropped["trained_by_previous_run"] += 1
         else:
             seen.add(row.id)
             (train if len(train) < train_size else evals).append(row)
     return train, evals, last
 
 
-def continuation_start(stats_uri: str | None) -> int:
-    """The source index after the last record the run behind `stats_uri` (its data/stats.json) trained on."""
+def continuation_start(stats_uri: str | None) -> tuple[int, frozenset[str]]:
+    """Where a continuation of the run behind `stats_uri` (its data/stats.json) starts reading: the
+    source index after the last record that run trained on, and the ids of the rows it trained on
+    (its train.jsonl beside stats.json), which the continuation must not train on again."""
     if not stats_uri:
-        return 0
+        return 0, frozenset()
     from showwork.cache import local_file
 
     stats = json.loads(Path(local_file(stats_uri)).read_text(encoding="utf-8"))
     if "last_index" not in stats:
         raise UsageError(f"{stats_uri}: no last_index: that run did not read its data in source order (order: source)")
-    return int(stats["last_index"]) + 1
+    rows_uri = stats_uri.rsplit("/", 1)[0] + "/train.jsonl"
+    try:
+        with open(local_file(rows_uri), encoding="utf-8") as f:
+            trained = frozenset(json.loads(line)["id"] for line in f if line.strip())
+    except FileNotFoundError:
+        raise UsageError(f"{rows_uri}: the continued run's training rows are needed beside its stats.json") from None
+    return int(stats["last_index"]) + 1, trained
 
 
 def shuffled(rows: list[Row], seed: int) -> list[Row]:
@@ -365,11 +376,11 @@ def build_splits(data) -> tuple[list[Row], list[Row], dict]:
     limit = 4 * (offset + train_size + eval_size) + 1000
     extra = {}
     if data.order == "source":
-        start = continuation_start(data.start_after)
+        start, trained_before = continuation_start(data.start_after)
         convert = lambda r: to_row(r, source, data.calculator_annotations, data.max_question_chars,  # noqa: E731
                                    data.max_solution_chars)
         records = _counted(_source_records(source, path, "train", None), rows_in, "read")
-        train, evals, last = in_source_order(records, start, train_size, eval_size, convert, dropped)
+        train, evals, last = in_source_order(records, start, train_size, eval_size, convert, dropped, trained_before)
         extra = {"first_index": start, "last_index": last}
     elif source == "reasoning-gym":
         # Generation is cheap and seeded per item, so we draw until the length

@@ -103,8 +103,9 @@ class Round:
     prompts: list[str]
     gold: list[str]
     samples: sampler.Samples
-    totals: np.ndarray
+    totals: np.ndarray  # what each completion is trained on: the weighted rewards plus overlong shaping
     per_reward: dict[str, np.ndarray]
+    graded: np.ndarray  # the weighted rewards alone: dynamic sampling keeps groups where these differ
 
 
 def round_seed(seed: int, index: int, attempt: int) -> int:
@@ -142,13 +143,14 @@ class Rollouts:
         samples = sampler.generate(policy, prompts, settings, seed=round_seed(grpo.seed, index, attempt),
                                    batch_size=len(prompts), prompt_len=self.prompt_len, group=g)
         totals, per_reward = rewards_lib.combined(grpo.rewards, prompts, samples.texts, gold)
-        totals, per_reward = np.asarray(totals, np.float64), {k: np.asarray(v, np.float64) for k, v in per_reward.items()}
+        graded, per_reward = np.asarray(totals, np.float64), {k: np.asarray(v, np.float64) for k, v in per_reward.items()}
+        totals = graded
         if grpo.overlong_buffer_length:
             per_reward["overlong"] = objective.overlong_penalty(
                 [len(c) for c in samples.completion_ids], roll.max_tokens_to_generate, grpo.overlong_buffer_length,
                 grpo.overlong_buffer_penalty)
-            totals = totals + per_reward["overlong"]
-        return Round(picked, prompts, gold, samples, totals, per_reward)
+            totals = graded + per_reward["overlong"]
+        return Round(picked, prompts, gold, samples, totals, per_reward, graded)
 
     def __call__(self, policy, index: int) -> tuple[list[Round], list[tuple[int, int]]]:
         """The step's sampling rounds and its `batch` groups as (round, group) pairs."""
@@ -157,11 +159,12 @@ class Rollouts:
         rounds = [self.sample(policy, index, 0, scheduled)]
         if not grpo.dynamic_sampling:
             return rounds, [(0, k) for k in range(self.batch)]
-        masks = [objective.informative(rounds[0].totals, g)]
+        # As DAPO: a group is kept when its graded rewards differ, not its lengths (overlong shaping).
+        masks = [objective.informative(rounds[0].graded, g)]
         while sum(int(m.sum()) for m in masks) < self.batch and len(rounds) < grpo.max_num_gen_batches:
             picks = extra_prompts(n, self.batch, grpo.seed, index, len(rounds))
             rounds.append(self.sample(policy, index, len(rounds), [self.rows[self.order[i]] for i in picks]))
-            masks.append(objective.informative(rounds[-1].totals, g))
+            masks.append(objective.informative(rounds[-1].graded, g))
         return rounds, objective.choose_groups(masks, self.batch)
 
 
@@ -198,7 +201,7 @@ def make_step(loaded, rollouts: Rollouts, parts: tuple, base: nnx.Module | None)
                    # Read after the update: the rate this step applied (optax records it there).
                    "learning_rate": step_lib.current_lr(opt_state), "grad_norm": float(grad_norm),
                    "completion_tokens": float(np.mean([len(c) for c in completions])),
-                   "informative_groups": float(objective.informative(totals, g).sum()),
+                   "informative_groups": float(objective.informative([r.graded[i] for r, i in picked], g).sum()),
                    "step_seconds": timer.seconds, "sample_seconds": sampled.seconds}
         if grpo.log_completions and grpo.num_completions_to_print:
             scalars[loop.SAMPLES] = sample_records(rounds, chosen[:grpo.num_completions_to_print], adv, g)
@@ -256,7 +259,9 @@ def train_session(bus: Bus, loaded, rows: list[dict], session: int, grpo: GrpoCo
     # One padded prompt length per session, the bucket of its longest prompt:
     # every step compiles to the same shapes (once), and a dataset of short
     # prompts is not padded to max_prompt_length, which every forward pass pays.
-    used = {order[(local * batch + i) % len(order)] for local in range(last - first) for i in range(batch)}
+    # Dynamic sampling's extra rounds draw from the whole session: its longest prompt counts too.
+    used = set(order) if grpo.dynamic_sampling else {
+        order[(local * batch + i) % len(order)] for local in range(last - first) for i in range(batch)}
     prompt_len = min(grpo.rollout.max_prompt_length, forward.bucket(max(lengths[i] for i in used)))
     key = stages.grpo_key(session)
     plan = loop.Plan(checkpoints=stages.checkpoints_key("grpo"), metrics_dir="grpo", metrics_key=stages.metrics_key(key),

@@ -21,6 +21,7 @@ from typing import Callable
 from flax import nnx
 
 from showwork.errors import RunError, UsageError
+from showwork.markdown import cell
 from showwork import stages
 from showwork.bus import Bus
 from showwork.train.checkpoints import Checkpoints
@@ -120,11 +121,11 @@ class Metrics:
 
 def sample_markdown(row: dict) -> str:
     """One logged prompt and its completions as TensorBoard's text plugin renders it (markdown)."""
-    lines = [f"**step {row['step']}**, gold `{row['answer']}`", "", "> " + row["prompt"].replace("\n", "\n> "), "",
+    lines = [f"**step {row['step']}**, gold {cell(row['answer'])}", "",
+             "> " + row["prompt"].replace("\r", "").replace("\n", "\n> "), "",
              "| reward | advantage | tokens | completion |", "|---|---|---|---|"]
     for c in row["completions"]:
-        text = c["text"].replace("|", "\\|").replace("\n", " ⏎ ")
-        lines.append(f"| {c['reward']:.3g} | {c['advantage']:.3g} | {c['tokens']} | {text} |")
+        lines.append(f"| {c['reward']:.3g} | {c['advantage']:.3g} | {c['tokens']} | {cell(c['text'])} |")
     return "\n".join(lines)
 
 
