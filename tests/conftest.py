@@ -18,11 +18,11 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: loads the real Gemma 3 270M or trains; minutes on CPU")
     # One persistent XLA compilation cache for the whole run, in-process and in every job a test
     # starts (they inherit the environment): a program another test already compiled is loaded, not
-    # compiled again, as the jobs do with theirs (showwork.cli.compilation_cache).
+    # compiled again, as the jobs do with theirs (showwork.xla_cache).
     import tempfile
 
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="showwork-xla-"))
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 
 @pytest.fixture(scope="session")

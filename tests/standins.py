@@ -2,8 +2,9 @@
 
 Each is a random tunix model of its family's structure (the quirks that
 change the maths: QK norm or not, soft-capping, the local/global layer
-pattern, RoPE bases, query scaling) at a few hundred thousand parameters,
-written to disk so the real loaders run on it:
+pattern, RoPE bases, query scaling) at a few million parameters (width 256,
+MLP 1536, four query heads of 96: about 3M at two layers, 9M at six; the
+recipe matrix runs them NARROW), written to disk so the real loaders run on it:
 
 * `gemma3-270m`: a `.gguf` written with `gguf.GGUFWriter` the way llama.cpp
   writes Gemma 3 (norms stored as 1 + w, `[out, in]` matrices, the
@@ -26,23 +27,32 @@ from showwork.model import export, families, tiny
 from showwork.model.loaded import Loaded
 
 WINDOW = 8  # sliding window: shorter than any prompt, so local and global layers differ
+# Width shared by the stand-ins: wide enough that matmuls have a real shape (several heads, an MLP six
+# times the width), narrow enough that a recipe's whole path stays a matter of seconds on CPU.
+# Heads × head_dim exceeds the width, as in every Gemma 3 (and differs from it, so 1B's query scaling,
+# by width / heads, is not head_dim's).
+WIDTH = {"embed_dim": 256, "hidden_dim": 1536, "num_heads": 4, "head_dim": 96}
+# The recipe matrix's width (about 0.2M parameters at two layers): its cells prove a recipe's path (dtype,
+# mesh, stages, hosts), and a multi-host cell moves every weight between processes over localhost
+# several times a step, which made the v5e-16 cell's SFT several times slower at WIDTH.
+NARROW = {"embed_dim": 64, "hidden_dim": 128, "num_heads": 2, "head_dim": 48}
 
 
-def gemma2_2b_shaped(seed: int = 0, kv_heads: int = 1, layers: int = 4) -> Loaded:
+def gemma2_2b_shaped(seed: int = 0, kv_heads: int = 1, layers: int = 4, width: dict = WIDTH) -> Loaded:
     """A Gemma 2 stand-in: soft-capping, alternating local/global layers, a short window."""
     from tunix.models.gemma import model as gemma
 
     tok = tiny.tokenizer()
     local, full = gemma.AttentionType.LOCAL_SLIDING, gemma.AttentionType.GLOBAL
     config = gemma.ModelConfig(
-        num_layers=layers, num_embed=tok.vocab_size, embed_dim=64, hidden_dim=128, num_heads=2, head_dim=32,
-        num_kv_heads=kv_heads, final_logit_softcap=30.0, attn_logits_soft_cap=50.0,
+        num_layers=layers, num_embed=tok.vocab_size, **width, num_kv_heads=kv_heads,
+        final_logit_softcap=30.0, attn_logits_soft_cap=50.0,
         use_post_attn_norm=True, use_post_ffw_norm=True, attention_types=((local, full) * layers)[:layers],
         sliding_window_size=WINDOW)
     return Loaded(name="gemma2-2b-it", model=tiny.random_gemma2(config, seed), tokenizer=tok, config=config)
 
 
-def gemma3_1b_shaped(seed: int = 0, layers: int = 6) -> Loaded:
+def gemma3_1b_shaped(seed: int = 0, layers: int = 6, width: dict = WIDTH) -> Loaded:
     """A Gemma 3 stand-in with six layers (five local, one global), non-default RoPE and 1B's query
     scaling (hidden / heads, not head_dim), a short window and random norm scales, so that every field
     config.json carries changes the logits."""
@@ -50,19 +60,19 @@ def gemma3_1b_shaped(seed: int = 0, layers: int = 6) -> Loaded:
 
     tok = tiny.tokenizer()
     config = dataclasses.replace(
-        tiny.config(tok.vocab_size), num_layers=layers, head_dim=16, sliding_window_size=WINDOW,
+        tiny.config(tok.vocab_size), num_layers=layers, **width, sliding_window_size=WINDOW,
         local_base_frequency=20_000, global_base_frequency=500_000, global_scale_factor=8.0,
         query_pre_attn_norm=gemma3.QueryPreAttentionNormalisation.BY_ONE_OVER_SQRT_EMBED_DIM_DIV_NUM_HEADS)
     return Loaded(name="gemma3-1b-it", model=tiny.random_gemma3(config, seed, norms=True), tokenizer=tok,
                   config=config)
 
 
-def gemma3_270m_shaped(seed: int = 0, layers: int = 6) -> Loaded:
+def gemma3_270m_shaped(seed: int = 0, layers: int = 6, width: dict = WIDTH) -> Loaded:
     """A Gemma 3 with what the 270M GGUF records (and nothing it does not: RoPE and query
     scaling are the loader's defaults), six layers so the global one is there."""
     tok = tiny.tokenizer()
-    hparams = {"num_layers": layers, "num_embed": tok.vocab_size, "embed_dim": 64, "hidden_dim": 128, "num_heads": 2,
-               "head_dim": 32, "num_kv_heads": 1, "sliding_window_size": WINDOW}
+    hparams = {"num_layers": layers, "num_embed": tok.vocab_size, **width, "num_kv_heads": 1,
+               "sliding_window_size": WINDOW}
     config = families.gemma3_config(hparams, np.float32)
     return Loaded(name="gemma3-270m", model=tiny.random_gemma3(config, seed, norms=True), tokenizer=tok,
                   config=config)
@@ -141,13 +151,14 @@ STAND_INS = {
 }
 
 
-def write(name: str, directory: Path, seed: int = 0, loaded: Loaded | None = None, layers: int | None = None) -> Path:
+def write(name: str, directory: Path, seed: int = 0, loaded: Loaded | None = None, layers: int | None = None,
+          width: dict = WIDTH) -> Path:
     """Write model `name`'s stand-in (or `loaded`, one built from it) under `directory` in its users'
     form; returns what model.path takes. `layers` shortens it (compile time), at the cost of the
-    layer pattern's later layers."""
+    layer pattern's later layers; `width` narrows it."""
     build, form = STAND_INS[name]
     if loaded is None:
-        loaded = build(seed, layers=layers) if layers else build(seed)
+        loaded = build(seed, layers=layers, width=width) if layers else build(seed, width=width)
     directory.mkdir(parents=True, exist_ok=True)
     if form == "gguf":
         return write_gguf(loaded, directory / f"{name}-standin.gguf")

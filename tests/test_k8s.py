@@ -280,7 +280,7 @@ def test_hybrid_cpu_manifests_run_locally_in_dependency_order(tmp_path, gcs_serv
 
     done: set[str] = set()
     pending = list(js["spec"]["replicatedJobs"])
-    order = []
+    order, compiled = [], {}
     while pending:
         ready = [rj for rj in pending if all(d["name"] in done for d in rj.get("dependsOn", []))]
         assert ready, "dependsOn has a cycle or names a missing job"
@@ -295,6 +295,7 @@ def test_hybrid_cpu_manifests_run_locally_in_dependency_order(tmp_path, gcs_serv
         # stage, checkpoints included, talks to it as it would to GCS.
         assert env["SHOWWORK_ROOT"] == "/bus"
         env["SHOWWORK_ROOT"] = root
+        env = {name: expand(value, env) for name, value in env.items()}  # as the kubelet does: $(SHOWWORK_ROOT)
         env["STORAGE_EMULATOR_HOST"] = gcs_server.url
         image = container["image"].rsplit("/", 1)[-1].split(":")[0].split("@")[0].removeprefix("showwork-")
         module = entrypoint_module(REPO / "images" / f"{image}.Dockerfile")
@@ -310,6 +311,8 @@ def test_hybrid_cpu_manifests_run_locally_in_dependency_order(tmp_path, gcs_serv
             out = subprocess.run(command + args, cwd=REPO, env=job_env(**extra), capture_output=True, text=True,
                                  timeout=900)
             assert out.returncode == 0, f"{rj['name']} (index {index}) failed:\n{out.stderr[-3000:]}"
+            compiled[(rj["name"], index)] = [json.loads(line) for line in out.stderr.splitlines()
+                                             if '"event": "xla programs"' in line]
         done.add(rj["name"])
         order.append(rj["name"])
     assert order == ["data-prep", "sft", "grpo", "eval", "report"]
@@ -324,6 +327,12 @@ def test_hybrid_cpu_manifests_run_locally_in_dependency_order(tmp_path, gcs_serv
     shards = tier_of(docs)["eval_shards"]
     assert shards == 2 and all(bus.exists(f"eval/base/shard-{i}-of-2/_SUCCESS") for i in range(2))
     assert bus.exists("grpo/s-0/model/model.safetensors") and bus.exists("sft/model/model.safetensors")
+    # The pods' XLA cache is on the bus ($(SHOWWORK_ROOT)/xla-cache): the second eval shard, a new pod,
+    # loads the programs the first one compiled.
+    assert Bus(root).list("xla-cache")
+    (first,), (second,) = compiled[("eval", 0)], compiled[("eval", 1)]
+    assert first["cache"] == second["cache"] == f"{root}/xla-cache"
+    assert second["programs_from_cache"] > 0 and second["programs_compiled"] < first["programs_compiled"], compiled
 
 
 def test_status_without_a_cluster_shows_bus_markers(tmp_path):

@@ -11,6 +11,7 @@ import sys
 from showwork import config as config_lib
 from showwork import errors
 from showwork import log as log_lib
+from showwork import xla_cache
 from showwork.bus import Bus
 
 
@@ -57,7 +58,7 @@ def _mesh(cfg, args, placement: Placement):
 
     from showwork.model import meshes
 
-    compilation_cache()
+    xla_cache.enable()
     if placement is Placement.SLICE and cfg.tier.hosts > 1:
         # Multi-host TPU slices (JobSet, one pod per host): every process joins
         # one JAX runtime before any device is touched.
@@ -69,20 +70,6 @@ def _mesh(cfg, args, placement: Placement):
     except ValueError as err:  # more devices than this job sees: before any work starts
         raise config_lib.ConfigError(f"{args.configs[-1]}: tier.{key}.shape: {err}; pick the tier that matches "
                                      "the node pool") from None
-
-
-def compilation_cache() -> None:
-    """Keep compiled XLA programs under the cache (`SHOWWORK_CACHE`/xla), so a resumed run, the next
-    eval shard and the next stage load what an earlier process compiled instead of compiling again.
-    A cache the user set (JAX_COMPILATION_CACHE_DIR) wins."""
-    import jax
-
-    from showwork.cache import cache_dir
-
-    if not jax.config.jax_compilation_cache_dir:
-        jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "xla"))
-    # JAX's default keeps only programs that took over a second to compile; ours are many small ones.
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
 
 def _local_cluster() -> dict:
@@ -112,10 +99,15 @@ def run(doc: str, main, argv: list[str] | None = None, add_arguments=None, place
             return main(cfg, bus, args)
         import jax
 
-        # Every array the job creates lives on the job's mesh: the loaders
-        # shard weights FSDP x TP by tunix's annotations, activations follow.
-        with jax.set_mesh(mesh):
-            return main(cfg, bus, args)
+        try:
+            # Every array the job creates lives on the job's mesh: the loaders
+            # shard weights FSDP x TP by tunix's annotations, activations follow.
+            with jax.set_mesh(mesh):
+                return main(cfg, bus, args)
+        finally:
+            # What the job paid in compilation, and what the persistent cache saved it.
+            log_lib.get("showwork").info("xla programs", **xla_cache.counts().as_dict(),
+                                         cache=jax.config.jax_compilation_cache_dir)
 
 
 def exit_code(err: BaseException) -> int | None:

@@ -121,7 +121,7 @@ def round_trip_after_training(loaded: Loaded, mode: str, tmp_path):
 
 def test_gemma2_with_as_many_kv_heads_as_heads_round_trips(tmp_path):
     """num_kv_heads == num_heads: tunix fuses q, k and v into one einsum (qkv_einsum); the export splits it."""
-    loaded = tiny_gemma2(kv_heads=2)
+    loaded = tiny_gemma2(kv_heads=standins.WIDTH["num_heads"])
     assert "qkv_einsum" in nnx.state(loaded.model, nnx.Param).to_pure_dict()["layers"][0]["attn"]
     back = loader.load_dir(str(export.export_hf(loaded, tmp_path / "hf")))
     ids = loaded.tokenizer.encode(TEXT, bos=True)[:20]
@@ -151,12 +151,12 @@ def test_export_writes_every_tensor_in_hugging_face_shapes(tmp_path):
 
 @pytest.mark.parametrize("family, expected", [
     ("gemma2", {"model_type": "gemma2", "architectures": ["Gemma2ForCausalLM"], "final_logit_softcapping": 30.0,
-                "attn_logit_softcapping": 50.0, "sliding_window": WINDOW, "query_pre_attn_scalar": 32,
-                "layer_types": ["sliding_attention", "full_attention"] * 2, "head_dim": 32, "num_hidden_layers": 4,
+                "attn_logit_softcapping": 50.0, "sliding_window": WINDOW, "query_pre_attn_scalar": 96,
+                "layer_types": ["sliding_attention", "full_attention"] * 2, "head_dim": 96, "num_hidden_layers": 4,
                 "num_key_value_heads": 1, "rope_theta": 10_000.0, "tie_word_embeddings": True}),
     ("gemma3", {"model_type": "gemma3_text", "architectures": ["Gemma3ForCausalLM"], "rope_theta": 500_000.0,
                 "rope_local_base_freq": 20_000.0, "rope_scaling": {"rope_type": "linear", "factor": 8.0},
-                "sliding_window_pattern": 6, "query_pre_attn_scalar": 32, "sliding_window": WINDOW, "head_dim": 16,
+                "sliding_window_pattern": 6, "query_pre_attn_scalar": 64, "sliding_window": WINDOW, "head_dim": 96,
                 "layer_types": ["sliding_attention"] * 5 + ["full_attention"], "final_logit_softcapping": None,
                 "tie_word_embeddings": True}),
 ], ids=["gemma2", "gemma3"])

@@ -35,7 +35,8 @@ def shared(tmp_path_factory):
     """Stand-in weights of every family, staged-style data files, one cache for every cell."""
     root = tmp_path_factory.mktemp("matrix")
     cache = root / "cache"
-    models = {name: str(standins.write(name, root / "models", layers=LAYERS)) for name in standins.STAND_INS}
+    models = {name: str(standins.write(name, root / "models", layers=LAYERS, width=standins.NARROW))
+              for name in standins.STAND_INS}
     return {"root": root, "cache": cache, "models": models, "data": write_data(root / "data")}
 
 
@@ -140,7 +141,7 @@ def competent_standin(cfg, directory):
     from showwork.train import sft
 
     build, _ = standins.STAND_INS[cfg.model.name]
-    loaded = build(0, layers=LAYERS)
+    loaded = build(0, layers=LAYERS, width=standins.NARROW)
     train, _, _ = data.build_splits(cfg.data)
     rows = [data.formatted(r, cfg.prompt.system) for r in train[:cfg.self_teach.questions]]
     settings = SftConfig(max_steps=60, max_seq_len=512, checkpoint_every=10**6, schedule=ScheduleConfig(),
