@@ -101,3 +101,18 @@ def test_decode_step_time_leaves_the_prefill_out():
     ms = decode_step_ms(generate, 9)
     assert 3.5 < ms < 5.5
     assert calls == [1] * 4 + [9] * 4
+
+
+def test_compile_cache_benchmark_runs_on_tiny_and_the_warm_run_compiles_nothing(tmp_path):
+    out = tmp_path / "compile_cache.json"
+    done = subprocess.run([sys.executable, "bench/compile_cache.py", "--model", "tiny", "--repeats", "1", "--steps", "1",
+                           "--questions", "1", "--tokens", "4", "--json", str(out)],
+                          cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = {(r["stage"], r["cache"]): r for r in json.loads(out.read_text())["runs"]}
+    assert set(runs) == {("sft", "cold"), ("sft", "warm"), ("eval shard", "cold"), ("eval shard", "warm")}
+    for stage in ("sft", "eval shard"):
+        cold, warm = runs[(stage, "cold")], runs[(stage, "warm")]
+        assert cold["programs_compiled"] > 0 and warm["programs_compiled"] == 0
+        assert warm["programs_from_cache"] == cold["programs_compiled"]
+    assert 0 < runs[("sft", "warm")]["first_step_seconds"] < runs[("sft", "cold")]["first_step_seconds"]

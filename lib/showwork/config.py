@@ -161,6 +161,9 @@ class SftConfig:
     # Every this many steps, the loss on the held-out rows (data/eval.jsonl) is logged
     # as `eval_loss`; 0 never computes it.
     eval_every: int = 0
+    # Several whole examples per sequence of max_seq_len tokens, each attending only to itself
+    # (showwork.train.packing); batch_size then counts packed sequences, and epochs pass over them.
+    packing: bool = field(default=False, metadata=ADDED)
 
     def total_steps(self, n: int, batch: int) -> int:
         """Optimizer steps: `max_steps`, or enough micro-batches of `batch` for `epochs` passes over n rows."""

@@ -155,12 +155,32 @@ def completion_logps(graphdef, states: tuple, prompt, completion, completion_mas
     attn = causal & valid[:, None, :]
     plen, clen = prompt.shape[1], completion.shape[1]
     hidden, _ = final_hidden(graphdef, _merged(states), tokens, positions, None, attn)
+    return _project(graphdef, states, hidden[:, plen - 1:plen + clen - 1], completion, temperature, chunk)
+
+
+def packed_logps(graphdef, states: tuple, tokens, positions, segments, predict_at, targets,
+                 chunk: int = LOGPS_CHUNK):
+    """Per-token log-probs [B, K] of `targets` in packed rows (showwork.train.packing.Batch).
+
+    Each token attends causally within its own segment only, at positions restarting per
+    example, so an example's log-probs are those it has alone. Logits are computed only at
+    `predict_at`, the rows that predict a target, as completion_logps does.
+    """
+    n = tokens.shape[1]
+    causal = jnp.tril(jnp.ones((n, n), jnp.bool_))[None]
+    attn = causal & (segments[:, :, None] == segments[:, None, :]) & (segments[:, None, :] > 0)
+    hidden, _ = final_hidden(graphdef, _merged(states), tokens, positions, None, attn)
+    rows = jnp.take_along_axis(hidden, predict_at[..., None], axis=1)
+    return _project(graphdef, states, rows, targets, 1.0, chunk)
+
+
+def _project(graphdef, states: tuple, rows, targets, temperature: float, chunk: int):
+    """Hidden rows [B, K, D] -> log-probs [B, K] of `targets` through the tied output projection."""
     model = nnx.merge(graphdef, *states)
-    rows = hidden[:, plen - 1:plen + clen - 1]
-    b, c, d = rows.shape
-    logps = token_logps(rows.reshape(b * c, d), model.embedder.input_embedding.value, completion.reshape(-1),
+    b, k, d = rows.shape
+    logps = token_logps(rows.reshape(b * k, d), model.embedder.input_embedding.value, targets.reshape(-1),
                         families.final_softcap(model.config), temperature, chunk)
-    return logps.reshape(b, c)
+    return logps.reshape(b, k)
 
 
 def _merged(states: tuple):

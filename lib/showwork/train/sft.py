@@ -21,8 +21,8 @@ from showwork.bus import Bus, StageResult, run_once
 from showwork.config import SftConfig
 from showwork.model import export, loader, lora, meshes
 from showwork.sample import forward
-from showwork.sample.logprobs import completion_logps
-from showwork.train import loop, step as step_lib
+from showwork.sample.logprobs import completion_logps, packed_logps
+from showwork.train import loop, packing, step as step_lib
 
 
 @dataclass
@@ -64,15 +64,22 @@ def order(n: int, seed: int, start: int, count: int) -> list[int]:
     return out
 
 
-def make_step_fns(graphdef, tx, compute=None):
+def make_step_fns(graphdef, tx, compute=None, packed: bool = False):
     """(loss and gradient, optimizer update, loss alone) for the step and the held-out loss.
 
-    `compute` casts the float32 master weights to the dtypes the model computes in (step.master).
+    `compute` casts the float32 master weights to the dtypes the model computes in (step.master);
+    `packed` takes packing.Batch's arrays instead of (prompt, completion, mask).
     """
     compute = compute or (lambda tree: tree)
 
-    def loss_fn(trainable, frozen, prompt, completion, mask):
-        logps = completion_logps(graphdef, (compute(trainable), frozen), prompt, completion, mask)
+    def loss_fn(trainable, frozen, *batch):
+        states = (compute(trainable), frozen)
+        if packed:
+            *inputs, mask = batch
+            logps = packed_logps(graphdef, states, *inputs)
+        else:
+            prompt, completion, mask = batch
+            logps = completion_logps(graphdef, states, prompt, completion, mask)
         return -(logps * mask).sum() / jnp.maximum(mask.sum(), 1.0)
 
     return jax.jit(jax.value_and_grad(loss_fn)), step_lib.make_apply(tx), jax.jit(loss_fn)
@@ -89,42 +96,77 @@ def held_out_loss(loss_fn, trainable, frozen, seqs: Sequences, batch: int) -> fl
     return total / max(tokens, 1.0)
 
 
-def make_step(seqs: Sequences, sft: SftConfig, batch: int, parts: tuple, held_out: Sequences | None = None):
+class Padded:
+    """Rows are examples: prompt left-padded to the run's width, completion to a 128-token bucket."""
+
+    packed = False
+
+    def __init__(self, seqs: Sequences):
+        self.seqs, self.rows = seqs, len(seqs.prompts)
+        # One prompt width for the run and completions in 128-token buckets: a
+        # handful of compiled shapes instead of one per length. A bucket never
+        # reaches past the run's longest completion: data cut at max_seq_len is
+        # all full-length, and rounding it up to the next bucket would pad every
+        # row of it (docs/BENCHMARKS.md).
+        self.prompt_len = forward.bucket(max(len(p) for p in seqs.prompts))
+        self.longest = max(len(c) for c in seqs.completions)
+
+    def batch(self, idx: list[int]) -> tuple[tuple, int]:
+        """The arrays of rows `idx` and their real (non-pad) token count."""
+        completions = [self.seqs.completions[i] for i in idx]
+        clen = forward.capped_bucket(max(len(c) for c in completions), 128, self.longest)
+        prompt, completion, mask = forward.pack([self.seqs.prompts[i] for i in idx], completions,
+                                                prompt_len=self.prompt_len, completion_len=clen)
+        return (prompt, completion, mask), int(mask.sum() + (prompt != 0).sum())
+
+
+class Packed:
+    """Rows are packed sequences of whole examples (showwork.train.packing), all of one shape: packed
+    rows are nearly full, so one compiled step serves the run."""
+
+    packed = True
+
+    def __init__(self, seqs: Sequences, max_seq_len: int):
+        lengths = [len(p) + len(c) for p, c in zip(seqs.prompts, seqs.completions)]
+        self.seqs, self.groups = seqs, packing.plan(lengths, max_seq_len)
+        self.rows = len(self.groups)
+        sizes = [packing.sizes(seqs.prompts, seqs.completions, g) for g in self.groups]
+        self.length = forward.capped_bucket(max(n for n, _ in sizes), 128, max_seq_len)
+        self.targets = forward.capped_bucket(max(k for _, k in sizes), 128, max_seq_len)
+
+    def batch(self, idx: list[int]) -> tuple[tuple, int]:
+        groups = [self.groups[i] for i in idx]
+        arrays = packing.arrays(self.seqs.prompts, self.seqs.completions, groups, self.length, self.targets)
+        return tuple(arrays), int((arrays.segments > 0).sum())
+
+
+def make_step(rows: Padded | Packed, sft: SftConfig, batch: int, parts: tuple, held_out: Sequences | None = None):
     """SFT's step for train.loop: `gradient_accumulation` micro-batches of `batch` rows, one update;
     every `eval_every` steps also the loss on `held_out` (logged as `eval_loss`).
     `parts` = (graphdef, frozen, tx, compute)."""
     graphdef, frozen, tx, compute = parts
-    grad_fn, apply, loss_fn = make_step_fns(graphdef, tx, compute)
-    n, accumulation = len(seqs.prompts), sft.gradient_accumulation
-    # One prompt width for the run and completions in 128-token buckets: a
-    # handful of compiled shapes instead of one per length. A bucket never
-    # reaches past the run's longest completion: data cut at max_seq_len is
-    # all full-length, and rounding it up to the next bucket would pad every
-    # row of it (docs/BENCHMARKS.md).
-    prompt_len = forward.bucket(max(len(p) for p in seqs.prompts))
-    longest = max(len(c) for c in seqs.completions)
+    grad_fn, apply, _ = make_step_fns(graphdef, tx, compute, packed=rows.packed)
+    accumulation = sft.gradient_accumulation
+    held_loss = make_step_fns(graphdef, tx, compute)[2] if held_out else None
 
     def step(index: int, trainable, opt_state):
         with loop.StepTimer() as timer:
             grads_sum, losses, tokens = None, [], 0
             for micro in range(accumulation):
-                idx = order(n, sft.seed, (index * accumulation + micro) * batch, batch)
-                completions = [seqs.completions[i] for i in idx]
-                clen = forward.capped_bucket(max(len(c) for c in completions), 128, longest)
-                prompt, completion, mask = forward.pack([seqs.prompts[i] for i in idx], completions,
-                                                        prompt_len=prompt_len, completion_len=clen)
-                loss, grads = grad_fn(trainable, frozen, prompt, completion, mask)
+                arrays, real = rows.batch(order(rows.rows, sft.seed, (index * accumulation + micro) * batch, batch))
+                loss, grads = grad_fn(trainable, frozen, *arrays)
                 grads_sum = grads if grads_sum is None else jax.tree.map(jnp.add, grads_sum, grads)
                 losses.append(float(loss))
-                tokens += int(mask.sum() + (prompt != 0).sum())
+                tokens += real
             grads = jax.tree.map(lambda g: g / accumulation, grads_sum)
             trainable, opt_state, grad_norm = apply(trainable, opt_state, grads)
             jax.block_until_ready(trainable)
-        # Read after the update: the rate this step applied (optax records it there).
+        # Read after the update: the rate this step applied (optax records it there). Tokens are
+        # real ones (no padding), so packed and padded runs compare.
         scalars = {"loss": float(np.mean(losses)), "learning_rate": step_lib.current_lr(opt_state),
                    "grad_norm": float(grad_norm), "tokens_per_second": tokens / timer.seconds}
         if held_out and held_out.prompts and sft.eval_every and (index + 1) % sft.eval_every == 0:
-            scalars["eval_loss"] = held_out_loss(loss_fn, trainable, frozen, held_out, batch)
+            scalars["eval_loss"] = held_out_loss(held_loss, trainable, frozen, held_out, batch)
         return trainable, opt_state, scalars
 
     return step
@@ -140,7 +182,8 @@ def train(bus: Bus, loaded, rows: list[dict], sft: SftConfig, batch: int, stage:
     seqs = tokenize(rows, loaded.tokenizer, sft.max_seq_len)
     if not seqs.prompts:
         raise UsageError(f"no training sequences fit max_seq_len={sft.max_seq_len}")
-    steps = sft.total_steps(len(seqs.prompts), batch)
+    source = Packed(seqs, sft.max_seq_len) if sft.packing else Padded(seqs)
+    steps = sft.total_steps(source.rows, batch)
     tx = step_lib.optimizer(sft.optimizer, sft.schedule, steps)
     graphdef, trainable, frozen = step_lib.split(loaded.model)
     trainable, compute = step_lib.master(trainable)
@@ -149,8 +192,9 @@ def train(bus: Bus, loaded, rows: list[dict], sft: SftConfig, batch: int, stage:
                      digest=digest, every=sft.checkpoint_every, keep=sft.keep_checkpoints, last=steps,
                      event="sft step", max_refused=max_refused)
     last, _ = loop.run(bus, plan, loaded.model, (trainable, tx.init(trainable)),
-                       make_step(seqs, sft, batch, (graphdef, frozen, tx, compute), held), log)
-    return {**last, "steps": steps, "sequences": len(seqs.prompts), "truncated": seqs.truncated,
+                       make_step(source, sft, batch, (graphdef, frozen, tx, compute), held), log)
+    packed = {"packed_sequences": source.rows} if sft.packing else {}
+    return {**last, "steps": steps, "sequences": len(seqs.prompts), **packed, "truncated": seqs.truncated,
             "dropped_too_long": seqs.dropped}
 
 

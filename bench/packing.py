@@ -1,0 +1,96 @@
+"""Packed vs padded SFT on GSM-style examples of varied length: real (non-pad) tokens per second.
+
+Both runs train the same model (Gemma 3 270M from the GGUF package, LoRA
+rank 16, float32) on the same formatted gsm_symbolic examples through the
+product's loop (`sft.train`), batch --batch sequences of up to --seq-len
+tokens: padded (one example a row, completions in 128-token buckets) and
+packed (`sft.packing`: whole examples back to back, attention kept inside
+each). The first step of each run compiles and is left out; tokens/s is
+what `sft.train` logs (real tokens only). Each run is its own process.
+
+    .venv/bin/python bench/packing.py
+    .venv/bin/python bench/packing.py --model tiny --steps 2 --examples 16   # smoke (tests/test_bench.py)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "lib"))
+
+
+def rows(count: int) -> list[dict]:
+    """The demo's formatted SFT rows (prompt, target) of gsm_symbolic, any solution length."""
+    from showwork.config import DataConfig, PromptConfig
+    from showwork.task import data
+
+    train, _, _ = data.build_splits(DataConfig(source="reasoning-gym", task="gsm_symbolic", train_size=count,
+                                               eval_size=0, seed=11))
+    return [data.formatted(r, PromptConfig().system) for r in train]
+
+
+def worker(job: dict) -> dict:
+    """One run of sft.train in this process; its steady-state real tokens/s and peak RSS."""
+    from showwork import log
+    from showwork.bus import Bus
+    from showwork.config import LoraConfig, OptimizerConfig, SftConfig
+    from showwork.model import loader, lora
+    from showwork.train import sft
+
+    loaded = loader.load(job["model"])
+    loaded.model = lora.add(loaded.model, LoraConfig(rank=16, alpha=32), 0)
+    settings = SftConfig(max_steps=job["steps"] + 1, max_seq_len=job["seq_len"], packing=job["packed"],
+                         checkpoint_every=10 ** 6, optimizer=OptimizerConfig(learning_rate=1e-5))
+    bus = Bus(tempfile.mkdtemp(prefix="showwork-pack-"))
+    final = sft.train(bus, loaded, rows(job["examples"]), settings, job["batch"], "sft", "bench", log.get("bench"))
+    timed = bus.read_jsonl("sft/metrics.jsonl")[1:]
+    rates = [r["tokens_per_second"] for r in timed]
+    return {"tokens_per_second": statistics.median(rates), "rows": final.get("packed_sequences", final["sequences"]),
+            "examples": final["sequences"], "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="gemma3-270m")
+    p.add_argument("--examples", type=int, default=200)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--steps", type=int, default=6, help="timed steps per run (after the compiling one)")
+    p.add_argument("--repeats", type=int, default=2, help="padded, packed, padded, packed, ...")
+    p.add_argument("--json", type=Path)
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+    runs = []
+    for repeat in range(args.repeats):
+        for packed in (False, True):
+            job = {"model": args.model, "examples": args.examples, "batch": args.batch, "seq_len": args.seq_len,
+                   "steps": args.steps, "packed": packed}
+            done = subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)], capture_output=True,
+                                  text=True, cwd=ROOT)
+            if done.returncode:
+                raise SystemExit(done.stderr[-3000:])
+            runs.append({"repeat": repeat, "packed": packed, **json.loads(done.stdout.splitlines()[-1])})
+            print(json.dumps(runs[-1]), flush=True)
+    rate = {packed: [r["tokens_per_second"] for r in runs if r["packed"] == packed] for packed in (False, True)}
+    result = {"model": args.model, "batch": args.batch, "seq_len": args.seq_len, "steps": args.steps, "runs": runs,
+              "padded_tokens_per_second": {"min": min(rate[False]), "median": statistics.median(rate[False])},
+              "packed_tokens_per_second": {"min": min(rate[True]), "median": statistics.median(rate[True])},
+              "packed_over_padded": statistics.median(rate[True]) / statistics.median(rate[False])}
+    print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
