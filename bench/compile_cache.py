@@ -50,6 +50,7 @@ def run_job(module: str, config: Path, root: Path, cache: Path) -> dict:
     """One job as its pod runs it; wall, first-step time, its xla programs record, peak RSS."""
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'lib'}:{ROOT}", "SHOWWORK_LOG_FORMAT": "json",
            "JAX_COMPILATION_CACHE_DIR": str(cache)}
+    env.pop("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", None)  # the jobs' own default: keep every program
     began = time.time()
     done = subprocess.run([sys.executable, "-m", module, str(config), str(CPU), "--root", str(root)], cwd=ROOT,
                           env=env, capture_output=True, text=True)

@@ -203,6 +203,9 @@ class GrpoConfig:
     # Active review: replayed old prompts per new prompt in sessions after the first.
     review_ratio: float = 1.0
     steps_per_session: Optional[int] = None
+    # Each session its own warmup and decay over its own steps (the relay system's separate notebook
+    # runs); False: one schedule over every session's steps. AdamW's moments carry over either way.
+    schedule_per_session: bool = field(default=False, metadata=ADDED)
     optimizer: OptimizerConfig = OptimizerConfig(learning_rate=3e-6, weight_decay=0.1, max_grad_norm=0.1)
     schedule: ScheduleConfig = ScheduleConfig(warmup_ratio=0.1, end_value_ratio=0.0)
     rollout: RolloutConfig = RolloutConfig()

@@ -94,9 +94,6 @@ DERIVED = {
     "sft.steps": lambda cfg: cfg.sft.total_steps(cfg.data.train_size, cfg.sft.batch_size or cfg.tier.train_batch),
     "grpo.steps": lambda cfg: sum(_grpo_steps(cfg)),
     "grpo.session_steps": _grpo_steps,
-    # Each session its own warmup and decay (the relay's separate notebook runs): our sessions share one
-    # schedule over all their steps, whatever the recipe says; stated here so the difference shows.
-    "grpo.schedule_per_session": lambda cfg: False,
     # passes over the training prompts: prompts drawn over every session / training rows
     "grpo.epochs": lambda cfg: round(sum(_grpo_steps(cfg)) * (cfg.grpo.batch_size or cfg.tier.train_batch)
                                      / cfg.data.train_size, 2) if cfg.data.train_size else None,

@@ -14,6 +14,7 @@ compiler's version, so one directory serves every recipe and tier.
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 
@@ -68,8 +69,11 @@ def enable() -> str:
     if not jax.config.jax_compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "xla"))
     # JAX keeps only programs that took over a second to compile by default. Ours are many small ones,
-    # each costing a fraction of a second every time: every program is kept, so a warm run compiles nothing.
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    # each costing a fraction of a second every time: every program is kept, so a warm run compiles
+    # nothing. Keeping one costs its serialisation once (the test suite, which starts thousands of
+    # cold processes, raises the bar with JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS).
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     if not _listening:
         jax.monitoring.register_event_listener(_on_event)
         jax.monitoring.register_event_duration_secs_listener(_on_duration)

@@ -143,10 +143,12 @@ def test_qlora_sft_job_trains_and_exports_a_plain_model(tmp_path):
     assert reloaded.model.layers[0].mlp.down_proj.kernel.value.dtype == np.float32
 
 
-def test_grpo_sessions_with_dapo_switches_resume_after_sigterm_equals_uninterrupted(tmp_path):
-    """Dynamic sampling's extra rounds and overlong shaping on (the default objective's resume is
-    tests/reliability/test_preemption.py's): the same weights, metrics and logged samples."""
-    path = recipe(tmp_path, TINY_GRPO + DAPO_SWITCHES)
+def test_grpo_sessions_with_dapo_switches_and_own_schedules_resume_after_sigterm_equals_uninterrupted(tmp_path):
+    """Dynamic sampling's extra rounds and overlong shaping on, each session with its own warmup and
+    decay (the default objective's resume is tests/reliability/test_preemption.py's): the same weights,
+    metrics and logged samples; session 1 restarts the schedule session 0 ran."""
+    path = recipe(tmp_path, TINY_GRPO + DAPO_SWITCHES + "  schedule_per_session: true\n"
+                  + "  schedule: {warmup_ratio: 0.34, end_value_ratio: 0.0}\n")
     for root in ("a", "b"):
         run("jobs.prepare_data", path, CPU, "--root", tmp_path / root)
     run("jobs.grpo_session", path, CPU, "--root", tmp_path / "a")  # both sessions in order
@@ -167,6 +169,10 @@ def test_grpo_sessions_with_dapo_switches_resume_after_sigterm_equals_uninterrup
     assert {"reward", "correct", "kl", "loss", "reward_format_approx", "reward_numbers", "reward_overlong",
             "sampling_rounds", "informative_groups"} <= set(s1[0])
     assert any(m["sampling_rounds"] > 1 for m in s1)  # the extra rounds ran, and resumed alike
+    # Its own schedule: session 1 (steps 7-12) warms up from 0 and decays again, as session 0 (steps 1-6) did.
+    s0_rates = [m["learning_rate"] for m in bus_a.read_jsonl("grpo/s-0/metrics.jsonl")]
+    s1_rates = [m["learning_rate"] for m in s1]
+    assert s1_rates == pytest.approx(s0_rates, rel=1e-6) and s0_rates[0] < max(s0_rates) > s0_rates[-1]
     for key in ("grpo/s-1/metrics.jsonl", "grpo/s-1/samples.jsonl"):
         a, b = bus_a.read_jsonl(key), bus_b.read_jsonl(key)
         for row in a + b:
@@ -177,6 +183,23 @@ def test_grpo_sessions_with_dapo_switches_resume_after_sigterm_equals_uninterrup
     s0w = weights(tmp_path / "a" / "tiny-grpo", "grpo/s-0/model/model.safetensors")
     s1w = weights(tmp_path / "a" / "tiny-grpo", "grpo/s-1/model/model.safetensors")
     assert any(not np.allclose(s0w[k], s1w[k]) for k in s0w)
+
+
+def test_an_offset_schedule_restarts_warmup_and_decay_at_its_first_step():
+    """A GRPO session with its own schedule starts at its first global step (the optimizer's count)."""
+    opt, sch = OptimizerConfig(learning_rate=1e-3), ScheduleConfig(warmup_ratio=0.25, end_value_ratio=0.1)
+
+    def rates(tx, n):
+        params, grads = {"w": np.zeros(3, np.float32)}, {"w": np.ones(3, np.float32)}
+        state, out = tx.init(params), []
+        for _ in range(n):  # the state's counts go on from the earlier sessions' steps
+            _, state = tx.update(grads, state, params)
+            out.append(step_lib.current_lr(state))
+        return out
+
+    whole = rates(step_lib.optimizer(opt, sch, 8), 8)
+    assert rates(step_lib.optimizer(opt, sch, 8, offset=20), 28)[20:] == pytest.approx(whole, rel=1e-6)
+    assert whole[0] < max(whole) == pytest.approx(1e-3) and whole[-1] < max(whole)
 
 
 def test_grpo_session_needs_the_previous_one(tmp_path):

@@ -248,7 +248,8 @@ def train_session(bus: Bus, loaded, rows: list[dict], session: int, grpo: GrpoCo
     """
     steps = grpo.session_steps(batch)
     first, last = sum(steps[:session]), sum(steps[:session + 1])
-    tx = step_lib.optimizer(grpo.optimizer, grpo.schedule, sum(steps))
+    tx = (step_lib.optimizer(grpo.optimizer, grpo.schedule, steps[session], offset=first)
+          if grpo.schedule_per_session else step_lib.optimizer(grpo.optimizer, grpo.schedule, sum(steps)))
     graphdef, trainable, frozen = step_lib.split(loaded.model)
     trainable, compute = step_lib.master(trainable)
     # The starting weights (zero LoRA adapters, or the full model), copied:

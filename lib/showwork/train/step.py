@@ -49,17 +49,26 @@ def master(trainable):
     return jax.tree.map(lambda x: x.astype(jnp.float32), trainable), compute
 
 
-def optimizer(opt: OptimizerConfig, sch: ScheduleConfig, total_steps: int) -> optax.GradientTransformation:
-    """AdamW on a linear-warmup, cosine-to-a-floor schedule, after global-norm clipping."""
+def optimizer(opt: OptimizerConfig, sch: ScheduleConfig, total_steps: int,
+              offset: int = 0) -> optax.GradientTransformation:
+    """AdamW on a linear-warmup, cosine-to-a-floor schedule, after global-norm clipping.
+
+    The schedule runs over `total_steps` optimizer steps starting at step `offset` (a GRPO session
+    with its own schedule starts at its first global step; the count lives in the optimizer state).
+    """
     learning_rate = opt.learning_rate
     warmup = min(warmup_steps(sch, total_steps), max(total_steps - 1, 0))
-    schedule = optax.warmup_cosine_decay_schedule(
+    curve = optax.warmup_cosine_decay_schedule(
         init_value=0.0 if warmup else learning_rate,
         peak_value=learning_rate,
         warmup_steps=warmup,
         decay_steps=max(total_steps, warmup + 1),
         end_value=learning_rate * sch.end_value_ratio,
     )
+
+    def schedule(count):
+        return curve(count - offset)
+
     return optax.chain(
         optax.clip_by_global_norm(opt.max_grad_norm),
         optax.inject_hyperparams(optax.adamw)(learning_rate=schedule, b1=opt.b1, b2=opt.b2,
