@@ -7,6 +7,7 @@ import math
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import yaml
 from flax import nnx
 
 import standins
@@ -100,18 +101,24 @@ sft: {epochs: 3, batch_size: 1, max_seq_len: 2048, packing: true, checkpoint_eve
 """
 
 
-def test_the_sft_job_trains_on_packed_sequences(tmp_path):
-    from test_training import CPU, run
+@pytest.mark.parametrize("tier", ["cpu", "v5e-4"])
+def test_the_sft_job_trains_on_packed_sequences(tier, tmp_path):
+    """On the cpu tier, and on v5e-4 as its users run it: bfloat16, a 4-device mesh (host devices)."""
+    from conftest import TIERS
+    from recipes import matrix
 
-    path = tmp_path / "recipe.yaml"
-    path.write_text(SFT)
-    run("jobs.prepare_data", path, CPU, "--root", tmp_path)
-    run("jobs.sft", path, CPU, "--root", tmp_path)
+    path, tier_file = tmp_path / "recipe.yaml", TIERS / tier / "tier.yaml"
+    path.write_text(SFT.replace("batch_size: 1", "batch_size: 4") if tier == "v5e-4" else SFT)
+    devices = matrix.devices(yaml.safe_load(tier_file.read_text())["tier"]["mesh"]["shape"])
+    for module in ("jobs.prepare_data", "jobs.sft"):
+        done = matrix.job(module, [path, tier_file], tmp_path, devices, tmp_path / "cache")
+        assert done.returncode == 0, done.stderr[-3000:]
     run_dir = tmp_path / "packed-sft"
     final = json.loads((run_dir / "sft" / "_SUCCESS").read_text())["metrics"]
     # 12 examples of a few hundred tokens in 2048-token sequences: several to a sequence, three epochs of them
+    batch = 4 if tier == "v5e-4" else 1
     assert final["sequences"] == 12 and final["packed_sequences"] <= 4
-    assert final["steps"] == 3 * final["packed_sequences"]
+    assert final["steps"] == math.ceil(3 * final["packed_sequences"] / batch)
     steps = [json.loads(line) for line in (run_dir / "sft" / "metrics.jsonl").open()]
     assert len(steps) == final["steps"] and all(np.isfinite(s["loss"]) for s in steps)
     assert steps[-1]["loss"] < steps[0]["loss"]
