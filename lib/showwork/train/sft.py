@@ -145,9 +145,10 @@ def make_step(rows: Padded | Packed, sft: SftConfig, batch: int, parts: tuple, h
     every `eval_every` steps also the loss on `held_out` (logged as `eval_loss`).
     `parts` = (graphdef, frozen, tx, compute)."""
     graphdef, frozen, tx, compute = parts
-    grad_fn, apply, _ = make_step_fns(graphdef, tx, compute, packed=rows.packed)
+    grad_fn, apply, loss_fn = make_step_fns(graphdef, tx, compute, packed=rows.packed)
     accumulation = sft.gradient_accumulation
-    held_loss = make_step_fns(graphdef, tx, compute)[2] if held_out else None
+    # The held-out loss is always on unpacked rows (held_out_loss pads them).
+    held_loss = make_step_fns(graphdef, tx, compute)[2] if held_out and rows.packed else loss_fn
 
     def step(index: int, trainable, opt_state):
         with loop.StepTimer() as timer:
