@@ -84,3 +84,14 @@ def test_counts_agree_with_xla_on_the_compiled_scoring_and_gradient_programs(fam
 def _flops(lowered) -> float:
     cost = lowered.compile().cost_analysis()
     return (cost[0] if isinstance(cost, list) else cost)["flops"]
+
+
+def test_decoding_reads_the_weights_once_a_step_and_each_rows_cache():
+    s = flops.shape(_real("gemma2-2b"))
+    weights = flops.params(s)[0] * 2
+    # One row, one new token after a 99-token prompt: every weight, and 100 keys' K and V in 26 layers.
+    one = flops.generation_bytes(s, prompts=1, group=1, prompt=99, new=1)
+    assert one == weights + 26 * 100 * 2 * s.kv_heads * s.head_dim * 2
+    # Sixteen rows share the weights' read but each reads its own cache.
+    sixteen = flops.generation_bytes(s, prompts=4, group=4, prompt=99, new=1)
+    assert sixteen - weights == 16 * (one - weights)

@@ -100,3 +100,13 @@ def generation(s: Shape, prompts: int, group: int, prompt: int, new: int) -> flo
     prefill = prompts * (prompt * tokens_forward(s, prompt) + projection(s))
     decode = prompts * group * new * (tokens_forward(s, prompt + new, start=prompt) + projection(s))
     return prefill + decode
+
+
+def generation_bytes(s: Shape, prompts: int, group: int, prompt: int, new: int, dtype_bytes: int = 2) -> float:
+    """Bytes read from memory by the decode steps of `generation`: every weight once a step (the batch
+    shares the read) and each row's cached keys and values for the keys it attends. Decoding a small
+    batch is bound by these reads, not by FLOPs, so its plan divides them by memory bandwidth."""
+    weights = params(s)[0] * dtype_bytes * new
+    kv_per_key = 2 * s.kv_heads * s.head_dim * dtype_bytes
+    keys = sum(mean_keys(prompt + new, w, start=prompt) for w in s.windows)
+    return weights + prompts * group * new * keys * kv_per_key
