@@ -57,6 +57,7 @@ PLAN_MFU, PLAN_BANDWIDTH = 0.40, 0.50
 ANCHORS = ("MaxText reports Gemma-2B training at about 58% MFU on v5e; JetStream serves Gemma-2B at "
            "about 8,700 decode tokens/s on a v5e-8.")
 SAMPLING = ("rollout", "eval")
+KINDS = ("sft", "rollout", "update", "eval")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +75,7 @@ class Work:
     completion: int  # target or new tokens
     remat: bool = False
     reference: bool = False  # update: a reference forward pass for the KL term
+    micro: int = 0  # update: completions per gradient pass (grpo.micro_batch); 0: all in one
 
     @property
     def tokens(self) -> int:
@@ -96,8 +98,9 @@ def works(cfg) -> list[Work]:
         roll, prompts = cfg.grpo.rollout, cfg.grpo.batch_size or cfg.tier.train_batch
         shape = dict(prompt=roll.max_prompt_length, completion=roll.max_tokens_to_generate)
         out.append(Work("rollout", **base, rows=prompts, group=cfg.grpo.num_generations, **shape))
-        out.append(Work("update", **base, rows=prompts * cfg.grpo.num_generations, group=1, remat=cfg.tier.remat,
-                        reference=bool(cfg.grpo.beta), **shape))
+        n = prompts * cfg.grpo.num_generations
+        out.append(Work("update", **base, rows=n, group=1, remat=cfg.tier.remat, reference=bool(cfg.grpo.beta),
+                        micro=cfg.grpo.micro_batch if (cfg.grpo.micro_batch or n) < n else 0, **shape))
     if cfg.eval is not None and cfg.eval.models:
         out.append(Work("eval", **{**base, "full": True, "lora": 0}, rows=cfg.tier.eval_batch, group=1, prompt=256,
                         completion=cfg.eval.max_tokens))
@@ -197,44 +200,63 @@ def train_step(w: Work, model):
     """(run one step of SFT's or GRPO's own step functions, the gradient program's memory).
 
     Float32 master weights and the tier's compute dtype, as the jobs train. The gradient program is
-    compiled ahead (its compile time then lands in the first call's other programs' share only) so
-    its memory analysis is read: what one device holds for the step, the whole batch on it."""
+    compiled ahead, timed apart (added to compile_s) and its memory analysis read: what one device
+    holds for one gradient pass, the whole pass on it."""
     import jax
     import jax.numpy as jnp
 
-    from showwork.config import GrpoConfig, OptimizerConfig, ScheduleConfig
-    from showwork.train import grpo, objective, sft, step as step_lib
+    from showwork.config import OptimizerConfig, ScheduleConfig
+    from showwork.train import sft, step as step_lib
 
     graphdef, trainable, frozen = step_lib.split(model)
     trainable, compute = step_lib.master(trainable)
     tx = step_lib.optimizer(OptimizerConfig(1e-6, 0.9, 0.99, 0.0, 1.0), ScheduleConfig(), 1000)
-    state = {"weights": trainable, "opt": tx.init(trainable)}
+    state, apply = {"weights": trainable, "opt": tx.init(trainable)}, step_lib.make_apply(tx)
     ids = jax.random.randint(jax.random.key(0), (w.rows, w.prompt + w.completion), 10, 4000, jnp.int32)
     batch = (ids[:, :w.prompt], ids[:, w.prompt:], jnp.ones((w.rows, w.completion), jnp.float32))
-    reference = None
     if w.kind == "sft":
-        grad_fn, apply, _ = sft.make_step_fns(graphdef, tx, compute)
-        extra = ()
+        grad_fn, _, _ = sft.make_step_fns(graphdef, tx, compute)
+        start = time.perf_counter()
+        compiled = grad_fn.lower(trainable, frozen, *batch).compile()
+        memory = {"grad_compile_s": time.perf_counter() - start, **program_memory(compiled)}
+
+        def grads(weights):
+            return compiled(weights, frozen, *batch)[1]
     else:
-        logps_fn, grad_fn, apply = grpo.make_step_fns(graphdef, tx, objective.Objective.of(GrpoConfig()), 0.9,
-                                                      compute)
-        reference = jax.tree.map(jnp.copy, trainable) if w.reference else None
-        adv = jax.random.normal(jax.random.key(1), (w.rows,), jnp.float32)
-        ref = logps_fn(reference, frozen, *batch) if reference is not None else None
-        extra = (None, ref, adv)
-    start = time.perf_counter()
-    compiled = grad_fn.lower(trainable, frozen, *batch, *extra).compile()
-    memory = {"grad_compile_s": time.perf_counter() - start, **program_memory(compiled)}
+        grads, memory = update_gradient(w, graphdef, tx, compute, trainable, frozen, batch)
 
     def run():
-        args = extra
-        if reference is not None:
-            args = (None, logps_fn(reference, frozen, *batch), adv)
-        _, grads = compiled(state["weights"], frozen, *batch, *args)
-        state["weights"], state["opt"], norm = apply(state["weights"], state["opt"], grads)
+        state["weights"], state["opt"], norm = apply(state["weights"], state["opt"], grads(state["weights"]))
         jax.block_until_ready(norm)
 
     return run, memory
+
+
+def update_gradient(w: Work, graphdef, tx, compute, trainable, frozen, batch: tuple):
+    """(weights -> GRPO's gradient over the work's passes, the pass program's memory): reference log-probs
+    and `grpo.gradient` as the step runs them, the pass compiled ahead to read its memory."""
+    import jax
+    import jax.numpy as jnp
+
+    from showwork.config import GrpoConfig
+    from showwork.train import grpo, objective
+
+    logps_fn, grad_fn, _ = grpo.make_step_fns(graphdef, tx, objective.Objective.of(GrpoConfig()), 0.9, compute)
+    reference = jax.tree.map(jnp.copy, trainable) if w.reference else None
+    adv = jax.random.normal(jax.random.key(1), (w.rows,), jnp.float32)
+    passes = grpo.micro_batches(w.rows, w.micro or None)
+    first = tuple(x[passes[0]] for x in batch)
+    ref = logps_fn(reference, frozen, *first) if reference is not None else None
+    totals = objective.counts(batch[2]) if len(passes) > 1 else None
+    start = time.perf_counter()
+    compiled = grad_fn.lower(trainable, frozen, *first, None, ref, adv[passes[0]], totals).compile()
+    memory = {"grad_compile_s": time.perf_counter() - start, **program_memory(compiled), "passes": len(passes)}
+
+    def grads(weights):
+        refs = grpo.pass_logps(logps_fn, reference, frozen, batch, passes) if reference is not None else None
+        return grpo.gradient(compiled, weights, frozen, batch, None, refs, adv, passes)[2]
+
+    return grads, memory
 
 
 def program_memory(compiled) -> dict:
@@ -329,7 +351,8 @@ def plan(cells) -> list[dict]:
     return rows
 
 
-def run_measurements(cells, repeats: int, shrink: bool, budget_s: float, out: Path | None) -> dict:
+def run_measurements(cells, repeats: int, shrink: bool, budget_s: float, out: Path | None,
+                     kinds: tuple[str, ...] = KINDS) -> dict:
     """Measure each distinct work of `cells` once (several cells share a work), within `budget_s`."""
     kind, peaks = device_peaks()
     results = {"device": kind, "peaks": peaks, "measured": {}}
@@ -337,11 +360,12 @@ def run_measurements(cells, repeats: int, shrink: bool, budget_s: float, out: Pa
     todo: dict[Work, str] = {}
     for cell, cfg in cells:
         for w in works(cfg):
-            todo.setdefault(w, cell)
+            if w.kind in kinds:
+                todo.setdefault(w, cell)
     for w, cell in todo.items():
         # A smoke run measures small batches and sequences, recorded under the work it stands for.
         ran = dataclasses.replace(w, rows=min(w.rows, 2), group=min(w.group, 2), prompt=min(w.prompt, 16),
-                                  completion=min(w.completion, 16)) if shrink else w
+                                  completion=min(w.completion, 16), micro=1 if w.micro else 0) if shrink else w
         if time.perf_counter() - start > budget_s:
             results.setdefault("skipped", []).append(dataclasses.asdict(w))
             continue
@@ -366,7 +390,8 @@ def run_measurements(cells, repeats: int, shrink: bool, budget_s: float, out: Pa
 
 def key(w: Work) -> str:
     return (f"{w.kind}:{w.model}:{w.dtype}:{'full' if w.full else f'lora{w.lora}'}:{w.rows}x{w.group}:"
-            f"{w.prompt}+{w.completion}{':remat' if w.remat else ''}{':ref' if w.reference else ''}")
+            f"{w.prompt}+{w.completion}{':remat' if w.remat else ''}{':ref' if w.reference else ''}"
+            f"{f':micro{w.micro}' if w.micro else ''}")
 
 
 def at_measured_efficiency(row: dict, got: dict | None) -> float | None:
@@ -387,7 +412,8 @@ def table(rows: list[dict], results: dict | None) -> str:
     measured = results["measured"] if results else {}
     for row in rows:
         w = Work(**row["work"])
-        shape = f"{w.rows}x{w.group} {w.prompt}+{w.completion}" + ("" if w.full else f" LoRA {w.lora}")
+        shape = (f"{w.rows}x{w.group} {w.prompt}+{w.completion}" + ("" if w.full else f" LoRA {w.lora}")
+                 + (f", passes of {w.micro}" if w.micro else ""))
         cols = [row["cell"], w.kind, shape, f"{row['flops'] / 1e12:.2f}",
                 f"{row['bytes'] / 1e9:.1f}" if row["bytes"] else "",
                 f"{row['plan_s']:.3g}", f"{row['plan_tokens_per_s']:,.0f}"]
@@ -406,6 +432,18 @@ def measured_columns(row: dict, got: dict | None) -> list[str]:
             f"{got['program_gib']:.1f}" if "program_gib" in got else "", f"{at:.3g}" if at else ""]
 
 
+def merged(runs: list[dict]) -> dict:
+    """One device's measurements from several runs; a later run's success replaces an earlier failure."""
+    if len({r["device"] for r in runs}) != 1:
+        raise SystemExit(f"--results come from different devices: {sorted({r['device'] for r in runs})}")
+    out = {"device": runs[0]["device"], "peaks": runs[0]["peaks"], "measured": {}}
+    for run in runs:
+        for k, got in run["measured"].items():
+            if "error" not in got or k not in out["measured"]:
+                out["measured"][k] = got
+    return out
+
+
 def _pct(x: float | None) -> str:
     return f"{100 * x:.1f}%" if x is not None else ""
 
@@ -414,10 +452,13 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cells", nargs="*", help="recipe@tier cells to plan (default: every documented TPU cell)")
     p.add_argument("--measure", nargs="*", default=[], help="recipe@tier cells to measure on this machine's device")
+    p.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS), help="measure only these works")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--shrink", action="store_true", help="two narrow layers of each family: a smoke run")
     p.add_argument("--budget-s", type=float, default=float("inf"), help="start no new measurement after this")
     p.add_argument("--json", help="write the plan and the measurements here (updated after each measurement)")
+    p.add_argument("--results", nargs="*", default=[],
+                   help="earlier --json files whose measurements fill the table (no device needed)")
     args = p.parse_args(argv)
 
     import jax
@@ -428,7 +469,10 @@ def main(argv=None):
     if args.measure:
         print(json.dumps({"device": jax.devices()[0].device_kind, "jax": jax.__version__}), flush=True)
         partial = out.with_suffix(".partial.json") if out else None
-        results = run_measurements(tpu_cells(args.measure), args.repeats, args.shrink, args.budget_s, partial)
+        results = run_measurements(tpu_cells(args.measure), args.repeats, args.shrink, args.budget_s, partial,
+                                   tuple(args.kinds))
+    elif args.results:
+        results = merged([json.loads(Path(f).read_text())["results"] for f in args.results])
     summary = {"plan": rows, "results": results, "anchors": ANCHORS,
                "assumptions": {"plan_mfu": PLAN_MFU, "plan_bandwidth_share": PLAN_BANDWIDTH, "v5e_peaks": V5E}}
     print(table(rows, results))

@@ -120,15 +120,16 @@ def test_compile_cache_benchmark_runs_on_tiny_and_the_warm_run_compiles_nothing(
 
 def test_accelerator_benchmark_plans_every_tpu_cell_and_measures_one_cell_shrunk(tmp_path):
     """The plan covers every documented TPU cell with each kind of work its stages run; a shrunk
-    measurement of one cell records every kind, with its FLOPs and the gradient program's memory."""
+    measurement of one cell records every kind, with its FLOPs and the gradient program's memory,
+    the update in the recipe's micro-batched passes (shrunk to two)."""
     out = tmp_path / "accelerator.json"
-    done = subprocess.run([sys.executable, "bench/accelerator.py", "--measure", "grpo-baseline@v5e-8", "--shrink",
+    done = subprocess.run([sys.executable, "bench/accelerator.py", "--measure", "relay-consensus@v5e-8", "--shrink",
                            "--repeats", "1", "--json", str(out)],
                           cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(out.read_text())
     kinds = {(r["cell"], r["work"]["kind"]) for r in summary["plan"]}
-    assert {("grpo-baseline@v5e-8", k) for k in ("rollout", "update", "eval")} <= kinds
+    assert {("relay-consensus@v5e-8", k) for k in ("rollout", "update", "eval")} <= kinds
     assert ("sft-full@v5e-8", "sft") in kinds and ("hybrid@v5e-16", "sft") in kinds
     assert not any(cell.endswith("@cpu") for cell, _ in kinds)
     for row in summary["plan"]:
@@ -139,8 +140,8 @@ def test_accelerator_benchmark_plans_every_tpu_cell_and_measures_one_cell_shrunk
     for m in measured.values():
         assert m["step_s_min"] > 0 and m["flops"] > 0 and m["work"]["completion"] == 16
     (update,) = [m for m in measured.values() if m["work"]["kind"] == "update"]
-    assert update["program_gib"] > 0 and update["work"]["reference"]
-    assert "| grpo-baseline@v5e-8 | update |" in done.stdout
+    assert update["program_gib"] > 0 and update["work"]["reference"] and update["passes"] == 2
+    assert "| relay-consensus@v5e-8 | update | 64x1 256+512 LoRA 32, passes of 16 |" in done.stdout
 
 
 def test_accelerator_plan_refuses_an_undocumented_cell():

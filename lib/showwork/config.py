@@ -206,6 +206,11 @@ class GrpoConfig:
     # Each session its own warmup and decay over its own steps (the relay system's separate notebook
     # runs); False: one schedule over every session's steps. AdamW's moments carry over either way.
     schedule_per_session: bool = field(default=False, metadata=ADDED)
+    # Completions per gradient pass: a step's batch x num_generations completions are split into passes
+    # of this many, their gradients summed into one update (the same update: every pass divides by the
+    # whole batch's counts). None: one pass. Bounds the update's activation memory, which grows with
+    # completions x tokens (bench/accelerator.py measures it per recipe).
+    micro_batch: Optional[int] = field(default=None, metadata=ADDED)
     optimizer: OptimizerConfig = OptimizerConfig(learning_rate=3e-6, weight_decay=0.1, max_grad_norm=0.1)
     schedule: ScheduleConfig = ScheduleConfig(warmup_ratio=0.1, end_value_ratio=0.0)
     rollout: RolloutConfig = RolloutConfig()
@@ -416,12 +421,24 @@ class Config:
                 yield "grpo.batch_size", (f"{batch} prompts x {self.grpo.num_generations} generations = "
                                           f"{batch * self.grpo.num_generations} completions per step, not divisible "
                                           f"by the mesh's {replicas} data-parallel replicas (tier.mesh.shape[0])")
+            yield from self._micro_batch_problems(batch * self.grpo.num_generations, replicas)
         sft_sections = {"sft": self.sft, "self_teach.sft": self.self_teach.sft if self.self_teach else None}
         for key, section in sft_sections.items():
             batch = section.batch_size or self.tier.train_batch if section is not None else 0
             if batch % replicas:
                 yield f"{key}.batch_size", (f"{batch} sequences per step is not divisible by the mesh's "
                                             f"{replicas} data-parallel replicas (tier.mesh.shape[0])")
+
+    def _micro_batch_problems(self, completions: int, replicas: int):
+        size = self.grpo.micro_batch
+        if size is None or size >= completions:
+            return
+        if size < 1 or completions % size:
+            yield "grpo.micro_batch", (f"{size} does not divide the step's {completions} completions "
+                                       f"(grpo.batch_size x num_generations)")
+        elif size % replicas:
+            yield "grpo.micro_batch", (f"{size} completions per pass is not divisible by the mesh's {replicas} "
+                                       "data-parallel replicas (tier.mesh.shape[0])")
 
 
 # ---------------------------------------------------------------- loading

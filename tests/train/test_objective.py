@@ -168,3 +168,19 @@ def test_informative_groups_are_those_whose_rewards_differ(rewards, expected):
 def test_dynamic_sampling_chooses_informative_groups_first_and_keeps_the_batch(rounds, batch, expected):
     chosen = objective.choose_groups([np.asarray(r) for r in rounds], batch)
     assert chosen == expected and len(set(chosen)) == batch
+
+
+@pytest.mark.parametrize("mode", ["sequence-mean-token-mean", "token-mean", "sequence-mean-token-scale",
+                                  "seq-mean-token-sum"])
+def test_micro_batches_losses_add_up_to_the_batchs_loss_in_every_mode(mode):
+    """Each micro-batch divides by the whole batch's counts; rows 1 and 3 of a pair, one of them
+    without tokens (a dropped truncated completion), still add up to the batch's loss."""
+    mask = objective.drop_truncated(MASK, STOPPED)
+    whole = objective.aggregate(PER_TOKEN, mask, mode, max_len=4)
+    totals = objective.counts(mask)
+    parts = [objective.aggregate(PER_TOKEN[s], mask[s], mode, 4, totals) for s in (slice(0, 2), slice(2, 4))]
+    assert float(sum(parts)) == pytest.approx(float(whole))
+    # Without the batch's counts the halves would not add up (a row-mean of rows 0-1 counts row 0 twice).
+    if mode != "seq-mean-token-sum":
+        alone = [objective.aggregate(PER_TOKEN[s], mask[s], mode, 4) for s in (slice(0, 2), slice(2, 4))]
+        assert float(sum(alone)) != pytest.approx(float(whole))

@@ -521,3 +521,83 @@ def test_several_updates_per_rollout_clip_against_the_rollouts_log_probs(tmp_pat
         clipped[mu] = [m["clip_fraction"] for m in bus.read_jsonl("grpo/s-0/metrics.jsonl")]
     assert clipped[1] == [0.0, 0.0]
     assert max(clipped[3]) > 0.0
+
+
+@pytest.mark.parametrize("mode", ["sequence-mean-token-mean", "token-mean"])
+def test_a_grpo_update_in_micro_batches_equals_the_whole_batchs_update(mode):
+    """grpo.gradient over passes of 2 completions: the loss, KL, clip fraction and gradient of one pass
+    over all 6, with a reference (β > 0), rollout log-probs that differ from the current ones (μ > 1),
+    uneven lengths and a completion left without tokens."""
+    import jax
+    import jax.numpy as jnp
+
+    loaded = tiny_model.load(seed=2)
+    loaded.model = lora.add(loaded.model, LoraConfig(4, 8.0, lora.DEFAULT_TARGETS))
+    graphdef, trainable, frozen = step_lib.split(loaded.model)
+    reference = trainable
+    trainable = jax.tree.map(lambda x: x + 0.01, trainable)
+    tx = step_lib.optimizer(OptimizerConfig(1e-3), ScheduleConfig(), 4)
+    logps_fn, grad_fn, _ = grpo.make_step_fns(graphdef, tx, objective.Objective(0.04, 0.2, 0.28, "grpo", mode, 4), 1.0)
+    prompt, completion, mask = forward.pack([[5, 6, 7], [8, 9], [5, 6], [7], [9, 9, 9], [4, 5]],
+                                            [[10, 11, 12, 13], [14, 15], [16], [17, 18, 19], [20, 21], [22]])
+    mask = objective.drop_truncated(mask, [True, True, True, False, True, True])
+    batch, adv = (prompt, completion, mask), jnp.array([1.0, -1.0, 0.5, -0.5, 2.0, -2.0])
+    results = {}
+    for size in (None, 2):
+        passes = grpo.micro_batches(6, size)
+        old = [x - 0.3 for x in grpo.pass_logps(logps_fn, reference, frozen, batch, passes)]
+        ref = grpo.pass_logps(logps_fn, reference, frozen, batch, passes)
+        results[size] = grpo.gradient(grad_fn, trainable, frozen, batch, old, ref, adv, passes)
+    (loss, aux, grads), (loss_m, aux_m, grads_m) = results[None], results[2]
+    assert len(grpo.micro_batches(6, 2)) == 3 and float(aux["clip_fraction"]) > 0 and float(aux["kl"]) > 0
+    np.testing.assert_allclose(loss_m, loss, rtol=1e-5)
+    for k in ("kl", "clip_fraction"):
+        np.testing.assert_allclose(aux_m[k], aux[k], rtol=1e-5)
+    assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads))
+    for a, b in zip(jax.tree.leaves(grads_m), jax.tree.leaves(grads)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-8)
+
+
+def test_micro_batches_must_divide_the_steps_completions_and_the_replicas(tmp_path):
+    assert grpo.micro_batches(8, None) == [slice(0, 8)] and grpo.micro_batches(8, 16) == [slice(0, 8)]
+    assert grpo.micro_batches(8, 4) == [slice(0, 4), slice(4, 8)]
+    with pytest.raises(Exception, match="does not divide the step's 8 completions"):
+        grpo.micro_batches(8, 3)
+    tier = recipe(tmp_path, "tier: {name: t, mesh: {shape: [4, 1], axes: [fsdp, tp]}}\n", "tier.yaml")
+    grpo_text = TINY_GRPO.replace("num_generations: 2", "num_generations: 4\n  batch_size: 4")
+    assert config.load(recipe(tmp_path, grpo_text + "  micro_batch: 8\n"), tier).grpo.micro_batch == 8
+    for size, says in ((6, "6 does not divide the step's 16 completions"), (2, "4 data-parallel replicas")):
+        with pytest.raises(config.ConfigError, match=says):
+            config.load(recipe(tmp_path, grpo_text + f"  micro_batch: {size}\n"), tier)
+
+
+def test_a_grpo_session_in_micro_batches_trains_the_weights_of_one_pass(tmp_path, monkeypatch):
+    """Two steps of 2 prompts x 4 completions with β > 0, once in one gradient pass and once in passes
+    of 2 completions (grpo.micro_batch): the same losses, KL and adapters, to float32 rounding."""
+    import jax
+    from flax import nnx
+
+    from showwork import log
+    from showwork.config import GrpoConfig, RolloutConfig
+
+    monkeypatch.setitem(rewards_lib.REWARDS, "flat_or_spread", flat_or_spread)
+    rows = [{"prompt": f"Question {i}: what is {i} plus {i}?", "answer": "spread"} for i in range(8)]
+    metrics, adapters = {}, {}
+    for size in (None, 2):
+        cfg = GrpoConfig(batch_size=2, num_generations=4, beta=0.04, prompts_per_session=4, steps_per_session=2,
+                         micro_batch=size, rewards={"flat_or_spread": 1.0},
+                         rollout=RolloutConfig(max_prompt_length=64, max_tokens_to_generate=8, temperature=1.0,
+                                               top_k=None),
+                         optimizer=OptimizerConfig(learning_rate=0.01, max_grad_norm=10.0))
+        loaded = tiny_model.load(seed=4)
+        loaded.model = lora.add(loaded.model, LoraConfig(4, 8.0, lora.DEFAULT_TARGETS))
+        bus = Bus(str(tmp_path / str(size)))
+        grpo.train_session(bus, loaded, rows, 0, cfg, 2, "t", log.get("t"))
+        metrics[size] = bus.read_jsonl("grpo/s-0/metrics.jsonl")
+        adapters[size] = jax.tree.leaves(nnx.state(loaded.model, nnx.LoRAParam))
+    for whole, parts in zip(metrics[None], metrics[2]):
+        for k in ("loss", "kl", "grad_norm", "reward"):
+            assert parts[k] == pytest.approx(whole[k], rel=1e-4, abs=1e-7), k
+    assert metrics[None][-1]["kl"] > 0
+    for a, b in zip(adapters[2], adapters[None]):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)

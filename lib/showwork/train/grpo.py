@@ -45,15 +45,49 @@ def make_step_fns(graphdef, tx, obj: objective.Objective, temperature: float, co
 
     logps_jit = jax.jit(logps_fn)
 
-    def loss_fn(trainable, frozen, prompt, completion, mask, old, ref, adv):
+    def loss_fn(trainable, frozen, prompt, completion, mask, old, ref, adv, totals=None):
         logps = logps_fn(trainable, frozen, prompt, completion, mask)
         # old=None: one update per rollout, so the sampling policy is the
         # current one; its log-probs are these, held constant (ratio 1, the
         # same gradient) without a forward pass to compute them again.
         old = jax.lax.stop_gradient(logps) if old is None else old
-        return objective.loss(logps, old, ref, adv, mask, obj)
+        return objective.loss(logps, old, ref, adv, mask, obj, totals)
 
     return logps_jit, jax.jit(jax.value_and_grad(loss_fn, has_aux=True)), step_lib.make_apply(tx)
+
+
+def micro_batches(n: int, size: int | None) -> list[slice]:
+    """The step's n completions in gradient passes of `size` (one pass when size is None or >= n)."""
+    if not size or size >= n:
+        return [slice(0, n)]
+    if n % size:
+        raise UsageError(f"grpo.micro_batch {size} does not divide the step's {n} completions")
+    return [slice(i, i + size) for i in range(0, n, size)]
+
+
+@jax.jit
+def _add(a, b):
+    return jax.tree.map(jnp.add, a, b)
+
+
+def gradient(grad_fn, trainable, frozen, batch: tuple, old, ref, adv, passes: list[slice]):
+    """(loss, aux, gradient) of the step's batch, summed over its micro-batches' passes.
+
+    Each pass divides by the whole batch's counts (objective.aggregate's `totals`), so the sum is
+    the batch's loss and gradient whatever the aggregation mode, while only one micro-batch's
+    activations are held at a time. `old` and `ref` are per-pass lists (or None)."""
+    totals = objective.counts(batch[2]) if len(passes) > 1 else None
+    loss = aux = grads = None
+    for i, part in enumerate(passes):
+        (l, a), g = grad_fn(trainable, frozen, *(x[part] for x in batch), None if old is None else old[i],
+                            None if ref is None else ref[i], adv[part], totals)
+        loss, aux, grads = (l, a, g) if grads is None else (loss + l, _add(aux, a), _add(grads, g))
+    return loss, aux, grads
+
+
+def pass_logps(logps_fn, weights, frozen, batch: tuple, passes: list[slice]) -> list:
+    """Log-probs of the batch under `weights`, one pass per micro-batch."""
+    return [logps_fn(weights, frozen, *(x[part] for x in batch)) for part in passes]
 
 
 # ---------------------------------------------------------------- prompts per session
@@ -189,12 +223,13 @@ def make_step(loaded, rollouts: Rollouts, parts: tuple, base: nnx.Module | None)
                                                     completion_len=grpo.rollout.max_tokens_to_generate)
             if grpo.mask_truncated_completions:
                 mask = objective.drop_truncated(mask, [rnd.samples.stopped[i] for rnd, i in picked])
-            old = logps_fn(trainable, frozen, prompt, completion, mask) if grpo.num_iterations > 1 else None
-            ref = logps_fn(reference, frozen, prompt, completion, mask) if reference is not None else None
+            batch, passes = (prompt, completion, mask), micro_batches(len(completions), grpo.micro_batch)
+            old = pass_logps(logps_fn, trainable, frozen, batch, passes) if grpo.num_iterations > 1 else None
+            ref = pass_logps(logps_fn, reference, frozen, batch, passes) if reference is not None else None
             adv = objective.advantages(totals, g, grpo.scale_rewards)
             for _ in range(grpo.num_iterations):
-                (loss, aux), grads = grad_fn(trainable, frozen, prompt, completion, mask, old, ref,
-                                             jnp.asarray(adv, jnp.float32))
+                loss, aux, grads = gradient(grad_fn, trainable, frozen, batch, old, ref,
+                                            jnp.asarray(adv, jnp.float32), passes)
                 trainable, opt_state, grad_norm = apply(trainable, opt_state, grads)
             jax.block_until_ready(trainable)
         scalars = {"loss": float(loss), "kl": float(aux["kl"]), "clip_fraction": float(aux["clip_fraction"]),

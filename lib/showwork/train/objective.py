@@ -83,21 +83,32 @@ def clipped_surrogate(ratio, advantages, epsilon: float, epsilon_high: float):
     return jnp.maximum(unclipped, clipped), clipped > unclipped
 
 
-def aggregate(per_token, mask, mode: str, max_len: int = 1):
+def counts(mask):
+    """(rows with tokens, tokens): the denominators `aggregate` divides by, as float32 scalars."""
+    tokens = mask.sum(-1)
+    return (tokens > 0).sum().astype(jnp.float32), tokens.sum().astype(jnp.float32)
+
+
+def aggregate(per_token, mask, mode: str, max_len: int = 1, totals=None):
     """One loss from per-token losses; rows without tokens count for nothing (tunix's names):
 
     sequence-mean-token-mean   mean over rows of each row's token mean (GRPO)
     token-mean                 sum over every token / number of tokens (DAPO)
     sequence-mean-token-scale  mean over rows of each row's token sum / max_len (Dr. GRPO)
     seq-mean-token-sum         mean over rows of each row's token sum
+
+    `totals`: the whole batch's `counts` when `mask` is one micro-batch of it; every mode is then
+    a sum over rows divided by the batch's counts, so the micro-batches' losses add up to the
+    batch's loss (and their gradients to its gradient).
     """
     sums = (per_token.astype(jnp.float32) * mask).sum(-1)
     tokens = mask.sum(-1)
-    rows = jnp.maximum((tokens > 0).sum(), 1)
+    row_count, token_count = counts(mask) if totals is None else totals
+    rows = jnp.maximum(row_count, 1.0)
     if mode == "sequence-mean-token-mean":
         return (sums / jnp.maximum(tokens, 1.0)).sum() / rows
     if mode == "token-mean":
-        return sums.sum() / jnp.maximum(tokens.sum(), 1.0)
+        return sums.sum() / jnp.maximum(token_count, 1.0)
     if mode == "sequence-mean-token-scale":
         return (sums / max_len).sum() / rows
     if mode == "seq-mean-token-sum":
@@ -110,8 +121,9 @@ def drop_truncated(mask, stopped):
     return mask * jnp.asarray(stopped, mask.dtype)[:, None]
 
 
-def loss(logps, old_logps, ref_logps, advantages, mask, obj: Objective):
-    """The GRPO-family loss and diagnostics (kl, clip_fraction).
+def loss(logps, old_logps, ref_logps, advantages, mask, obj: Objective, totals=None):
+    """The GRPO-family loss and diagnostics (kl, clip_fraction); `totals` as in `aggregate`
+    (the diagnostics, means over tokens, then also add up over micro-batches).
 
     KL to the reference uses the k3 estimator ("low_var_kl"); with no reference (β 0) it is 0.
     """
@@ -121,8 +133,8 @@ def loss(logps, old_logps, ref_logps, advantages, mask, obj: Objective):
         logps, ref_logps, "low_var_kl")
     if obj.beta:
         per_token = per_token + obj.beta * kl
-    total = aggregate(per_token, mask, obj.loss_agg_mode, obj.max_len)
-    denom = jnp.maximum(mask.sum(), 1.0)
+    total = aggregate(per_token, mask, obj.loss_agg_mode, obj.max_len, totals)
+    denom = jnp.maximum(mask.sum() if totals is None else totals[1], 1.0)
     return total, {"kl": (kl * mask).sum() / denom, "clip_fraction": (clipped * mask).sum() / denom}
 
 
