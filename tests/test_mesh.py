@@ -72,3 +72,37 @@ def test_each_job_of_a_multi_host_tier_runs_where_its_pods_are_placed(tmp_path):
     run("jobs.report", recipe, tier, tmp_path, "--shards", "2", devices=1)
     bus = Bus(str(tmp_path / "mesh"))
     assert bus.read_json("report/metrics.json")["model_order"] == ["base"]
+
+
+DECODE_ON_A_MESH = """
+import re, jax, jax.numpy as jnp, numpy as np
+from showwork.model import tiny, meshes
+from showwork.sample import sampler
+mesh = meshes.make_mesh((4, 1), ("fsdp", "tp"))
+ids = jnp.tile(jnp.arange(3, 19, dtype=jnp.int32), (4, 1))
+valid = jnp.ones((4, 16), bool)
+keys = jax.vmap(jax.random.key)(jnp.arange(4, dtype=jnp.uint32))
+args = dict(max_new=8, temperature=0.0, top_k=None, top_p=None, stop_ids=(-1,))
+alone = sampler._generate(tiny.load(dtype="bfloat16").model, ids, valid, keys, **args)[0]
+sharded = tiny.load(dtype="bfloat16", mesh=mesh)
+assert meshes.sharded_params(sharded.model) > 0
+with jax.set_mesh(mesh):
+    hlo = sampler._generate.lower(sharded.model, ids, valid, keys, **args).compile().as_text()
+    out = sampler._generate(sharded.model, ids, valid, keys, **args)[0]
+(body,) = re.findall(r"body=%?([\\w.\\-]+)", hlo)
+lines = hlo[hlo.index("%" + body + " ") if ("%" + body + " ") in hlo else hlo.index(body + " "):].split("\\n}")[0]
+print("gathers", lines.count(" all-gather("), "reduces", lines.count(" all-reduce("),
+      "same", bool((np.asarray(out) == np.asarray(alone)).all()))
+"""
+
+
+def test_decoding_on_an_fsdp_mesh_reads_each_chips_weight_shard_and_gathers_none(tmp_path):
+    """The TPU plan (bench/accelerator.py) divides decoding's weight reads by the tier's chips: that holds
+    because XLA keeps the FSDP-sharded weights in place inside the decode loop and all-reduces the small
+    activations instead of all-gathering every weight every step; the tokens are the 1-device tokens."""
+    env = job_env(XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    done = subprocess.run([sys.executable, "-c", DECODE_ON_A_MESH], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    gathers, reduces, same = done.stdout.split()[1::2]
+    assert gathers == "0" and int(reduces) > 0 and same == "True", done.stdout
