@@ -248,20 +248,8 @@ def expand(arg: str, env: dict) -> str:
 
 # ---------------------------------------------------------------- the manifests, executed
 
-TINY_HYBRID = """recipe: hybrid
-description: the hybrid recipe shrunk to the tiny model for the manifest run-through
-model: {name: tiny, lora: {rank: 4, alpha: 8}}
-data: {source: reasoning-gym, train_size: 12, eval_size: 4, seed: 4}
-sft: {max_steps: 3, max_seq_len: 1024, optimizer: {learning_rate: 1.0e-3}}
-grpo:
-  sessions: 1
-  prompts_per_session: 2
-  steps_per_session: 2
-  num_generations: 2
-  rollout: {max_prompt_length: 512, max_tokens_to_generate: 6, temperature: 1.0, top_k: 20}
-  rewards: {hybrid: 1.0}
-eval: {models: [base, grpo], methods: [greedy], max_tokens: 6}
-"""
+# k8s/overlays/hybrid-cpu's recipe shrunk to the tiny model (also what tests/test_containers.py runs).
+TINY_HYBRID = (REPO / "tests" / "k8s" / "hybrid-cpu-tiny" / "hybrid.yaml").read_text()
 
 
 @needs_kubectl
