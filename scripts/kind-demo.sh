@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The local cluster path: kind cluster, JobSet controller, images, the demo overlay.
-# Needs docker, kind, kubectl and skaffold on PATH. Usage: scripts/kind-demo.sh [overlay]
+# Needs docker, kind and kubectl on PATH. Usage: scripts/kind-demo.sh [overlay]
+# SHOWWORK_DEBIAN_BASE=1 builds the Python base from Debian's packages (no registry reachable).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OVERLAY=${1:-demo-cpu}
@@ -15,9 +16,8 @@ kubectl -n jobset-system rollout status deployment/jobset-controller-manager --t
 
 # The cpu component pins these tags with imagePullPolicy IfNotPresent: the kubelet uses what
 # `kind load` put on the node and never goes to a registry.
-docker build -f images/base.Dockerfile -t showwork-base:local .
+scripts/build-images.sh --tag local ${SHOWWORK_DEBIAN_BASE:+--debian-base}
 for image in data-prep sft grpo-session eval; do
-  docker build -f "images/${image}.Dockerfile" --build-arg BASE=showwork-base:local -t "showwork-${image}:local" .
   kind load docker-image --name showwork "showwork-${image}:local"
 done
 

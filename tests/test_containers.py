@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -43,8 +44,12 @@ def images():
         _unavailable("docker or kubectl is not installed")
     if subprocess.run(["docker", "info"], capture_output=True).returncode:
         _unavailable("the docker daemon is not running")
-    official = subprocess.run(["docker", "pull", "-q", "python:3.11.7-slim-bookworm"], capture_output=True,
-                              timeout=300).returncode == 0
+    # The official base (the Dockerfile's digest-pinned default) where a registry answers; else Debian's.
+    default = re.search(r"^ARG PYTHON_BASE=(\S+)$", (REPO / "images" / "base.Dockerfile").read_text(), re.M)[1]
+    try:
+        official = subprocess.run(["docker", "pull", "-q", default], capture_output=True, timeout=120).returncode == 0
+    except subprocess.TimeoutExpired:
+        official = False
     build = [str(REPO / "scripts" / "build-images.sh")] + ([] if official else ["--debian-base"])
     done = subprocess.run(build, cwd=REPO, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]

@@ -56,13 +56,29 @@ def test_the_build_context_leaves_out_heavy_and_unused_paths(path):
 
 
 def test_the_build_context_holds_everything_the_images_copy():
+    """Every tracked file under a COPY source is sent to the engine (the TPU lock and the build stage's
+    pip folder included)."""
+    import subprocess
+
     lines = (REPO / ".dockerignore").read_text().splitlines()
     sources = copied_sources()
-    assert {"lib/requirements.lock", "lib/", "jobs/"} <= sources
+    assert {"lib/requirements.lock", "lib/requirements-tpu.lock", "lib/", "jobs/", "images/pip/"} <= sources
     for source in sources:
-        files = [source] if (REPO / source).is_file() else [
-            str(p.relative_to(REPO)) for p in (REPO / source).rglob("*.py")]
-        assert files and not any(ignored(f, lines) for f in files), source
+        files = subprocess.run(["git", "ls-files", source], cwd=REPO, capture_output=True, text=True).stdout.split()
+        assert files and not [f for f in files if ignored(f, lines)], source
+
+
+def test_the_tpu_lock_pins_with_a_hash_the_libtpu_our_jax_asks_for():
+    """jax's `tpu` extra names a libtpu series; the TPU images install exactly one release of it, by hash."""
+    from importlib import metadata
+
+    (wanted,) = [r.split(";")[0].strip() for r in metadata.requires("jax") if r.startswith("libtpu")
+                 and 'extra == "tpu"' in r]
+    text = (REPO / "lib" / "requirements-tpu.lock").read_text()
+    pin = re.search(r"^libtpu==([\d.]+) \\\n\s+--hash=sha256:([0-9a-f]{64})$", text, re.M)
+    assert pin, text
+    series = wanted.removeprefix("libtpu==").removesuffix(".*")
+    assert pin.group(1).startswith(series + "."), (wanted, pin.group(1))
 
 
 def test_the_runtime_lock_is_what_showwork_needs_from_the_dev_lock():
