@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 RECIPE ?= demo
 TIER ?= cpu
 
-.PHONY: install demo test test-fast lock clean kind-demo
+.PHONY: install demo test test-fast lock clean kind-demo configure
 
 install: $(VENV)/.installed
 
@@ -49,3 +49,10 @@ clean:
 # Local cluster: kind + JobSet + images + the demo overlay (needs docker and kind).
 kind-demo:
 	scripts/kind-demo.sh demo-cpu
+
+# Your GKE site: PROJECT, BUCKET (the bus), optional MODELS_BUCKET, REGISTRY and TAG written over every
+# shipped GKE overlay into k8s/site/<overlay> (scripts/configure.py); then kubectl apply -k k8s/site/<overlay>.
+configure:
+	$(PYTHON) scripts/configure.py --project "$(PROJECT)" --bucket "$(BUCKET)" \
+	  $(if $(MODELS_BUCKET),--models-bucket "$(MODELS_BUCKET)") $(if $(REGISTRY),--registry "$(REGISTRY)") \
+	  $(if $(TAG),--tag "$(TAG)")
