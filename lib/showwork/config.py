@@ -303,7 +303,10 @@ class SelfTeachConfig:
 class EvalConfig:
     # Which models to evaluate, in report order; names of pipeline stages.
     models: tuple[Literal["base", "sft", "self-teach", "grpo"], ...] = ("base",)
-    methods: tuple[Literal["greedy", "majority", "consensus"], ...] = ("greedy",)
+    # greedy, majority (maj@k), consensus (one sample per temperature); loss: the held-out loss of each
+    # row's reference target given its prompt (teacher forcing), for corpora whose targets are not a
+    # number to match (glaive's traces), reported as loss and perplexity.
+    methods: tuple[Literal["greedy", "majority", "consensus", "loss"], ...] = ("greedy",)
     samples: int = 4  # k for maj@k
     temperature: float = 0.7
     consensus_temperatures: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8, 1.0)
@@ -314,9 +317,13 @@ class EvalConfig:
     # Sampling also stops at these strings (kept in the text). What follows the
     # first `</answer>` cannot change the score; an empty list scores whole turns.
     stop_strings: tuple[str, ...] = ("</answer>",)
+    # `loss`: prompt + target cut to this many tokens, as SFT cuts them (sft.max_seq_len).
+    loss_max_seq_len: int = field(default=2048, metadata=ADDED)
 
     def problems(self):
-        yield from _positive(self, "samples")
+        yield from _positive(self, "samples", "loss_max_seq_len")
+        if not self.methods:
+            yield "methods", "name at least one evaluation method"
 
 
 @dataclass(frozen=True)

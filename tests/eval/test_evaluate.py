@@ -347,3 +347,68 @@ def test_a_damaged_event_record_is_an_error_and_the_report_falls_back_to_jsonl(t
     bus.write_bytes("sft/tensorboard/events.out.tfevents.1.x", bytes(data))
     bus.write_jsonl("sft/metrics.jsonl", [{"step": 1, "loss": 9.0}, {"step": 2, "loss": 8.0}])
     assert [r["loss"] for r in report.training_curves(bus)["sft"]] == [9.0, 8.0]
+
+
+def _loss_records(values: dict[str, tuple[float, int] | None]) -> list[dict]:
+    return [{"id": q, "question": q, "gold": "", "methods": {"loss": {"dropped": True} if v is None else
+                                                            {"nll": v[0], "tokens": v[1], "truncated": False}}}
+            for q, v in values.items()]
+
+
+def test_held_out_loss_is_per_target_token_with_a_paired_change():
+    """Loss = summed NLL / target tokens over the rows scored (a row the prompt alone filled is counted
+    as dropped, not as zero); the change between models is on the questions both scored."""
+    base = _loss_records({"a": (20.0, 10), "b": (60.0, 20), "c": None})
+    tuned = _loss_records({"a": (10.0, 10), "b": (40.0, 20), "c": None})
+    m = report.compute({"base": base, "sft": tuned}, ["loss"])
+    assert m["held_out_loss"]["base"] == {"questions": 2, "dropped": 1, "tokens": 30, "loss": pytest.approx(80 / 30, abs=1e-5),
+                                          "ci95": m["held_out_loss"]["base"]["ci95"],
+                                          "perplexity": pytest.approx(2.718281828 ** (80 / 30), rel=1e-4)}
+    low, high = m["held_out_loss"]["base"]["ci95"]
+    assert 2.0 <= low <= 80 / 30 <= high <= 3.0  # between the two rows' own losses
+    change = m["held_out_loss_changes"]["base->sft"]
+    assert change["change"] == pytest.approx(50 / 30 - 80 / 30, abs=1e-5) and change["questions"] == 2
+    assert change["ci95"][1] < 0  # every resample of the two questions got better
+    assert m["models"] == {} and m["unsolved"] == []  # no accuracy for a loss-only evaluation
+    md = report.markdown(m, ["loss"], "t", {})
+    assert "## Held-out loss" in md and "## Accuracy" not in md and "| base->sft | 2 | -1.0000 |" in md
+
+
+def test_loss_rows_match_the_sft_held_out_loss_on_the_same_rows(tiny):
+    """The eval method's loss is the SFT loop's held-out loss (sft.eval_every) on the same rows: one
+    definition, computed by both (rows cut and dropped alike)."""
+    from showwork.train import sft, step as step_lib
+
+    rows = [{"prompt": f"Question {i}: add {i} and {i}.", "target": f"<reasoning>{i}+{i}</reasoning><answer>{2 * i}"
+             f"</answer>" + " pad" * (i * 7)} for i in range(1, 7)]
+    rows.append({"prompt": "x " * 300, "target": "<answer>1</answer>"})  # the prompt alone fills 64 tokens
+    losses = evaluate.target_losses(tiny, rows, max_seq_len=64, batch_size=4)
+    assert losses[-1] == {"dropped": True} and any(x["truncated"] for x in losses[:-1])
+    ours = sum(x["nll"] for x in losses[:-1]) / sum(x["tokens"] for x in losses[:-1])
+    graphdef, trainable, frozen = step_lib.split(tiny.model)
+    _, _, loss_fn = sft.make_step_fns(graphdef, None)
+    theirs = sft.held_out_loss(loss_fn, trainable, frozen, sft.tokenize(rows, tiny.tokenizer, 64), batch=4)
+    assert ours == pytest.approx(theirs, rel=1e-5)
+
+
+def test_a_loss_evaluation_runs_through_the_jobs_and_reports_loss_only(prepared, tmp_path):
+    root, _ = prepared
+    recipe = tmp_path / "loss.yaml"
+    recipe.write_text(TINY_EVAL.replace("methods: [greedy, majority, consensus]", "methods: [loss]"))
+    runs = tmp_path / "runs"
+    shutil.copytree(root / "runs", runs)
+    for index in (0, 1):
+        done = run("jobs.evaluate", recipe, CPU, "--root", runs, "--shards", "2", JOB_COMPLETION_INDEX=str(index))
+        assert done.returncode == 0, done.stderr[-2000:]
+    done = run("jobs.report", recipe, CPU, "--root", runs, "--shards", "2")
+    assert done.returncode == 0, done.stderr[-2000:]
+    bus = Bus(str(runs / "tiny-eval"))
+    records = [r for i in range(2) for r in bus.read_jsonl(f"eval/base/shard-{i}-of-2.jsonl")]
+    assert all(set(r["methods"]) == {"loss"} for r in records)
+    metrics = bus.read_json("report/metrics.json")
+    tokens = sum(r["methods"]["loss"]["tokens"] for r in records)
+    assert metrics["held_out_loss"]["base"]["loss"] == pytest.approx(
+        sum(r["methods"]["loss"]["nll"] for r in records) / tokens, abs=1e-5)
+    assert 1.0 < metrics["held_out_loss"]["base"]["perplexity"] < 1e6 and metrics["models"] == {}
+    md = bus.read_text("report/report.md")
+    assert "## Held-out loss" in md and "## Accuracy" not in md

@@ -191,7 +191,11 @@ def check_report(cfg, run):
         records = [json.loads(line) for path in sorted((run / "eval" / model).glob("shard-*.jsonl"))
                    for line in path.open()]
         assert sorted(r["id"] for r in records) == sorted({r["id"] for r in records}) and len(records) == eval_rows
-        for method in cfg.eval.methods:
+        if "loss" in cfg.eval.methods:  # loss per target token, from each record's summed NLL and tokens
+            kept = [r["methods"]["loss"] for r in records if not r["methods"]["loss"].get("dropped")]
+            assert kept and metrics["held_out_loss"][model]["loss"] == pytest.approx(
+                sum(x["nll"] for x in kept) / sum(x["tokens"] for x in kept), abs=1e-5)
+        for method in (m for m in cfg.eval.methods if m != "loss"):
             got = metrics["models"][model][method]
             correct = sum(bool(r["methods"][method]["correct"]) for r in records)
             assert (got["questions"], got["correct"]) == (eval_rows, correct), (model, method)

@@ -5,7 +5,10 @@ answer, correctness, format flags and reasoning length, plus the vote.
 Methods:
 * `greedy`: one sample at temperature 0;
 * `majority`: k samples at one temperature, majority vote (maj@k);
-* `consensus`: one sample at each of several temperatures, majority vote.
+* `consensus`: one sample at each of several temperatures, majority vote;
+* `loss`: no sampling: the negative log-likelihood of the row's reference
+  target given its prompt (teacher forcing, cut as SFT cuts it), summed,
+  with its token count; the report turns them into loss and perplexity.
 A shard's records are written in one atomic write at the end
 (`eval/<model>/shard-I-of-N.jsonl`), so a retried pod can never duplicate
 or half-write them, and a finished shard (marker present) is skipped.
@@ -52,9 +55,11 @@ def score(text: str, gold: str) -> dict:
 
 
 def method_plan(ev: EvalConfig) -> dict[str, list[float]]:
-    """Method -> the temperature of each of its samples, in order."""
+    """Sampled method -> the temperature of each of its samples, in order (`loss` samples nothing)."""
     plan = {}
     for method in ev.methods:
+        if method == "loss":
+            continue
         if method == "greedy":
             plan[method] = [0.0]
         elif method == "majority":
@@ -103,6 +108,39 @@ def evaluate_rows(loaded, rows: list[dict], plan: dict[str, list[float]], *, max
     return records
 
 
+def target_losses(loaded, rows: list[dict], max_seq_len: int, batch_size: int) -> list[dict]:
+    """Per row: the summed negative log-likelihood of its target given its prompt and the target tokens
+    scored ({"dropped": True} where the prompt alone leaves no room, as SFT drops such rows)."""
+    from flax import nnx
+
+    from showwork.sample.logprobs import completion_logps
+    from showwork.train.sft import fit
+
+    graphdef, state = nnx.split(loaded.model)
+    logps_fn = jax.jit(lambda st, p, c, m: (completion_logps(graphdef, (st,), p, c, m) * m).sum(-1))
+    fitted = [fit(r, loaded.tokenizer, max_seq_len) for r in rows]
+    kept = [i for i, f in enumerate(fitted) if f is not None]
+    out = [{"dropped": True} for _ in rows]
+    for start in range(0, len(kept), batch_size):
+        part = kept[start:start + batch_size]
+        prompt, completion, mask = forward.pack([fitted[i][0] for i in part], [fitted[i][1] for i in part],
+                                                completion_bucket=128)
+        sums = jax.device_get(logps_fn(state, prompt, completion, mask))
+        for i, total in zip(part, sums):
+            out[i] = {"nll": -float(total), "tokens": len(fitted[i][1]), "truncated": fitted[i][2]}
+    return out
+
+
+def shard_headline(records: list[dict], method: str) -> dict:
+    """The shard's first method in one number: accuracy, or for `loss` the loss per target token."""
+    if method == "loss":
+        kept = [r["methods"]["loss"] for r in records if not r["methods"]["loss"].get("dropped")]
+        tokens = sum(x["tokens"] for x in kept)
+        return {"loss": sum(x["nll"] for x in kept) / tokens if tokens else 0.0}
+    first = [r["methods"][method]["correct"] for r in records]
+    return {f"{method}_accuracy": sum(first) / len(first) if first else 0.0}
+
+
 def model_for(bus: Bus, cfg, name: str, mesh):
     """Load the model a report calls `name` (base, sft, self-teach, grpo) on one eval pod's `mesh`."""
     return loader.load_from(bus, stages.eval_model_key(cfg, name), cfg.model, cfg.tier.dtype, mesh)
@@ -129,12 +167,15 @@ def run_shard(bus: Bus, cfg, model: str, index: int, count: int, log):
             records = evaluate_rows(loaded, mine, method_plan(ev), max_tokens=ev.max_tokens,
                                     batch_size=cfg.tier.eval_batch, seed=ev.seed, top_k=ev.top_k,
                                     prompt_len=prompt_len, stop_strings=ev.stop_strings, log=log)
+            if "loss" in ev.methods:
+                for record, loss in zip(records, target_losses(loaded, mine, ev.loss_max_seq_len,
+                                                               cfg.tier.eval_batch)):
+                    record["methods"]["loss"] = loss
             seconds = time.perf_counter() - started
         bus.write_jsonl(f"{stage.key}.jsonl", records)
-        first = [r["methods"][ev.methods[0]]["correct"] for r in records]
         return StageResult(outputs=[f"{stage.key}.jsonl"], inputs=[stages.EVAL_ROWS],
                            metrics={"questions": len(records), "seconds": round(seconds, 1),
                                     "questions_per_second": round(len(records) / seconds, 4) if seconds else 0.0,
-                                    f"{ev.methods[0]}_accuracy": sum(first) / len(first) if first else 0.0})
+                                    **shard_headline(records, ev.methods[0])})
 
     return run_once(bus, stage.key, digest, body, log)

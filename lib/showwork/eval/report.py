@@ -15,6 +15,8 @@ import io
 import math
 from statistics import mean
 
+import numpy as np
+
 from showwork import stages
 from showwork.markdown import cell
 from showwork.errors import RunError
@@ -107,11 +109,21 @@ def by_length(records: list[dict], method: str) -> dict[str, dict]:
     return {k: {"samples": len(buckets[k]), "accuracy": mean(buckets[k])} for k in order if k in buckets}
 
 
+def sampled_methods(methods: list[str]) -> list[str]:
+    """The methods scored by accuracy (every one but `loss`)."""
+    return [m for m in methods if m != "loss"]
+
+
 def compute(records_by_model: dict[str, list[dict]], methods: list[str]) -> dict:
     """Every number in the report, from merged records (model order = report order)."""
     # metrics.json is written with sorted keys; these lists keep the report's order.
     out: dict = {"model_order": list(records_by_model), "method_order": list(methods),
-                 "models": {}, "between_methods": {}, "between_models": {}, "by_reasoning_length": {}}
+                 "models": {}, "between_methods": {}, "between_models": {}, "by_reasoning_length": {}, "unsolved": []}
+    if "loss" in methods:
+        out.update(held_out_loss(records_by_model))
+    methods = sampled_methods(methods)
+    if not methods:
+        return out
     outcome = {m: {meth: {r["id"]: bool(r["methods"][meth]["correct"]) for r in recs if meth in r["methods"]}
                    for meth in methods} for m, recs in records_by_model.items()}
     for model, recs in records_by_model.items():
@@ -126,10 +138,51 @@ def compute(records_by_model: dict[str, list[dict]], methods: list[str]) -> dict
     solved = {}
     for model, recs in records_by_model.items():
         for r in recs:
-            solved[r["id"]] = solved.get(r["id"], False) or any(x["correct"] for x in r["methods"].values())
+            solved[r["id"]] = solved.get(r["id"], False) or any(r["methods"][m]["correct"] for m in methods
+                                                                if m in r["methods"])
     questions = {r["id"]: r for recs in records_by_model.values() for r in recs}
     out["unsolved"] = [{"id": q, "question": questions[q]["question"], "gold": questions[q]["gold"]}
                        for q in sorted(solved) if not solved[q]]
+    return out
+
+
+def _loss_table(recs: list[dict]) -> dict[str, tuple[float, int]]:
+    """Question id -> (summed target NLL, target tokens), rows the prompt alone filled left out."""
+    return {r["id"]: (r["methods"]["loss"]["nll"], r["methods"]["loss"]["tokens"]) for r in recs
+            if "loss" in r["methods"] and not r["methods"]["loss"].get("dropped")}
+
+
+def _bootstrap(columns: list[np.ndarray], stat, draws: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of `stat` over questions resampled with replacement (paired: the same
+    resampled questions in every column)."""
+    rng = np.random.default_rng(seed)
+    n = len(columns[0])
+    values = [stat(*(c[idx] for c in columns)) for idx in rng.integers(0, n, size=(draws, n))]
+    return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
+
+
+def held_out_loss(records_by_model: dict[str, list[dict]]) -> dict:
+    """Per model: loss per target token (nats), its 95% bootstrap interval over questions, perplexity;
+    between consecutive models: the change in loss on the questions both scored, paired interval."""
+    per_token = lambda nll, tok: nll.sum() / max(tok.sum(), 1)  # noqa: E731
+    tables = {m: _loss_table(recs) for m, recs in records_by_model.items()}
+    out: dict = {"held_out_loss": {}, "held_out_loss_changes": {}}
+    for model, table in tables.items():
+        nll, tok = (np.asarray([v[k] for v in table.values()], np.float64) for k in (0, 1))
+        loss = float(per_token(nll, tok)) if len(tok) else 0.0
+        low, high = _bootstrap([nll, tok], per_token) if len(tok) else (0.0, 0.0)
+        out["held_out_loss"][model] = {
+            "questions": len(table), "dropped": len(records_by_model[model]) - len(table), "tokens": int(tok.sum()),
+            "loss": round(loss, 5), "ci95": [round(low, 5), round(high, 5)], "perplexity": round(math.exp(loss), 4)}
+    models = list(tables)
+    for a, b in zip(models, models[1:]):
+        common = sorted(set(tables[a]) & set(tables[b]))
+        cols = [np.asarray([tables[m][q][k] for q in common], np.float64) for m in (a, b) for k in (0, 1)]
+        change = lambda na, ta, nb, tb: per_token(nb, tb) - per_token(na, ta)  # noqa: E731
+        low, high = _bootstrap(cols, change) if common else (0.0, 0.0)
+        out["held_out_loss_changes"][f"{a}->{b}"] = {
+            "questions": len(common), "change": round(float(change(*cols)), 5) if common else 0.0,
+            "ci95": [round(low, 5), round(high, 5)]}
     return out
 
 
@@ -288,7 +341,7 @@ def markdown(metrics: dict, methods: list[str], title: str, images: dict[str, st
              samples: dict | None = None) -> str:
     """The report as markdown; `images` maps caption -> PNG file name; `description` is the recipe's.
 
-    Order: what a reader wants first (the accuracy table and its plots),
+    Order: what a reader wants first (the accuracy table and its plots, or the held-out loss),
     then where models differ, then reasoning length, then the unsolved list.
     """
     def figure(name: str) -> list[str]:
@@ -296,7 +349,40 @@ def markdown(metrics: dict, methods: list[str], title: str, images: dict[str, st
         return [f"![{caption}]({name})", ""] if caption else []
 
     lines = [f"# {title}", ""] + ([description.strip(), ""] if description.strip() else [])
-    lines += ["## Accuracy", "", "| model | method | questions | accuracy | 95% CI | format | reasoning words "
+    if "held_out_loss" in metrics:
+        lines += loss_markdown(metrics)
+    methods = sampled_methods(methods)
+    if methods:
+        lines += accuracy_markdown(metrics, methods, figure)
+    else:
+        lines += figure("training.png")
+    lines += samples_markdown(samples or {})
+    if methods:
+        lines += [f"## Unsolved by every model and method ({len(metrics['unsolved'])})", ""]
+        for q in metrics["unsolved"][:50]:
+            lines.append(f"* `{q['id']}` (gold {q['gold']}): {q['question'][:160]}")
+        if len(metrics["unsolved"]) > 50:
+            lines.append(f"* … and {len(metrics['unsolved']) - 50} more in metrics.json")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def loss_markdown(metrics: dict) -> list[str]:
+    lines = ["## Held-out loss", "", "Negative log-likelihood of each held-out row's reference target given its "
+             "prompt, per target token (teacher forcing; 95% intervals by resampling questions).", "",
+             "| model | questions | target tokens | loss (nats/token) | 95% CI | perplexity |", "|---|---|---|---|---|---|"]
+    for model, m in metrics["held_out_loss"].items():
+        lines.append(f"| {model} | {m['questions']} | {m['tokens']} | {m['loss']:.4f} | "
+                     f"{m['ci95'][0]:.4f}–{m['ci95'][1]:.4f} | {m['perplexity']:.3f} |")
+    if metrics["held_out_loss_changes"]:
+        lines += ["", "| change | questions | loss change | 95% CI (paired) |", "|---|---|---|---|"]
+        for change, c in metrics["held_out_loss_changes"].items():
+            lines.append(f"| {change} | {c['questions']} | {c['change']:+.4f} | {c['ci95'][0]:+.4f}–{c['ci95'][1]:+.4f} |")
+    return lines + [""]
+
+
+def accuracy_markdown(metrics: dict, methods: list[str], figure) -> list[str]:
+    lines = ["## Accuracy", "", "| model | method | questions | accuracy | 95% CI | format | reasoning words "
               "| lm-eval strict-match | lm-eval flexible-extract |", "|---|---|---|---|---|---|---|---|---|"]
     for model, per in metrics["models"].items():
         for meth in methods:
@@ -329,14 +415,7 @@ def markdown(metrics: dict, methods: list[str], title: str, images: dict[str, st
                  for b in (bucket_label(x) for x in LENGTH_BUCKETS)]
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
     lines += [""] + figure("reasoning_length.png")
-    lines += samples_markdown(samples or {})
-    lines += [f"## Unsolved by every model and method ({len(metrics['unsolved'])})", ""]
-    for q in metrics["unsolved"][:50]:
-        lines.append(f"* `{q['id']}` (gold {q['gold']}): {q['question'][:160]}")
-    if len(metrics["unsolved"]) > 50:
-        lines.append(f"* … and {len(metrics['unsolved']) - 50} more in metrics.json")
-    lines.append("")
-    return "\n".join(lines)
+    return lines
 
 
 def _inline(text: str) -> str:
@@ -406,12 +485,15 @@ def build(bus: Bus, models: list[str], methods: list[str], shards: int, title: s
     """Merge, compute, plot and write the report; returns metrics.json's content."""
     records = {m: load_model_records(bus, m, shards) for m in models}
     metrics = compute(records, methods)
-    images = {"accuracy.png": plot_accuracy(metrics, methods), "reasoning_length.png": plot_length(metrics, methods[0])}
+    images, captions, sampled = {}, {}, sampled_methods(methods)
+    if sampled:
+        images = {"accuracy.png": plot_accuracy(metrics, sampled),
+                  "reasoning_length.png": plot_length(metrics, sampled[0])}
+        captions = {"Accuracy per model and method": "accuracy.png",
+                    "Accuracy by reasoning length": "reasoning_length.png"}
     training_png = plot_training(training_curves(bus))
     if training_png:
         images["training.png"] = training_png
-    captions = {"Accuracy per model and method": "accuracy.png", "Accuracy by reasoning length": "reasoning_length.png"}
-    if training_png:
         captions["Training curves"] = "training.png"
     md_text = markdown(metrics, methods, title, captions, description, grpo_samples(bus))
     for name, data in images.items():
@@ -431,7 +513,9 @@ def run(bus: Bus, cfg, log, shards: int | None = None):
 
     def body() -> StageResult:
         metrics = build(bus, models, methods, count, f"showwork report: {cfg.recipe}", cfg.description)
-        headline = {f"{m}_{meth}_accuracy": metrics["models"][m][meth]["accuracy"] for m in models for meth in methods}
+        headline = {f"{m}_{meth}_accuracy": metrics["models"][m][meth]["accuracy"]
+                    for m in models for meth in sampled_methods(methods)}
+        headline.update({f"{m}_loss": v["loss"] for m, v in metrics.get("held_out_loss", {}).items()})
         outputs = [stages.report_key(name) for name in stages.REPORT_FILES]
         return StageResult(outputs=outputs, inputs=[f"eval/{m}" for m in models], metrics=headline)
 

@@ -33,21 +33,27 @@ class Sequences:
     dropped: int
 
 
+def fit(row: dict, tokenizer, max_seq_len: int) -> tuple[list[int], list[int], bool] | None:
+    """(prompt ids with BOS, target ids cut to fit, whether cut), or None when the prompt leaves no room."""
+    p = tokenizer.encode(row["prompt"], bos=True)
+    c = tokenizer.encode(row["target"])
+    room = max_seq_len - len(p)
+    if room < 8:  # not even a few target tokens fit: nothing to learn from
+        return None
+    return p, c[:room], len(c) > room
+
+
 def tokenize(rows: list[dict], tokenizer, max_seq_len: int) -> Sequences:
     """Prompt (with BOS) and target ids; targets cut to fit, prompts that cannot fit dropped."""
     prompts, completions, truncated, dropped = [], [], 0, 0
     for row in rows:
-        p = tokenizer.encode(row["prompt"], bos=True)
-        c = tokenizer.encode(row["target"])
-        room = max_seq_len - len(p)
-        if room < 8:  # not even a few target tokens fit: nothing to learn from
+        fitted = fit(row, tokenizer, max_seq_len)
+        if fitted is None:
             dropped += 1
             continue
-        if len(c) > room:
-            c = c[:room]
-            truncated += 1
-        prompts.append(p)
-        completions.append(c)
+        prompts.append(fitted[0])
+        completions.append(fitted[1])
+        truncated += fitted[2]
     return Sequences(prompts, completions, truncated, dropped)
 
 
