@@ -166,6 +166,7 @@ class Runner:
         pod = Pod(rj["name"], index, attempt)
         start = pod.started = time.monotonic()
         cmd = self.docker_run(rj, index, name)
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)  # one left by an interrupted run
         started = subprocess.run(cmd[:2] + ["-d"] + cmd[2:], capture_output=True, text=True)
         if started.returncode:
             raise RuntimeError(f"docker run {name}: {started.stderr}")
