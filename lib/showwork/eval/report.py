@@ -516,7 +516,8 @@ def run(bus: Bus, cfg, log, shards: int | None = None):
         headline = {f"{m}_{meth}_accuracy": metrics["models"][m][meth]["accuracy"]
                     for m in models for meth in sampled_methods(methods)}
         headline.update({f"{m}_loss": v["loss"] for m, v in metrics.get("held_out_loss", {}).items()})
-        outputs = [stages.report_key(name) for name in stages.REPORT_FILES]
+        plots = ("accuracy.png",) if sampled_methods(methods) else ()
+        outputs = [stages.report_key(name) for name in stages.REPORT_FILES + plots]
         return StageResult(outputs=outputs, inputs=[f"eval/{m}" for m in models], metrics=headline)
 
     return run_once(bus, stage.key, digest, body, log)
