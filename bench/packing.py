@@ -8,8 +8,17 @@ packed (`sft.packing`: whole examples back to back, attention kept inside
 each). The first step of each run compiles and is left out; tokens/s is
 what `sft.train` logs (real tokens only). Each run is its own process.
 
-    .venv/bin/python bench/packing.py
+    .venv/bin/python bench/packing.py --trl-python bench/.venv-torch/bin/python   # with TRL's packing
     .venv/bin/python bench/packing.py --model tiny --steps 2 --examples 16   # smoke (tests/test_bench.py)
+
+With --trl-python, TRL's SFTTrainer packs the same rows too (`packing=True`,
+its default best-fit-decreasing strategy, `max_length` = --seq-len, the same
+batch, LoRA 16 on the same projections, float32, the model exported to a
+Hugging Face directory): its real tokens/s are the tokens it logs as trained
+(`num_tokens`) over the timed steps' seconds. TRL's padding-free packing keeps
+attention inside each example only with flash-attention; on CPU its model
+runs `sdpa`/eager attention, so its packed examples attend across each other
+(recorded as `attention`), which is less work per token than ours.
 """
 
 from __future__ import annotations
@@ -57,6 +66,35 @@ def worker(job: dict) -> dict:
             "examples": final["sequences"], "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+def trl_setup(args) -> dict:
+    """TRL's job: the same rows, the model exported once to a Hugging Face directory."""
+    from showwork.model import export, loader
+
+    hf_dir = Path(tempfile.mkdtemp(prefix="showwork-pack-hf-"))
+    export.export_hf(loader.load(args.model), hf_dir)
+    return {"stage": "sft", "model_dir": str(hf_dir), "rows": rows(args.examples), "batch": args.batch,
+            "seq_len": args.seq_len, "lora_rank": 16, "lora_alpha": 32, "steps": args.steps, "packing": True}
+
+
+def run_side(side: str, args, trl_job: dict | None) -> dict:
+    """One run of one side in its own process: real tokens/s, peak RSS."""
+    if side == "trl-packed":
+        done = subprocess.run([args.trl_python, str(ROOT / "bench" / "trl_step.py")], input=json.dumps(trl_job),
+                              capture_output=True, text=True, cwd=ROOT)
+        if done.returncode:
+            raise SystemExit(done.stderr[-3000:])
+        got = json.loads(done.stdout.splitlines()[-1])
+        return {"tokens_per_second": got["timed_tokens"] / sum(got["step_seconds"]),
+                "peak_rss_mib": got["peak_rss_mib"], "attention": got.get("attention")}
+    job = {"model": args.model, "examples": args.examples, "batch": args.batch, "seq_len": args.seq_len,
+           "steps": args.steps, "packed": side == "packed"}
+    done = subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)], capture_output=True,
+                          text=True, cwd=ROOT)
+    if done.returncode:
+        raise SystemExit(done.stderr[-3000:])
+    return json.loads(done.stdout.splitlines()[-1])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="gemma3-270m")
@@ -66,27 +104,24 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=6, help="timed steps per run (after the compiling one)")
     p.add_argument("--repeats", type=int, default=2, help="padded, packed, padded, packed, ...")
     p.add_argument("--json", type=Path)
+    p.add_argument("--trl-python", help="python of the torch venv: also run TRL's packed SFT")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return
+    trl_job = trl_setup(args) if args.trl_python else None
     runs = []
-    for repeat in range(args.repeats):
-        for packed in (False, True):
-            job = {"model": args.model, "examples": args.examples, "batch": args.batch, "seq_len": args.seq_len,
-                   "steps": args.steps, "packed": packed}
-            done = subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)], capture_output=True,
-                                  text=True, cwd=ROOT)
-            if done.returncode:
-                raise SystemExit(done.stderr[-3000:])
-            runs.append({"repeat": repeat, "packed": packed, **json.loads(done.stdout.splitlines()[-1])})
+    for repeat in range(args.repeats):  # interleaved: machine drift falls on every side alike
+        for side in ("padded", "packed") + (("trl-packed",) if trl_job else ()):
+            runs.append({"repeat": repeat, "side": side, **run_side(side, args, trl_job)})
             print(json.dumps(runs[-1]), flush=True)
-    rate = {packed: [r["tokens_per_second"] for r in runs if r["packed"] == packed] for packed in (False, True)}
+    rate = {side: [r["tokens_per_second"] for r in runs if r["side"] == side] for side in {r["side"] for r in runs}}
     result = {"model": args.model, "batch": args.batch, "seq_len": args.seq_len, "steps": args.steps, "runs": runs,
-              "padded_tokens_per_second": {"min": min(rate[False]), "median": statistics.median(rate[False])},
-              "packed_tokens_per_second": {"min": min(rate[True]), "median": statistics.median(rate[True])},
-              "packed_over_padded": statistics.median(rate[True]) / statistics.median(rate[False])}
+              **{f"{side}_tokens_per_second": {"min": min(v), "median": statistics.median(v)} for side, v in rate.items()},
+              "packed_over_padded": statistics.median(rate["packed"]) / statistics.median(rate["padded"])}
+    if trl_job:
+        result["packed_over_trl_packed"] = statistics.median(rate["packed"]) / statistics.median(rate["trl-packed"])
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=1))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))

@@ -28,7 +28,7 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 
 class StepTimes(TrainerCallback):
     def __init__(self):
-        self.seconds, self.completion_tokens, self._start = [], [], 0.0
+        self.seconds, self.completion_tokens, self.num_tokens, self._start = [], [], [], 0.0
 
     def on_step_begin(self, args, state, control, **kw):
         self._start = time.perf_counter()
@@ -39,6 +39,8 @@ class StepTimes(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kw):
         if logs and "completions/mean_length" in logs:
             self.completion_tokens.append(logs["completions/mean_length"])
+        if logs and "num_tokens" in logs:  # SFTTrainer: tokens trained on so far (no padding)
+            self.num_tokens.append(logs["num_tokens"])
 
 
 def hybrid_reward(prompts, completions, answer, **kw):
@@ -62,8 +64,9 @@ def main():
         from trl import SFTConfig, SFTTrainer
 
         rows = [{"prompt": r["prompt"], "completion": r["target"]} for r in job["rows"]]
+        # packing: TRL's best-fit decreasing ("bfd", its default strategy) into rows of max_length.
         args = SFTConfig(per_device_train_batch_size=job["batch"], max_length=job["seq_len"], learning_rate=1e-5,
-                         **common)
+                         packing=job.get("packing", False), **common)
         trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
                              processing_class=tokenizer, peft_config=peft, callbacks=[timer])
     else:
@@ -80,6 +83,9 @@ def main():
     trainer.train()
     result = {"step_seconds": timer.seconds[1:],
               "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if len(timer.num_tokens) > 1:  # tokens of the timed steps (every step after the first)
+        result["timed_tokens"] = timer.num_tokens[-1] - timer.num_tokens[0]
+        result["attention"] = str(getattr(model.config, "_attn_implementation", "?"))
     if timer.completion_tokens:
         result["completion_tokens"] = sum(timer.completion_tokens[1:]) / max(len(timer.completion_tokens) - 1, 1)
     print(json.dumps(result))

@@ -148,3 +148,16 @@ def test_accelerator_plan_refuses_an_undocumented_cell():
     done = subprocess.run([sys.executable, "bench/accelerator.py", "--cells", "grpo-baseline@v5e-64"],
                           cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode != 0 and "unknown cells ['grpo-baseline@v5e-64']" in done.stderr
+
+
+def test_packing_benchmark_runs_on_tiny_and_counts_real_tokens(tmp_path):
+    out = tmp_path / "packing.json"
+    done = subprocess.run([sys.executable, "bench/packing.py", "--model", "tiny", "--steps", "1", "--examples", "16",
+                           "--repeats", "1", "--seq-len", "1024", "--json", str(out)],
+                          cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(out.read_text())
+    assert [r["side"] for r in summary["runs"]] == ["padded", "packed"]
+    padded, packed = summary["runs"]
+    assert padded["examples"] == packed["examples"] == 16 and packed["rows"] < padded["rows"]
+    assert all(r["tokens_per_second"] > 0 for r in summary["runs"]) and summary["packed_over_padded"] > 0
