@@ -52,7 +52,7 @@ kind-demo:
 
 # Your GKE site: PROJECT, BUCKET (the bus), optional MODELS_BUCKET, REGISTRY and TAG written over every
 # shipped GKE overlay into k8s/site/<overlay> (scripts/configure.py); then kubectl apply -k k8s/site/<overlay>.
-configure:
-	$(PYTHON) scripts/configure.py --project "$(PROJECT)" --bucket "$(BUCKET)" \
+configure: install
+	$(BIN)/python scripts/configure.py --project "$(PROJECT)" --bucket "$(BUCKET)" \
 	  $(if $(MODELS_BUCKET),--models-bucket "$(MODELS_BUCKET)") $(if $(REGISTRY),--registry "$(REGISTRY)") \
 	  $(if $(TAG),--tag "$(TAG)")

@@ -101,7 +101,9 @@ def works(cfg) -> list[Work]:
         n = prompts * cfg.grpo.num_generations
         out.append(Work("update", **base, rows=n, group=1, remat=cfg.tier.remat, reference=bool(cfg.grpo.beta),
                         micro=cfg.grpo.micro_batch if (cfg.grpo.micro_batch or n) < n else 0, **shape))
-    if cfg.eval is not None and cfg.eval.models:
+    # The decode work of sampled methods; a loss-only evaluation (glaive's) samples nothing and is one
+    # forward pass over the held-out rows, not planned here.
+    if cfg.eval is not None and cfg.eval.models and any(m != "loss" for m in cfg.eval.methods):
         out.append(Work("eval", **{**base, "full": True, "lora": 0}, rows=cfg.tier.eval_batch, group=1, prompt=256,
                         completion=cfg.eval.max_tokens))
     return out
