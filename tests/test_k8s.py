@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from conftest import REPO, SHARED, job_env
+from podrunner import expand, in_order, jobset
 
 OVERLAYS = sorted(p.name for p in (REPO / "k8s" / "overlays").iterdir() if p.is_dir())
 DOCKERFILES = sorted((REPO / "images").glob("*.Dockerfile"))
@@ -45,11 +46,6 @@ def render(overlay: str) -> list[dict]:
         assert out.returncode == 0, out.stderr
         _rendered[overlay] = [d for d in yaml.safe_load_all(out.stdout) if d]
     return copy.deepcopy(_rendered[overlay])
-
-
-def jobset(docs):
-    (js,) = [d for d in docs if d["kind"] == "JobSet"]
-    return js
 
 
 def pod_specs(js):
@@ -242,9 +238,6 @@ def entrypoint_module(dockerfile: Path) -> str:
     return match.group(1)
 
 
-def expand(arg: str, env: dict) -> str:
-    return re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], arg)
-
 
 # ---------------------------------------------------------------- the manifests, executed
 
@@ -266,14 +259,8 @@ def test_hybrid_cpu_manifests_run_locally_in_dependency_order(tmp_path, gcs_serv
     assert yaml.safe_load(recipes["hybrid.yaml"])["recipe"] == "hybrid"
     (config_dir / "hybrid.yaml").write_text(TINY_HYBRID)
 
-    done: set[str] = set()
-    pending = list(js["spec"]["replicatedJobs"])
     order, compiled = [], {}
-    while pending:
-        ready = [rj for rj in pending if all(d["name"] in done for d in rj.get("dependsOn", []))]
-        assert ready, "dependsOn has a cycle or names a missing job"
-        rj = ready[0]
-        pending.remove(rj)
+    for rj in in_order(js):
         job_spec = rj["template"]["spec"]
         pod = job_spec["template"]["spec"]
         container = pod["containers"][0]
@@ -301,7 +288,6 @@ def test_hybrid_cpu_manifests_run_locally_in_dependency_order(tmp_path, gcs_serv
             assert out.returncode == 0, f"{rj['name']} (index {index}) failed:\n{out.stderr[-3000:]}"
             compiled[(rj["name"], index)] = [json.loads(line) for line in out.stderr.splitlines()
                                              if '"event": "xla programs"' in line]
-        done.add(rj["name"])
         order.append(rj["name"])
     assert order == ["data-prep", "sft", "grpo", "eval", "report"]
 
