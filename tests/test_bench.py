@@ -11,11 +11,16 @@ import pytest
 from conftest import REPO, job_env
 
 
+def bench(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """One bench/ script as a user runs it, from the repository root."""
+    return subprocess.run([sys.executable, f"bench/{script}", *args], cwd=REPO, env=job_env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
 def test_sampler_benchmark_runs_on_tiny(tmp_path):
     out = tmp_path / "sampler.json"
-    done = subprocess.run([sys.executable, "bench/sampler.py", "--model", "tiny", "--batches", "2", "4",
-                           "--new-tokens", "6", "--repeats", "1", "--json", str(out)],
-                          cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=600)
+    done = bench("sampler.py", "--model", "tiny", "--batches", "2", "4", "--new-tokens", "6", "--repeats", "1",
+                 "--json", str(out))
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(out.read_text())
     assert [(r["batch"], r["mode"]) for r in summary["results"]] == [
@@ -27,9 +32,8 @@ def test_sampler_benchmark_runs_on_tiny(tmp_path):
 
 def test_training_step_benchmark_runs_on_tiny(tmp_path):
     out = tmp_path / "train_step.json"
-    done = subprocess.run([sys.executable, "bench/train_step.py", "--model", "tiny", "--steps", "1",
-                           "--completion-tokens", "8", "--json", str(out)],
-                          cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=900)
+    done = bench("train_step.py", "--model", "tiny", "--steps", "1", "--completion-tokens", "8",
+                 "--json", str(out), timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(out.read_text())
     assert [(r["stage"], r["mode"]) for r in summary["results"]] == [
@@ -44,8 +48,7 @@ def test_training_step_benchmark_runs_on_tiny(tmp_path):
 
 def test_step_profile_runs_on_tiny_and_accounts_for_the_step(tmp_path):
     out = tmp_path / "profile.json"
-    done = subprocess.run([sys.executable, "bench/profile_step.py", "--model", "tiny", "--batch", "2", "--json", str(out)],
-                          cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=600)
+    done = bench("profile_step.py", "--model", "tiny", "--batch", "2", "--json", str(out))
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(out.read_text())
     shares = summary["by_category_seconds"]
@@ -72,9 +75,8 @@ def test_wall_shares_split_overlapping_ops_evenly():
 
 def test_decode_profile_runs_on_tiny(tmp_path):
     out = tmp_path / "decode.json"
-    done = subprocess.run([sys.executable, "bench/profile_step.py", "--model", "tiny", "--stage", "decode",
-                           "--batch", "4", "--new-tokens", "16", "--json", str(out)],
-                          cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=600)
+    done = bench("profile_step.py", "--model", "tiny", "--stage", "decode", "--batch", "4", "--new-tokens", "16",
+                 "--json", str(out))
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(out.read_text())
     assert summary["stage"] == "decode" and summary["new_tokens"] == 16
@@ -105,9 +107,9 @@ def test_decode_step_time_leaves_the_prefill_out():
 
 def test_compile_cache_benchmark_runs_on_tiny_and_the_warm_run_compiles_nothing(tmp_path):
     out = tmp_path / "compile_cache.json"
-    done = subprocess.run([sys.executable, "bench/compile_cache.py", "--model", "tiny", "--repeats", "1", "--steps", "1",
-                           "--questions", "1", "--tokens", "4", "--json", str(out)],
-                          cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=600)
+    done = bench("compile_cache.py", "--model", "tiny",
+                 "--repeats", "1", "--steps", "1", "--questions", "1", "--tokens", "4",
+                 "--json", str(out))
     assert done.returncode == 0, done.stderr[-3000:]
     runs = {(r["stage"], r["cache"]): r for r in json.loads(out.read_text())["runs"]}
     assert set(runs) == {("sft", "cold"), ("sft", "warm"), ("eval shard", "cold"), ("eval shard", "warm")}
@@ -123,9 +125,8 @@ def test_accelerator_benchmark_plans_every_tpu_cell_and_measures_one_cell_shrunk
     measurement of one cell records every kind, with its FLOPs and the gradient program's memory,
     the update in the recipe's micro-batched passes (shrunk to two)."""
     out = tmp_path / "accelerator.json"
-    done = subprocess.run([sys.executable, "bench/accelerator.py", "--measure", "relay-consensus@v5e-8", "--shrink",
-                           "--repeats", "1", "--json", str(out)],
-                          cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=600)
+    done = bench("accelerator.py", "--measure", "relay-consensus@v5e-8", "--shrink", "--repeats", "1",
+                 "--json", str(out))
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(out.read_text())
     kinds = {(r["cell"], r["work"]["kind"]) for r in summary["plan"]}
@@ -145,16 +146,15 @@ def test_accelerator_benchmark_plans_every_tpu_cell_and_measures_one_cell_shrunk
 
 
 def test_accelerator_plan_refuses_an_undocumented_cell():
-    done = subprocess.run([sys.executable, "bench/accelerator.py", "--cells", "grpo-baseline@v5e-64"],
-                          cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=300)
+    done = bench("accelerator.py", "--cells", "grpo-baseline@v5e-64", timeout=300)
     assert done.returncode != 0 and "unknown cells ['grpo-baseline@v5e-64']" in done.stderr
 
 
 def test_packing_benchmark_runs_on_tiny_and_counts_real_tokens(tmp_path):
     out = tmp_path / "packing.json"
-    done = subprocess.run([sys.executable, "bench/packing.py", "--model", "tiny", "--steps", "1", "--examples", "16",
-                           "--repeats", "1", "--seq-len", "1024", "--json", str(out)],
-                          cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=600)
+    done = bench("packing.py", "--model", "tiny", "--steps", "1", "--examples", "16",
+                 "--repeats", "1", "--seq-len", "1024",
+                 "--json", str(out))
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(out.read_text())
     assert [r["side"] for r in summary["runs"]] == ["padded", "packed"]

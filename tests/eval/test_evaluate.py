@@ -103,6 +103,16 @@ def run(*args, **kw):
     return done
 
 
+def evaluate_and_report(recipe, root, shards: int = 2) -> None:
+    """Every eval shard as its own job (JOB_COMPLETION_INDEX), then the report, as the pods run them."""
+    for index in range(shards):
+        done = run("jobs.evaluate", recipe, CPU, "--root", root, "--shards", str(shards),
+                   JOB_COMPLETION_INDEX=str(index))
+        assert done.returncode == 0, done.stderr[-3000:]
+    done = run("jobs.report", recipe, CPU, "--root", root, "--shards", str(shards))
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
@@ -207,11 +217,7 @@ eval:
 """)
     root = tmp_path / "runs"
     assert run("jobs.prepare_data", recipe, CPU, "--root", root).returncode == 0
-    for index in (0, 1):
-        done = run("jobs.evaluate", recipe, CPU, "--root", root, "--shards", "2", JOB_COMPLETION_INDEX=str(index))
-        assert done.returncode == 0, done.stderr[-3000:]
-    done = run("jobs.report", recipe, CPU, "--root", root, "--shards", "2")
-    assert done.returncode == 0, done.stderr[-3000:]
+    evaluate_and_report(recipe, root)
     bus = Bus(str(root / "real-eval"))
     metrics = bus.read_json("report/metrics.json")
     records = bus.read_jsonl("eval/base/shard-0-of-2.jsonl") + bus.read_jsonl("eval/base/shard-1-of-2.jsonl")
@@ -397,11 +403,7 @@ def test_a_loss_evaluation_runs_through_the_jobs_and_reports_loss_only(prepared,
     recipe.write_text(TINY_EVAL.replace("methods: [greedy, majority, consensus]", "methods: [loss]"))
     runs = tmp_path / "runs"
     shutil.copytree(root / "runs", runs)
-    for index in (0, 1):
-        done = run("jobs.evaluate", recipe, CPU, "--root", runs, "--shards", "2", JOB_COMPLETION_INDEX=str(index))
-        assert done.returncode == 0, done.stderr[-2000:]
-    done = run("jobs.report", recipe, CPU, "--root", runs, "--shards", "2")
-    assert done.returncode == 0, done.stderr[-2000:]
+    evaluate_and_report(recipe, runs)
     bus = Bus(str(runs / "tiny-eval"))
     records = [r for i in range(2) for r in bus.read_jsonl(f"eval/base/shard-{i}-of-2.jsonl")]
     assert all(set(r["methods"]) == {"loss"} for r in records)
