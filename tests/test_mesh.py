@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from safetensors.numpy import load_file
 
 from conftest import REPO, TIERS, job_env
@@ -106,3 +107,49 @@ def test_decoding_on_an_fsdp_mesh_reads_each_chips_weight_shard_and_gathers_none
     assert done.returncode == 0, done.stderr[-3000:]
     gathers, reduces, same = done.stdout.split()[1::2]
     assert gathers == "0" and int(reduces) > 0 and same == "True", done.stdout
+
+
+PASSES_ON_A_MESH = """
+import jax, jax.numpy as jnp, optax
+from showwork.config import LoraConfig, OptimizerConfig, ScheduleConfig
+from showwork.model import lora, meshes, tiny
+from showwork.sample import forward
+from showwork.train import grpo, objective, step as step_lib
+mesh = meshes.make_mesh((2, 2), ("fsdp", "tp"))
+with jax.set_mesh(mesh):
+    loaded = tiny.load(dtype="bfloat16", mesh=mesh)
+    loaded.model = lora.add(loaded.model, LoraConfig(4, 8.0, lora.DEFAULT_TARGETS))
+    graphdef, trainable, frozen = step_lib.split(loaded.model)
+    trainable, compute = step_lib.master(trainable)
+    reference = trainable
+    trainable = jax.tree.map(lambda x: x + 0.01, trainable)
+    tx = step_lib.optimizer(OptimizerConfig(1e-3), ScheduleConfig(), 4)
+    obj = objective.Objective(0.08, 0.2, 0.2, "grpo", "sequence-mean-token-mean", 8)
+    logps_fn, grad_fn, _ = grpo.make_step_fns(graphdef, tx, obj, 1.0, compute)
+    batch = forward.pack([[5, 6, 7], [8, 9], [5, 6], [7], [9, 9, 9], [4, 5], [6], [7, 8]],
+                         [[10, 11, 12, 13], [14, 15], [16], [17, 18, 19], [20, 21], [22], [23, 24, 25], [26]])
+    adv = jnp.array([1.0, -1.0, 0.5, -0.5, 2.0, -2.0, 1.5, -1.5])
+    got = {}
+    for size in (None, 2):
+        passes = grpo.micro_batches(8, size)
+        ref = grpo.pass_logps(logps_fn, reference, frozen, batch, passes)
+        loss, aux, grads = grpo.gradient(grad_fn, trainable, frozen, batch, None, ref, adv, passes)
+        got[size] = (float(loss), float(aux["kl"]), float(optax.global_norm(grads)), len(passes))
+print(meshes.sharded_params(loaded.model), *got[None], *got[2])
+"""
+
+
+def test_a_grpo_update_in_micro_batches_on_a_bfloat16_mesh_is_the_one_pass_update():
+    """v5e's dtype on a 2x2 mesh (4 simulated chips), LoRA as the recipes train it: 8 completions in four
+    passes of 2 (one per data-parallel replica) give the loss, KL and gradient norm of one pass over all
+    8, to bfloat16 rounding, with a reference (beta > 0) and uneven completion lengths."""
+    env = job_env(XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    done = subprocess.run([sys.executable, "-c", PASSES_ON_A_MESH], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    sharded, *values = (float(x) for x in done.stdout.split())
+    whole, passes = values[:4], values[4:]
+    assert sharded > 0 and (whole[3], passes[3]) == (1, 4)
+    assert whole[1] > 0 and whole[2] > 0
+    for got, want in zip(passes[:3], whole[:3]):
+        assert got == pytest.approx(want, rel=2e-2)
