@@ -29,24 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from k8s_rules import Ending, job_outcome
-
-
-def jobset(docs: list[dict]) -> dict:
-    (js,) = [d for d in docs if d["kind"] == "JobSet"]
-    return js
-
-
-def in_order(js: dict) -> list[dict]:
-    """Replicated jobs so that each comes after every job it depends on."""
-    pending, done, out = list(js["spec"]["replicatedJobs"]), set(), []
-    while pending:
-        ready = [rj for rj in pending if all(d["name"] in done for d in rj.get("dependsOn", []))]
-        if not ready:
-            raise ValueError("dependsOn has a cycle or names a missing job")
-        pending.remove(ready[0])
-        done.add(ready[0]["name"])
-        out.append(ready[0])
-    return out
+from showwork.submit import in_order, jobset
 
 
 def expand(value: str, env: dict[str, str]) -> str:

@@ -18,7 +18,8 @@ import pytest
 import yaml
 
 from conftest import REPO, SHARED, job_env
-from podrunner import expand, in_order, jobset
+from podrunner import expand
+from showwork.submit import in_order, jobset
 
 OVERLAYS = sorted(p.name for p in (REPO / "k8s" / "overlays").iterdir() if p.is_dir())
 DOCKERFILES = sorted((REPO / "images").glob("*.Dockerfile"))
