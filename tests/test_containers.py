@@ -177,3 +177,20 @@ def test_the_packaged_270m_loads_inside_a_read_only_pod(images, tmp_path):
                            "showwork-sft:local", "-c", code], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split()[-3:] == ["loaded", "18", "262144"], done.stdout
+
+
+def test_the_code_reward_table_inside_the_grpo_image_run_as_a_pod(images):
+    """tests/code_cases.py's hostile completions, scored inside the GRPO image as its pods run
+    (uid 10001, read-only root, every capability dropped): the same scores, limits and reasons as on
+    the host, where the sandbox drops from root to nobody instead."""
+    from code_cases import check_table
+
+    done = subprocess.run(["docker", "run", "--rm", "--read-only", "--user", "10001:10001", "--cap-drop", "ALL",
+                           "--security-opt", "no-new-privileges", "--tmpfs", "/tmp:rw,size=256m,mode=1777",
+                           "-v", f"{REPO / 'tests' / 'code_cases.py'}:/cases/code_cases.py:ro",
+                           "--entrypoint", "python", "showwork-grpo-session:local", "/cases/code_cases.py"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert result["uid"] == 10001
+    check_table(result)

@@ -178,6 +178,21 @@ def correct(prompts, completions, answer, **kw) -> list[float]:
     return [1.0 if answers.is_correct(_text(c), str(g)) else 0.0 for c, g in zip(completions, answer)]
 
 
+def math_correctness(prompts, completions, answer, tests=None, **kw) -> list[float]:
+    """`correct` on math rows; 0.0 on code rows (those with a test program), which it cannot judge."""
+    tests = tests or [None] * len(completions)
+    return [0.0 if t else v for v, t in zip(correct(prompts, completions, answer), tests)]
+
+
+def code_correctness(prompts, completions, answer, tests=None, **kw) -> list[float]:
+    """1.0 when the completion's code passes its row's tests in the sandbox (code.verdicts), else 0.0;
+    0.0 on math rows. Runs untrusted code: only ever through `sandbox`."""
+    from showwork.task import code
+
+    results = code.verdicts(completions, tests or [None] * len(completions))
+    return [1.0 if r is not None and r.passed else 0.0 for r in results]
+
+
 REWARDS: dict[str, RewardFn] = {
     "format_exact": format_exact,
     "format_approx": format_approx,
@@ -187,6 +202,8 @@ REWARDS: dict[str, RewardFn] = {
     "hybrid": hybrid,
     "composite": composite,
     "correct": correct,
+    "math_correctness": math_correctness,
+    "code_correctness": code_correctness,
 }
 
 
@@ -198,9 +215,11 @@ def check_names(names: Sequence[str]) -> None:
         raise UsageError(f"unknown reward{plural} {', '.join(map(repr, unknown))}; known: {', '.join(REWARDS)}")
 
 
-def combined(weights: dict[str, float], prompts, completions, answer) -> tuple[list[float], dict[str, list[float]]]:
-    """Weighted sum of the named rewards, plus each reward's raw values."""
+def combined(weights: dict[str, float], prompts, completions, answer,
+             tests=None) -> tuple[list[float], dict[str, list[float]]]:
+    """Weighted sum of the named rewards, plus each reward's raw values. `tests`: each row's test
+    program (code rows) or None (math rows), for the rewards that run code."""
     check_names(list(weights))
-    parts = {name: REWARDS[name](prompts, completions, answer) for name in weights}
+    parts = {name: REWARDS[name](prompts, completions, answer, tests=tests) for name in weights}
     totals = [math.fsum(weights[name] * parts[name][i] for name in weights) for i in range(len(completions))]
     return totals, parts

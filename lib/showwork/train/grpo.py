@@ -176,7 +176,8 @@ class Rollouts:
         gold = [r["answer"] for r in picked for _ in range(g)]
         samples = sampler.generate(policy, prompts, settings, seed=round_seed(grpo.seed, index, attempt),
                                    batch_size=len(prompts), prompt_len=self.prompt_len, group=g)
-        totals, per_reward = rewards_lib.combined(grpo.rewards, prompts, samples.texts, gold)
+        tests = [r.get("tests") for r in picked for _ in range(g)]
+        totals, per_reward = rewards_lib.combined(grpo.rewards, prompts, samples.texts, gold, tests)
         graded, per_reward = np.asarray(totals, np.float64), {k: np.asarray(v, np.float64) for k, v in per_reward.items()}
         totals = graded
         if grpo.overlong_buffer_length:
