@@ -2,9 +2,10 @@
 
 Run:      python -m jobs.stage_data gsm8k gs://showwork-models/data/gsm8k
           python -m jobs.stage_data glaive gs://showwork-models/data/glaive --limit 200000
+          python -m jobs.stage_data code gs://showwork-models/data/mbpp   (MBPP, for data.source code)
 Needs:    network and `pip install ./lib[hub]` (Hugging Face `datasets`); GCS credentials for gs://.
-Writes:   DEST/train.jsonl (and DEST/test.jsonl for gsm8k), the files the GSM8K and glaive
-          recipes name in data.path / data.eval_path.
+Writes:   DEST/train.jsonl (and DEST/test.jsonl for gsm8k and code), the files the GSM8K, glaive
+          and math-code recipes name in data.path / data.eval_path.
 """
 
 from __future__ import annotations

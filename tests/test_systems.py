@@ -12,7 +12,7 @@ from showwork.config import Difference
 
 REPRODUCING = {"grpo-baseline": "grpo-baseline", "efficiency": "efficiency", "sft-full": "full-sft",
                "trajectory": "trajectory", "hybrid": "hybrid", "relay-consensus": "relay",
-               "glaive-sft": "glaive", "glaive-sft-continue": "glaive-continue"}
+               "glaive-sft": "glaive", "glaive-sft-continue": "glaive-continue", "math-code": "math-code"}
 
 
 def load(recipe: str, tier: str = "cpu") -> config.Config:

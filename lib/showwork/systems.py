@@ -72,6 +72,10 @@ SYSTEMS: dict[str, System] = {
         "grpo.rewards": {"composite": 1.0}, "grpo.session_steps": [32, 63, 63], "grpo.schedule_per_session": True,
         "eval.consensus_temperatures": [0.2, 0.4, 0.6, 0.8, 1.0],
     }),
+    "math-code": System("Pure GRPO on math + code (Gemma 2 2B-IT)", {
+        "model.name": "gemma2-2b-it", "sft": None, "data.sources": ["gsm8k", "code"],
+        "grpo.reward_names": ["code_correctness", "format_approx", "format_exact", "math_correctness"],
+    }),
 }
 
 
@@ -89,6 +93,10 @@ def _grpo_steps(cfg) -> list[int]:
 DERIVED = {
     # reads on from where the run it continues stopped (data.start_after), not a seeded sample
     "data.continues": lambda cfg: cfg.data.start_after is not None,
+    # every source the rows come from (data.source, then data.mix)
+    "data.sources": lambda cfg: list(cfg.data.sources()),
+    # which rewards, whatever their weights (where a system names its rewards but not their weights)
+    "grpo.reward_names": lambda cfg: sorted(cfg.grpo.rewards) if cfg.grpo else None,
     # optimizer steps of SFT as the system counts them: whole batches per epoch, times epochs
     "sft.effective_batch": _sft_batch,
     "sft.steps": lambda cfg: cfg.sft.total_steps(cfg.data.train_size, cfg.sft.batch_size or cfg.tier.train_batch),

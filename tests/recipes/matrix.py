@@ -35,6 +35,8 @@ ALLOWED = {
     ("model", "name"), ("model", "path"),
     ("data", "path"), ("data", "eval_path"), ("data", "train_size"), ("data", "eval_size"), ("data", "offset"),
     ("data", "start_after"),
+    # The same mixed sources in the same order, with generated files and small sizes (override checks).
+    ("data", "mix"),
     ("data", "max_solution_chars"),
     ("sft", "max_steps"), ("sft", "max_seq_len"), ("sft", "batch_size"), ("sft", "gradient_accumulation"),
     ("grpo", "prompts_per_session"), ("grpo", "steps_per_session"), ("grpo", "batch_size"),
@@ -133,6 +135,9 @@ def override(recipe: dict, tier: dict, model_path: str, data_files: dict[str, di
         out["data"]["start_after"] = data_files["continuation"]["start_after"]
     if data["source"] in data_files:
         out["data"].update(data_files[data["source"]])
+    if data.get("mix"):
+        out["data"]["mix"] = [{**m, **data_files.get(m["source"], {}), "train_size": min(m.get("train_size", 0), 4),
+                               "eval_size": min(m.get("eval_size", 0), 1)} for m in data["mix"]]
     if "sft" in recipe:
         out["sft"] = {"max_steps": 2, "max_seq_len": 384, "batch_size": replicas}
     if "grpo" in recipe:

@@ -41,7 +41,8 @@ def shared(tmp_path_factory):
 
 
 def write_data(directory):
-    """GSM8K-layout train/test files (with calculator annotations and `####`) and glaive-layout traces."""
+    """GSM8K-layout train/test files (with calculator annotations and `####`), glaive-layout traces and
+    MBPP-layout code problems."""
     directory.mkdir(parents=True)
     rng = random.Random(0)
 
@@ -58,8 +59,15 @@ def write_data(directory):
             steps, _, final = q["answer"].partition("####")
             yield {"prompt": q["question"], "response": f"<think>{steps.strip()}</think> {final.strip()}"}
 
+    def mbpp(first, n):  # MBPP's layout: a task, a reference solution, assert lines
+        for k in range(first, first + n):
+            yield {"task_id": k, "text": f"Write a function times_{k}(x) that multiplies x by {k + 2}.",
+                   "code": f"def times_{k}(x):\n    return x * {k + 2}",
+                   "test_list": [f"assert times_{k}({j}) == {j * (k + 2)}" for j in (1, 3, 7)], "test_setup_code": ""}
+
     files = {}
-    for name, rows in (("gsm8k-train", gsm(40)), ("gsm8k-test", gsm(20)), ("glaive", glaive(60))):
+    for name, rows in (("gsm8k-train", gsm(40)), ("gsm8k-test", gsm(20)), ("glaive", glaive(60)),
+                       ("code-train", mbpp(0, 20)), ("code-test", mbpp(100, 20))):
         path = directory / f"{name}.jsonl"
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
         files[name] = str(path)
@@ -75,6 +83,7 @@ def write_data(directory):
     (first_run / "train.jsonl").write_text("".join(json.dumps(data.formatted(r, "")) + "\n" for r in train))
     return {"gsm8k": {"path": files["gsm8k-train"], "eval_path": files["gsm8k-test"]},
             "glaive": {"path": files["glaive"]},
+            "code": {"path": files["code-train"], "eval_path": files["code-test"]},
             "continuation": {"start_after": str(first_run / "stats.json")}}
 
 
@@ -121,7 +130,8 @@ def test_cell_runs_end_to_end_in_its_tier(cell, shared, tmp_path):
         override.write_text(yaml.safe_dump(doc))
         cfg = config.load(*configs)
     shipped = config.load(cell.recipe_file, cell.tier_file)
-    assert (cfg.tier.dtype, cfg.tier.mesh, cfg.model.lora) == (shipped.tier.dtype, shipped.tier.mesh, shipped.model.lora)
+    assert (cfg.tier.dtype, cfg.tier.mesh, cfg.model.lora, cfg.data.sources()) == (
+        shipped.tier.dtype, shipped.tier.mesh, shipped.model.lora, shipped.data.sources())
     root = tmp_path / "runs"
     if cfg.tier.hosts == 1:
         done = matrix.job("jobs.pipeline", configs, root, matrix.devices(cfg.tier.mesh.shape), shared["cache"])
@@ -200,6 +210,25 @@ def check_report(cfg, run):
             correct = sum(bool(r["methods"][method]["correct"]) for r in records)
             assert (got["questions"], got["correct"]) == (eval_rows, correct), (model, method)
             assert got["accuracy"] == pytest.approx(correct / eval_rows)
+            check_sources(cfg, metrics, records, model, method)
         if model != "base":  # trained models went through export and reload
             exported = json.loads((run / stages.eval_model_key(cfg, model) / "config.json").read_text())
             assert exported["model_type"] in ("gemma3_text", "gemma2")
+
+
+def check_sources(cfg, metrics, records, model, method):
+    """A mixed recipe's report splits accuracy by source, recomputed here; code rows were scored by
+    running their code against their tests (every sample carries the sandbox's verdict)."""
+    sources = cfg.data.sources()
+    if len(sources) == 1:
+        assert "by_source" not in metrics
+        return
+    per = metrics["by_source"][model][method]
+    assert set(per) == {r["source"] for r in records} == set(sources)
+    for source, got in per.items():
+        mine = [r for r in records if r["source"] == source]
+        assert (got["questions"], got["correct"]) == (len(mine), sum(r["methods"][method]["correct"] for r in mine))
+    for r in records:
+        samples = r["methods"][method]["samples"]
+        assert all(("status" in s) == (r["source"] == "code") for s in samples)
+

@@ -28,7 +28,7 @@ from showwork.config import EvalConfig
 from showwork.eval import voting
 from showwork.model import loader, meshes
 from showwork.sample import forward, sampler
-from showwork.task import answers
+from showwork.task import answers, code
 
 
 def shard_rows(rows: list[dict], index: int, count: int) -> list[dict]:
@@ -37,8 +37,10 @@ def shard_rows(rows: list[dict], index: int, count: int) -> list[dict]:
     return [row for i, row in enumerate(rows) if i % count == index]
 
 
-def score(text: str, gold: str) -> dict:
-    """One sample, scored every way the report needs."""
+def score(text: str, gold: str, tests: str | None = None) -> dict:
+    """One sample, scored every way the report needs; a code row (`tests`) by running its code."""
+    if tests:
+        return score_code(text, tests)
     found = answers.extract(text)
     flags = answers.check_format(text)
     strict, flexible = answers.lm_eval_strict(text), answers.lm_eval_flexible(text)
@@ -52,6 +54,25 @@ def score(text: str, gold: str) -> dict:
         "lm_eval_strict": answers.lm_eval_match(strict, gold),
         "lm_eval_flexible": answers.lm_eval_match(flexible, gold),
     }
+
+
+PASSED = "passed"  # a code sample's `extracted` when its code passed the row's tests
+
+
+def score_code(text: str, tests: str) -> dict:
+    """A code sample: correct when its code passes the tests in the sandbox. Its `extracted` is
+    PASSED, or the failing code's digest (so maj@k votes for the most common outcome, and a
+    vote for one failing program is not a vote for another), or None without code."""
+    (verdict,) = code.verdicts([text], [tests])
+    flags = answers.check_format(text)
+    found = code.extract(text)
+    if verdict is not None and verdict.passed:
+        extracted = PASSED
+    else:
+        extracted = None if found is None else "failed:" + hashlib.sha256(found.encode()).hexdigest()[:12]
+    return {"text": text, "extracted": extracted, "method": "code", "correct": extracted == PASSED,
+            "status": verdict.status if verdict else "no_code", "well_formed": flags.well_formed,
+            "reasoning_words": flags.reasoning_words, "lm_eval_strict": False, "lm_eval_flexible": False}
 
 
 def method_plan(ev: EvalConfig) -> dict[str, list[float]]:
@@ -85,7 +106,9 @@ def evaluate_rows(loaded, rows: list[dict], plan: dict[str, list[float]], *, max
     `prompt_len` should be fixed for the whole eval split (not the shard),
     so every shard runs the same shapes and gets the same numbers.
     """
-    records = [{"id": r["id"], "question": r["question"], "gold": r["answer"], "methods": {}} for r in rows]
+    records = [{"id": r["id"], "question": r["question"], "gold": r["answer"], "source": r.get("source", ""),
+                "methods": {}} for r in rows]
+    tests = [r.get("tests") for r in rows]
     for method, temps in plan.items():
         for t_index, temp in enumerate(temps):
             settings = sampler.SampleSettings(max_tokens, temp, top_k if temp > 0 else None, None)
@@ -97,14 +120,15 @@ def evaluate_rows(loaded, rows: list[dict], plan: dict[str, list[float]], *, max
             if log:
                 log.info("sampled", method=method, sample=t_index + 1, of=len(temps), questions=len(rows),
                          questions_per_second=round(len(rows) / (time.perf_counter() - started), 3))
-            for record, text in zip(records, out.texts):
+            for record, text, test in zip(records, out.texts, tests):
                 record["methods"].setdefault(method, {"samples": []})["samples"].append(
-                    {**score(text, record["gold"]), "temperature": temp})
-    for record in records:
+                    {**score(text, record["gold"], test), "temperature": temp})
+    for record, test in zip(records, tests):
+        expected = PASSED if test else answers.normalize(record["gold"])
         for result in record["methods"].values():
             vote = voting.majority([s["extracted"] for s in result["samples"]])
             result.update(vote=vote.answer, votes=vote.count, margin=vote.margin,
-                          correct=vote.answer is not None and vote.answer == answers.normalize(record["gold"]))
+                          correct=vote.answer is not None and vote.answer == expected)
     return records
 
 

@@ -109,6 +109,18 @@ def by_length(records: list[dict], method: str) -> dict[str, dict]:
     return {k: {"samples": len(buckets[k]), "accuracy": mean(buckets[k])} for k in order if k in buckets}
 
 
+def by_source(records: list[dict], method: str) -> dict[str, dict]:
+    """Accuracy per data source (a mixed recipe: math answers and code that passes its tests)."""
+    out = {}
+    for source in sorted({r.get("source", "") for r in records}):
+        results = [r["methods"][method] for r in records if r.get("source", "") == source and method in r["methods"]]
+        correct, n = sum(bool(x["correct"]) for x in results), len(results)
+        low, high = wilson(correct, n)
+        out[source] = {"questions": n, "correct": correct, "accuracy": correct / n if n else 0.0,
+                       "ci95": [round(low, 4), round(high, 4)]}
+    return out
+
+
 def sampled_methods(methods: list[str]) -> list[str]:
     """The methods scored by accuracy (every one but `loss`)."""
     return [m for m in methods if m != "loss"]
@@ -126,6 +138,8 @@ def compute(records_by_model: dict[str, list[dict]], methods: list[str]) -> dict
         return out
     outcome = {m: {meth: {r["id"]: bool(r["methods"][meth]["correct"]) for r in recs if meth in r["methods"]}
                    for meth in methods} for m, recs in records_by_model.items()}
+    if len({r.get("source", "") for recs in records_by_model.values() for r in recs}) > 1:
+        out["by_source"] = {m: {meth: by_source(recs, meth) for meth in methods} for m, recs in records_by_model.items()}
     for model, recs in records_by_model.items():
         out["models"][model] = {meth: method_metrics(recs, meth) for meth in methods}
         out["by_reasoning_length"][model] = {meth: by_length(recs, meth) for meth in methods}
@@ -393,6 +407,7 @@ def accuracy_markdown(metrics: dict, methods: list[str], figure) -> list[str]:
                          f"{_pct(m['lm_eval_flexible_extract'])} |")
     lines += ["", "Accuracy and format use our extraction (answers.py); the lm-eval columns re-score the same "
               "samples with lm-evaluation-harness's GSM8K strict-match and flexible-extract rules.", ""]
+    lines += source_markdown(metrics.get("by_source", {}), methods)
     lines += figure("accuracy.png") + figure("training.png")
     if any(metrics["between_methods"].values()):
         lines += ["## Fixed and broke between methods", "", "| model | change | fixed | broke |", "|---|---|---|---|"]
@@ -416,6 +431,21 @@ def accuracy_markdown(metrics: dict, methods: list[str], figure) -> list[str]:
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
     lines += [""] + figure("reasoning_length.png")
     return lines
+
+
+def source_markdown(per_model: dict, methods: list[str]) -> list[str]:
+    """The accuracy table split by source, when the eval rows come from more than one."""
+    if not per_model:
+        return []
+    lines = ["## Accuracy by source", "", "Code rows count as correct when the code passes the problem's tests "
+             "in the sandbox (pass@1 for greedy; for sampled methods, passing is the most common outcome).", "",
+             "| model | method | source | questions | accuracy | 95% CI |", "|---|---|---|---|---|---|"]
+    for model, per in per_model.items():
+        for meth in methods:
+            for source, m in per[meth].items():
+                lines.append(f"| {model} | {meth} | {source} | {m['questions']} | {_pct(m['accuracy'])} | "
+                             f"{_pct(m['ci95'][0])}–{_pct(m['ci95'][1])} |")
+    return lines + [""]
 
 
 def _inline(text: str) -> str:

