@@ -12,7 +12,8 @@ from showwork.config import Difference
 
 REPRODUCING = {"grpo-baseline": "grpo-baseline", "efficiency": "efficiency", "sft-full": "full-sft",
                "trajectory": "trajectory", "hybrid": "hybrid", "relay-consensus": "relay",
-               "glaive-sft": "glaive", "glaive-sft-continue": "glaive-continue", "math-code": "math-code"}
+               "glaive-sft": "glaive", "glaive-sft-continue": "glaive-continue", "math-code": "math-code",
+               "self-teach": "dsa-cast"}
 
 
 def load(recipe: str, tier: str = "cpu") -> config.Config:
@@ -76,7 +77,7 @@ def test_derived_quantities_are_the_steps_the_jobs_run():
 def test_an_unknown_system_is_refused_with_the_known_names(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text((RECIPES / "trajectory.yaml").read_text().replace("reference: trajectory", "reference: trajectry"))
-    with pytest.raises(config.ConfigError, match="reference: unknown system 'trajectry'; known: efficiency"):
+    with pytest.raises(config.ConfigError, match="reference: unknown system 'trajectry'; known: dsa-cast, efficiency"):
         config.load(recipe, TIERS / "v5e-4" / "tier.yaml")
 
 

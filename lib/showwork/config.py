@@ -316,16 +316,28 @@ class GrpoConfig:
 
 @dataclass(frozen=True)
 class SelfTeachConfig:
-    """Rejection-sampling fine-tuning: keep correct, well-formed samples, SFT on them."""
+    """Self-teaching: rounds of sampling, error analysis, keeping correct well-formed samples and
+    (DSA-CAST) adding problems aimed at the round's failures, then SFT on them.
+    One round without targeted problems is rejection-sampling fine-tuning (STaR / RFT)."""
 
     samples_per_question: int = 4
     temperature: float = 0.8
     top_k: Optional[int] = 50
     max_tokens: int = 256
-    questions: int = 200
+    questions: int = 200  # per round: round r samples the next `questions` training rows
     # At most this many kept samples per question (diversity over repetition).
     keep_per_question: int = 2
     sft: SftConfig = SftConfig()
+    # Rounds of sample -> analyse -> keep and target -> SFT, each on the previous round's model.
+    rounds: int = field(default=1, metadata=ADDED)
+    # Fresh problems per failure kind per round, with reference solutions: the failed template drawn
+    # again with new numbers (reasoning-gym), else the nearest unused training problem.
+    targeted_per_kind: int = field(default=0, metadata=ADDED)
+
+    def problems(self):
+        yield from _positive(self, "rounds", "samples_per_question", "questions")
+        if self.targeted_per_kind < 0:
+            yield "targeted_per_kind", f"must be >= 0, got {self.targeted_per_kind}"
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ DATA_OUTPUTS = (TRAIN_ROWS, EVAL_ROWS, DATA_STATS)
 
 # Self-teaching's own files: kept samples (written last) and the yield.
 SELF_TEACH_SAMPLES, SELF_TEACH_YIELD = "self-teach/samples.jsonl", "self-teach/yield.json"
+SELF_TEACH_ANALYSIS = "self-teach/analysis.json"  # every round's error analysis (train.self_teach)
 
 REPORT = "report"
 # The marker's outputs (and accuracy.png where a method is scored by accuracy: all but `loss`).
@@ -128,12 +129,12 @@ def _section(cfg, name: str):
 def digest(cfg, stage: Stage) -> str:
     """The config digest of one stage of this recipe."""
     sections = {name: _section(cfg, name) for name in _SECTIONS[stage.name]}
+    # A self-taught model, and GRPO that starts from it, depend on its section too; added only when
+    # present, so recipes without one keep the digests they had.
+    if stage.name in ("eval", "grpo") and cfg.self_teach is not None:
+        sections["self_teach"] = cfg.self_teach
     if stage.name == "eval":
         model, index, count = stage.args
-        # A self-taught model depends on its section too; added only when
-        # present, so recipes without one keep the digests they had.
-        if cfg.self_teach is not None:
-            sections["self_teach"] = cfg.self_teach
         sections.update(name=model, shard=[index, count])
     elif stage.name == "report":
         sections["shards"] = stage.args[0]
@@ -186,9 +187,12 @@ def eval_model_key(cfg, name: str) -> str | None:
 def start_key(cfg, stage_name: str) -> str | None:
     """The bus prefix of the model a training stage starts from; None for the base model.
 
-    SFT starts from the base model; self-teaching and GRPO from the SFT
-    export when the recipe has SFT.
+    SFT starts from the base model; self-teaching from the SFT export when the
+    recipe has SFT; GRPO from the self-taught model when the recipe has
+    self-teaching (SFT, self-teaching, then GRPO), else from SFT's.
     """
+    if stage_name == "grpo" and cfg.self_teach is not None:
+        return model_key("self-teach")
     if stage_name != "sft" and cfg.sft is not None:
         return model_key("sft")
     return None

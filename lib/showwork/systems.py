@@ -72,6 +72,10 @@ SYSTEMS: dict[str, System] = {
         "grpo.rewards": {"composite": 1.0}, "grpo.session_steps": [32, 63, 63], "grpo.schedule_per_session": True,
         "eval.consensus_temperatures": [0.2, 0.4, 0.6, 0.8, 1.0],
     }),
+    "dsa-cast": System("DSA-CAST: dual-stream, cognitively-aware self-teaching", {
+        "model.lora": None, "training": ["sft", "self-teach", "grpo"], "self_teach.error_analysis": True,
+        "self_teach.targeted": True,
+    }),
     "math-code": System("Pure GRPO on math + code (Gemma 2 2B-IT)", {
         "model.name": "gemma2-2b-it", "sft": None, "data.sources": ["gsm8k", "code"],
         "grpo.reward_names": ["code_correctness", "format_approx", "format_exact", "math_correctness"],
@@ -93,6 +97,12 @@ def _grpo_steps(cfg) -> list[int]:
 DERIVED = {
     # reads on from where the run it continues stopped (data.start_after), not a seeded sample
     "data.continues": lambda cfg: cfg.data.start_after is not None,
+    # the training stages, in order
+    "training": lambda cfg: [s for s in ("sft", "self-teach", "grpo")
+                             if getattr(cfg, s.replace("-", "_")) is not None],
+    # self-teaching analyses every sample (always: train.self_teach) and adds problems aimed at failures
+    "self_teach.error_analysis": lambda cfg: cfg.self_teach is not None,
+    "self_teach.targeted": lambda cfg: bool(cfg.self_teach and cfg.self_teach.targeted_per_kind),
     # every source the rows come from (data.source, then data.mix)
     "data.sources": lambda cfg: list(cfg.data.sources()),
     # which rewards, whatever their weights (where a system names its rewards but not their weights)

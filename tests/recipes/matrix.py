@@ -73,7 +73,13 @@ class Cell:
 def readme_cells(readme: str) -> set[Cell]:
     """(recipe, tier) pairs of the README's Recipes table: backticked names in its first and tier columns."""
     section = readme.split("## Recipes", 1)[1].split("\n## ", 1)[0]
-    lines = [line for line in section.splitlines() if line.startswith("|")]
+    lines = []
+    for line in section.lstrip("\n").splitlines():  # the section's first table, up to its first other line
+        if not line.startswith("|"):
+            if lines:
+                break
+            continue
+        lines.append(line)
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     tier_col = header.index("tier")
     cells = set()

@@ -20,6 +20,7 @@ import time
 import pytest
 import yaml
 
+import self_teach_check
 import standins
 from recipes import matrix
 from showwork import config, stages
@@ -195,6 +196,10 @@ def check_report(cfg, run):
         shown = (run / "report" / "report.md").read_text()
         assert "## GRPO completions" in shown and logged[0]["prompt"][:40].replace("\n", " ⏎ ") in shown
     metrics = json.loads((run / "report" / "metrics.json").read_text())
+    if cfg.self_teach is not None:
+        self_teach_check.check_run(run, cfg.self_teach.rounds, cfg.self_teach.targeted_per_kind)
+        assert metrics["self_teach"] == json.loads((run / "self-teach" / "analysis.json").read_text())
+        assert "## Self-teaching: error analysis per round" in (run / "report" / "report.md").read_text()
     eval_rows = sum(1 for _ in (run / "data" / "eval.jsonl").open())
     assert eval_rows > 0
     for model in cfg.eval.models:

@@ -182,7 +182,9 @@ def test_job_on_reasoning_gym_writes_layout_skips_and_refuses(tmp_path):
     assert marker["stage"] == "data" and marker["metrics"]["train_rows"] == 200
     assert set(marker["versions"]) >= {"jax", "google-tunix"} and marker["finished"] >= marker["started"]
     train = bus.read_jsonl("data/train.jsonl")
-    assert len(train) == 200 and set(train[0]) == {"id", "question", "answer", "solution", "source", "prompt", "target"}
+    assert len(train) == 200 and set(train[0]) == {"id", "question", "answer", "solution", "source", "prompt", "target",
+                                                   "template"}
+    assert all(r["template"].startswith("gsm_symbolic#") for r in train)  # self-teaching draws it again
     mtime = (tmp_path / "r1" / "data" / "train.jsonl").stat().st_mtime_ns
 
     second = run_job(recipe, tier, "--root", tmp_path, "--run-id", "r1")

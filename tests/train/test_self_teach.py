@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO, TIERS, job_env
 from showwork.train import self_teach
 
@@ -45,3 +47,30 @@ self_teach: {samples_per_question: 2, questions: 2, max_tokens: 6, sft: {max_ste
     assert done.returncode != 0
     assert "kept no samples" in done.stderr and "run SFT first" in done.stderr
     assert (tmp_path / "tiny-st" / "self-teach" / "yield.json").exists()
+
+
+@pytest.mark.slow
+def test_a_dsa_cast_round_on_the_real_270m_recounts_and_targets_every_failure_kind(gemma270m, tmp_path):
+    """One round of the self-teach recipe on the real Gemma 3 270M: every sample's kind re-diagnosed
+    from its text, the analysis recounted, and fresh problems for every failure kind it found."""
+    import dataclasses
+
+    from self_teach_check import check_round
+    from showwork import config, log
+    from showwork.bus import Bus
+    from showwork.task import data
+
+    cfg = config.load(REPO / "k8s" / "base" / "recipes" / "self-teach.yaml", TIERS / "cpu" / "tier.yaml")
+    st = dataclasses.replace(cfg.self_teach, questions=8, samples_per_question=2, max_tokens=96, targeted_per_kind=2)
+    cfg = dataclasses.replace(cfg, self_teach=st, data=dataclasses.replace(cfg.data, train_size=40, eval_size=8))
+    bus = Bus(str(tmp_path / "run"))
+    data.prepare(bus, cfg)
+    train = bus.read_jsonl("data/train.jsonl")
+    rows = self_teach.round_rows(train, st.questions, 0)
+    diagnosed = self_teach.sample_round(bus, gemma270m, rows, st, 8, 0, log.get("test"))
+    pool = [r for r in train if r["id"] not in {q["id"] for q in rows}]
+    made, analysis = self_teach.round_data(bus, cfg, rows, pool, diagnosed, 0)
+    assert check_round(tmp_path / "run", 0, st.targeted_per_kind) == analysis
+    failing = [k for k, n in analysis["failed_questions_by_kind"].items() if n]
+    assert failing and all(analysis["targeted_by_kind"][k] >= 1 for k in failing)
+    assert len(made) == analysis["yield"]["kept"] + sum(analysis["targeted_by_kind"].values())

@@ -352,7 +352,7 @@ def _pct(x: float) -> str:
 
 
 def markdown(metrics: dict, methods: list[str], title: str, images: dict[str, str], description: str = "",
-             samples: dict | None = None) -> str:
+             samples: dict | None = None, self_teach: list[dict] | None = None) -> str:
     """The report as markdown; `images` maps caption -> PNG file name; `description` is the recipe's.
 
     Order: what a reader wants first (the accuracy table and its plots, or the held-out loss),
@@ -371,6 +371,7 @@ def markdown(metrics: dict, methods: list[str], title: str, images: dict[str, st
     else:
         lines += figure("training.png")
     lines += samples_markdown(samples or {})
+    lines += self_teach_markdown(self_teach or [])
     if methods:
         lines += [f"## Unsolved by every model and method ({len(metrics['unsolved'])})", ""]
         for q in metrics["unsolved"][:50]:
@@ -379,6 +380,27 @@ def markdown(metrics: dict, methods: list[str], title: str, images: dict[str, st
             lines.append(f"* … and {len(metrics['unsolved']) - 50} more in metrics.json")
         lines.append("")
     return "\n".join(lines)
+
+
+def self_teach_markdown(rounds: list[dict]) -> list[str]:
+    """Self-teaching's error analysis, a row per round (train.self_teach writes it)."""
+    if not rounds:
+        return []
+    from showwork.task.diagnosis import FAILURES, KINDS
+
+    lines = ["## Self-teaching: error analysis per round", "",
+             "Every sample has one kind: correct; length (ran out of tokens before `</answer>`); format; "
+             "arithmetic (a written equation is false); setup (well-formed and wrong, every equation true). "
+             "Targeted problems are new problems like the failed ones, with reference solutions.", "",
+             "| round | questions solved | " + " | ".join(f"samples {k}" for k in KINDS)
+             + " | wrong equations | " + " | ".join(f"targeted {k}" for k in FAILURES) + " | kept |",
+             "|" + "---|" * (4 + len(KINDS) + len(FAILURES))]
+    for r in rounds:
+        lines.append(f"| {r['round'] + 1} | {r['questions_solved']}/{r['questions']} | "
+                     + " | ".join(str(r["samples_by_kind"][k]) for k in KINDS)
+                     + f" | {r['wrong_equations']}/{r['equations']} | "
+                     + " | ".join(str(r["targeted_by_kind"][k]) for k in FAILURES) + f" | {r['yield']['kept']} |")
+    return lines + [""]
 
 
 def loss_markdown(metrics: dict) -> list[str]:
@@ -525,7 +547,10 @@ def build(bus: Bus, models: list[str], methods: list[str], shards: int, title: s
     if training_png:
         images["training.png"] = training_png
         captions["Training curves"] = "training.png"
-    md_text = markdown(metrics, methods, title, captions, description, grpo_samples(bus))
+    analysis = bus.read_json(stages.SELF_TEACH_ANALYSIS) if bus.exists(stages.SELF_TEACH_ANALYSIS) else None
+    if analysis:
+        metrics["self_teach"] = analysis
+    md_text = markdown(metrics, methods, title, captions, description, grpo_samples(bus), analysis)
     for name, data in images.items():
         bus.write_bytes(stages.report_key(name), data)
     bus.write_json(stages.report_key("metrics.json"), metrics)

@@ -57,6 +57,7 @@ class Row:
     solution: str  # worked solution, calculator annotations handled
     source: str
     tests: str | None = None  # code rows: the test program a completion must pass
+    template: str | None = None  # reasoning-gym rows: "task#generator", to draw the same problem with new numbers
 
 
 @dataclass(frozen=True)
@@ -192,15 +193,24 @@ def read_hub(dataset: str, config: str | None, split: str) -> Iterator[dict]:
 
 
 def reasoning_gym_records(task: str, size: int, seed: int) -> Iterator[dict]:
+    """Generated records; where the task draws each item from one of its templates (gsm_symbolic's
+    generators), the record names it (`template`), so self-teaching can draw it again."""
     if size <= 0:
         return
     import reasoning_gym
 
-    for item in reasoning_gym.create_dataset(task, size=size, seed=seed):
-        meta = item.get("metadata", {})
-        # answer_cot ends with its own "#### N"; keep the steps, take the gold from `answer`.
-        solution, _ = split_solution(meta.get("answer_cot") or "")
-        yield {"question": item["question"], "answer": f"{solution}\n#### {item['answer']}"}
+    dataset = reasoning_gym.create_dataset(task, size=size, seed=seed)
+    templates = getattr(dataset, "task_indices", None)
+    for i, item in enumerate(dataset):
+        yield rg_record(item, f"{task}#{templates[i]}" if templates else None)
+
+
+def rg_record(item: dict, template: str | None) -> dict:
+    meta = item.get("metadata", {})
+    # answer_cot ends with its own "#### N"; keep the steps, take the gold from `answer`.
+    solution, _ = split_solution(meta.get("answer_cot") or "")
+    record = {"question": item["question"], "answer": f"{solution}\n#### {item['answer']}"}
+    return {**record, "template": template} if template else record
 
 
 # ---------------------------------------------------------------- rows
@@ -244,7 +254,9 @@ def to_row(record: dict | Rejected, source: str, calculator: str, max_question: 
         return Rejected("question_too_long", f"{len(question)} chars")
     if len(solution) > max_solution:
         return Rejected("solution_too_long", f"{len(solution)} chars")
-    return Row(id=stable_id(source, question), question=question, answer=gold, solution=solution, source=source)
+    template = record.get("template") if isinstance(record.get("template"), str) else None
+    return Row(id=stable_id(source, question), question=question, answer=gold, solution=solution, source=source,
+               template=template)
 
 
 def _code_row(record: dict, max_question: int, max_solution: int) -> Row | Rejected:
@@ -342,8 +354,9 @@ def shuffled(rows: list[Row], seed: int) -> list[Row]:
 def formatted(row: Row, system: str) -> dict:
     """A row as written to the bus: the fields plus prompt and target text."""
     out = asdict(row)
-    if row.tests is None:  # math and glaive rows keep their layout
-        del out["tests"]
+    for optional in ("tests", "template"):  # rows without them keep their layout
+        if out[optional] is None:
+            del out[optional]
     out["prompt"] = prompts.chat_prompt(system, row.question)
     out["target"] = prompts.target(row.solution, row.answer)
     return out

@@ -1,10 +1,23 @@
-"""Self-teaching (rejection-sampling fine-tuning, as in STaR / RFT).
+"""Self-teaching: rounds of sample → analyse → keep and target → fine-tune (DSA-CAST; STaR/RFT at one
+round without targeting).
 
-Sample k solutions per training question with the current model, keep the
-ones that are correct *and* well-formed, and fine-tune on them. The stage
-writes the kept samples (`self-teach/samples.jsonl`), the yield
-(`self-teach/yield.json`: questions with at least one keeper, samples kept
-of sampled), and then runs SFT on the kept samples into `self-teach/model`.
+Each round takes the next `questions` training rows and, with the current model:
+
+1. samples k solutions per question;
+2. diagnoses every sample (showwork.task.diagnosis: correct, length, format,
+   arithmetic — a written equation is false — or setup) and writes the round's
+   error analysis;
+3. keeps the correct, well-formed, distinct samples (its own verified traces) and
+   adds `targeted_per_kind` fresh problems per failure kind, with their reference
+   solutions (showwork.task.targeted: the failed template drawn again with new
+   numbers, or the nearest unused training problem);
+4. fine-tunes on those (its own schedule per round), and goes on with the result.
+
+Bus, per round r: `self-teach/round-r/samples.jsonl` (every sample with its kind
+and wrong equations), `analysis.json`, `targeted.jsonl`; for the stage:
+`self-teach/samples.jsonl` (what it trained on), `yield.json` (kept of sampled,
+per round and in total) and `analysis.json` (every round's analysis, for the
+report). A restarted stage reuses finished rounds' samples and checkpoints.
 """
 
 from __future__ import annotations
@@ -13,11 +26,15 @@ from showwork.errors import RunError, UsageError
 from showwork import stages
 from showwork.bus import Bus, StageResult, run_once
 from showwork.config import SelfTeachConfig
-from showwork.model import loader, meshes
+from showwork.model import export, loader, lora, meshes
 from showwork.sample import sampler
-from showwork.task import answers
+from showwork.task import answers, data, diagnosis, targeted
 from showwork.task.prompts import END_OF_TURN
 from showwork.train import sft
+
+
+def round_key(round_: int, name: str) -> str:
+    return f"self-teach/round-{round_}/{name}"
 
 
 def keepers(rows: list[dict], texts: list[str], k: int, keep_per_question: int) -> tuple[list[dict], dict]:
@@ -38,21 +55,73 @@ def keepers(rows: list[dict], texts: list[str], k: int, keep_per_question: int) 
                   "kept": len(kept), "yield": len(kept) / sampled if sampled else 0.0}
 
 
-def sample_keepers(bus: Bus, loaded, rows: list[dict], st: SelfTeachConfig, batch: int, log) -> tuple[list, dict]:
-    """Sample and filter once: the kept samples are on the bus after the first attempt."""
-    if not bus.exists(stages.SELF_TEACH_SAMPLES):
+def round_rows(rows: list[dict], questions: int, round_: int) -> list[dict]:
+    """Round r's questions: the next `questions` training rows, wrapping around a short split."""
+    if not rows:
+        return []
+    start = (round_ * questions) % len(rows)
+    return [rows[(start + i) % len(rows)] for i in range(min(questions, len(rows)))]
+
+
+def sample_round(bus: Bus, loaded, rows: list[dict], st: SelfTeachConfig, batch: int, round_: int, log) -> list[dict]:
+    """Every sample of the round, diagnosed; on the bus after the first attempt (written last)."""
+    key = round_key(round_, "samples.jsonl")
+    if not bus.exists(key):
         settings = sampler.SampleSettings(st.max_tokens, st.temperature, st.top_k, None)
-        prompts = [r["prompt"] for r in rows for _ in range(st.samples_per_question)]
-        samples = sampler.generate(loaded, prompts, settings, seed=st.sft.seed, batch_size=batch)
-        kept, stats = keepers(rows, samples.texts, st.samples_per_question, st.keep_per_question)
-        bus.write_json(stages.SELF_TEACH_YIELD, stats)
-        bus.write_jsonl(stages.SELF_TEACH_SAMPLES, kept)  # written last: its presence means sampling finished
-        log.info("self-teach yield", **stats)
-    return bus.read_jsonl(stages.SELF_TEACH_SAMPLES), bus.read_json(stages.SELF_TEACH_YIELD)
+        k = st.samples_per_question
+        prompts = [r["prompt"] for r in rows for _ in range(k)]
+        out = sampler.generate(loaded, prompts, settings, seed=st.sft.seed + round_, batch_size=batch)
+        diagnosed = [{"id": rows[i // k]["id"], "sample": i % k, "text": text, "truncated": not stopped,
+                      **diagnosis.diagnose(text, rows[i // k]["answer"], not stopped)}
+                     for i, (text, stopped) in enumerate(zip(out.texts, out.stopped))]
+        bus.write_jsonl(key, diagnosed)
+        log.info("self-teach samples", round=round_, **diagnosis.analysis(diagnosed)["samples_by_kind"])
+    return bus.read_jsonl(key)
+
+
+def round_data(bus: Bus, cfg, rows: list[dict], pool: list[dict], diagnosed: list[dict], round_: int) -> tuple:
+    """(the round's training rows, its analysis with yield and targeted counts); written to the bus."""
+    st = cfg.self_teach
+    kept, stats = keepers(rows, [d["text"] for d in diagnosed], st.samples_per_question, st.keep_per_question)
+    made = []
+    if st.targeted_per_kind:
+        by_id = {r["id"]: r for r in rows}
+        failed = {kind: [by_id[q] for q in ids] for kind, ids in diagnosis.failed_by_kind(diagnosed).items()}
+        avoid = {r["id"] for r in bus.read_jsonl(stages.EVAL_ROWS)} | set(by_id)
+        made = targeted.targeted(failed, pool, st.targeted_per_kind, round_, _formatter(cfg), avoid)
+    found = {**diagnosis.analysis(diagnosed), "round": round_, "yield": stats,
+             "targeted_by_kind": {k: sum(t["targeted_kind"] == k for t in made) for k in diagnosis.FAILURES},
+             "targeted_by_how": {h: sum(t["how"] == h for t in made) for h in ("regenerated", "nearest")}}
+    bus.write_jsonl(round_key(round_, "targeted.jsonl"), made)
+    bus.write_json(round_key(round_, "analysis.json"), found)
+    return kept + made, found
+
+
+def _formatter(cfg):
+    """A raw record (reasoning-gym's or the recipe's source) -> a formatted row, or None if rejected."""
+    d = cfg.data
+
+    def to_row(record: dict):
+        row = data.to_row(record, d.source, d.calculator_annotations, d.max_question_chars, d.max_solution_chars)
+        return None if isinstance(row, data.Rejected) else data.formatted(row, cfg.prompt.system)
+
+    return to_row
+
+
+def train_round(bus: Bus, cfg, loaded, rows: list[dict], round_: int, digest: str, log) -> dict:
+    """Fine-tune the model in place on one round's rows (LoRA merged back when the recipe adapts)."""
+    st = cfg.self_teach
+    if cfg.model.lora:
+        loaded.model = lora.add(loaded.model, cfg.model.lora, st.sft.seed + round_)
+    final = sft.train(bus, loaded, rows, st.sft, st.sft.batch_size or cfg.tier.train_batch,
+                      f"self-teach/round-{round_}", digest, log, None, cfg.tier.max_refused_steps)
+    if cfg.model.lora:
+        lora.merge(loaded.model)
+    return final
 
 
 def run(bus: Bus, cfg, log):
-    """The self-teaching stage: sample, keep, fine-tune on the keepers, export, mark."""
+    """The self-teaching stage: every round, then export and mark."""
     st = cfg.self_teach
     if st is None:
         raise UsageError(f"recipe {cfg.recipe!r} has no self_teach section")
@@ -60,15 +129,41 @@ def run(bus: Bus, cfg, log):
     digest = stages.digest(cfg, stage)
 
     def body() -> StageResult:
-        rows = bus.read_jsonl(stages.TRAIN_ROWS)[: st.questions]
+        train_rows = bus.read_jsonl(stages.TRAIN_ROWS)
         loaded = loader.load_from(bus, stages.start_key(cfg, "self-teach"), cfg.model, cfg.tier.dtype,
                                   meshes.tier_mesh(cfg.tier.mesh), 0, cfg.tier.remat)
-        kept, stats = sample_keepers(bus, loaded, rows, st, cfg.tier.eval_batch, log)
-        if not kept:
-            raise RunError(f"self-teaching kept no samples ({stats}): the model solves none of "
-                             f"{stats['questions']} questions in the required format; run SFT first")
-        done = sft.train_and_export(bus, cfg, loaded, kept, st.sft, stage.key, digest, log)
-        return StageResult(outputs=done["outputs"] + [stages.SELF_TEACH_SAMPLES, stages.SELF_TEACH_YIELD],
-                           inputs=[stages.TRAIN_ROWS], metrics={**stats, **done["metrics"]})
+        trained, rounds, final = [], [], {}
+        for r in range(st.rounds):
+            rows = round_rows(train_rows, st.questions, r)
+            diagnosed = sample_round(bus, loaded, rows, st, cfg.tier.eval_batch, r, log)
+            asked = {row["id"] for row in rows}
+            pool = [row for row in train_rows if row["id"] not in asked]
+            mine, found = round_data(bus, cfg, rows, pool, diagnosed, r)
+            rounds.append(found)
+            _write_totals(bus, rounds, trained + mine)
+            if not mine:
+                raise RunError(f"self-teaching round {r + 1} kept no samples ({found['yield']}): the model solves "
+                               f"none of {len(rows)} questions in the required format and no problems were targeted; "
+                               "run SFT first, or set self_teach.targeted_per_kind")
+            trained += mine
+            final = train_round(bus, cfg, loaded, mine, r, digest, log)
+        outputs = export.to_bus(bus, stages.model_key("self-teach"), loaded,
+                                export.dtype_for(cfg.model, cfg.tier.dtype))
+        final["sharded_params"] = meshes.sharded_params(loaded.model)
+        metrics = {**rounds[-1]["yield"], **final, "rounds": st.rounds, "trained_rows": len(trained)}
+        return StageResult(outputs=outputs + [stages.SELF_TEACH_SAMPLES, stages.SELF_TEACH_YIELD,
+                                              stages.SELF_TEACH_ANALYSIS],
+                           inputs=[stages.TRAIN_ROWS], metrics=metrics)
 
     return run_once(bus, stage.key, digest, body, log)
+
+
+def _write_totals(bus: Bus, rounds: list[dict], trained: list[dict]) -> None:
+    """The stage's summary files, rewritten after each round's analysis."""
+    samples = sum(r["yield"]["samples"] for r in rounds)
+    kept = sum(r["yield"]["kept"] for r in rounds)
+    bus.write_json(stages.SELF_TEACH_YIELD, {**rounds[-1]["yield"], "rounds": [r["yield"] for r in rounds],
+                                             "total_samples": samples, "total_kept": kept,
+                                             "total_yield": kept / samples if samples else 0.0})
+    bus.write_json(stages.SELF_TEACH_ANALYSIS, rounds)
+    bus.write_jsonl(stages.SELF_TEACH_SAMPLES, trained)

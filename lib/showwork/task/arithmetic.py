@@ -1,0 +1,83 @@
+"""The arithmetic a solution writes out ("48 / 2 = 24", "3 x 4 + 2 = 14"), found and checked.
+
+Worked solutions state each step as an expression and its value. Checking every
+such equation separates a slip in arithmetic (the plan was right, a sum was
+not) from a wrong setup (every written sum is right, the answer still is
+not), which is what self-teaching's error analysis reports.
+
+Safe by construction: numbers and the four operators only, evaluated exactly
+with fractions (no `eval`), at most 8 operators and 15 digits per number, and
+only the first 20,000 characters of a text.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+
+_NUM = r"\$?\d{1,15}(?:,\d{3})*(?:\.\d{1,10})?"
+_OP = r"[-+*/×x÷]"
+# An expression of 2..9 numbers, "=", and its stated value; not preceded by a digit or a dot, so
+# "12.5" is not read as "2.5", nor followed by one.
+_EQUATION = re.compile(rf"(?<![\d.,])(-?{_NUM}(?:[ \t]*{_OP}[ \t]*{_NUM}){{1,8}})[ \t]*=[ \t]*(-?{_NUM})(?![\d])")
+_TOKEN = re.compile(rf"{_NUM}|{_OP}")
+MAX_CHARS = 20_000
+
+
+@dataclass(frozen=True)
+class Equation:
+    text: str  # as written, "48 / 2 = 24"
+    value: Fraction  # the expression's exact value
+    stated: Fraction  # what the text says it is
+
+    @property
+    def correct(self) -> bool:
+        """Equal, or the stated value is the exact one rounded to the decimals it shows."""
+        places = len(self.text.rsplit("=", 1)[1].strip().partition(".")[2])
+        return abs(self.value - self.stated) < Fraction(1, 2 * 10 ** places) if places else self.value == self.stated
+
+
+def _number(token: str) -> Fraction:
+    return Fraction(token.replace("$", "").replace(",", ""))
+
+
+def evaluate(expression: str) -> Fraction | None:
+    """The exact value of `a op b op c ...` with * and / before + and -; None on division by zero."""
+    expression = expression.strip()
+    sign = -1 if expression.startswith("-") else 1
+    tokens = _TOKEN.findall(expression.lstrip("-"))
+    terms, term, op = [], sign * _number(tokens[0]), None
+    for token in tokens[1:]:
+        if re.fullmatch(_OP, token):
+            op = token
+            continue
+        value = _number(token)
+        if op in "*×x":
+            term *= value
+        elif op in "/÷":
+            if value == 0:
+                return None
+            term /= value
+        else:
+            terms.append(term)
+            term = value if op == "+" else -value
+    return sum(terms, Fraction(0)) + term
+
+
+def equations(text: str) -> list[Equation]:
+    """Every `expression = value` in the text, in order."""
+    out = []
+    if not isinstance(text, str):
+        return out
+    for match in _EQUATION.finditer(text[:MAX_CHARS]):
+        value = evaluate(match.group(1))
+        if value is not None:
+            out.append(Equation(match.group(0), value, _number(match.group(2).lstrip("-")) *
+                                (-1 if match.group(2).startswith("-") else 1)))
+    return out
+
+
+def wrong(text: str) -> list[str]:
+    """The equations the text gets wrong, as written."""
+    return [e.text for e in equations(text) if not e.correct]

@@ -1,0 +1,50 @@
+"""Written arithmetic found and checked exactly (self-teaching's arithmetic-slip detector)."""
+
+from fractions import Fraction
+
+import pytest
+
+from showwork.task import arithmetic
+
+
+@pytest.mark.parametrize("text, found", [
+    ("48 / 2 = 24", [("48 / 2 = 24", True)]),
+    ("Natalia sold 48/2=25 clips", [("48/2=25", False)]),
+    ("He has 3 x 4 + 2 = 14 apples", [("3 x 4 + 2 = 14", True)]),  # x as times, precedence
+    ("1+2*3=7", [("1+2*3=7", True)]),
+    ("1+2*3=9", [("1+2*3=9", False)]),  # left to right would say 9: precedence says 7
+    ("100 / 4 / 5 = 5", [("100 / 4 / 5 = 5", True)]),
+    ("10 - 3 - 2 = 5", [("10 - 3 - 2 = 5", True)]),
+    ("-5 + 3 = -2", [("-5 + 3 = -2", True)]),
+    ("12.5 * 2 = 25", [("12.5 * 2 = 25", True)]),
+    ("7/3 = 2.33", [("7/3 = 2.33", True)]),  # rounded to the places it shows
+    ("7/3 = 2.34", [("7/3 = 2.34", False)]),
+    ("7/2 = 3", [("7/2 = 3", False)]),  # no rounding to a whole number
+    ("$1,200 * 2 = $2,400", [("$1,200 * 2 = $2,400", True)]),
+    ("6 ÷ 3 = 2 and 2 × 5 = 10", [("6 ÷ 3 = 2", True), ("2 × 5 = 10", True)]),
+    ("2+2 = 5 and 3*3 = 9", [("2+2 = 5", False), ("3*3 = 9", True)]),
+    ("x = 5, total = 12", []),  # no arithmetic written
+    ("5 / 0 = 1", []),  # undefined: not judged
+    ("20 % 3 = 2", []),  # not one of the four operators
+    ("", []),
+])
+def test_equations_are_found_and_checked(text, found):
+    assert [(e.text, e.correct) for e in arithmetic.equations(text)] == found
+
+
+def test_values_are_exact_fractions():
+    (eq,) = arithmetic.equations("1/3 + 1/3 + 1/3 = 1")
+    assert eq.value == Fraction(1) and eq.correct
+
+
+def test_a_long_run_of_digits_costs_one_pass():
+    import time
+
+    text = "1" * 100_000 + " + 2 = 3 " + "9+" * 50_000
+    started = time.perf_counter()
+    arithmetic.equations(text)
+    assert time.perf_counter() - started < 1.0
+
+
+def test_non_text_has_no_equations():
+    assert arithmetic.equations(None) == [] and arithmetic.wrong(None) == []
