@@ -17,6 +17,7 @@ CUT_BUT_DONE = "<reasoning>48 + 24 = 72</reasoning>\n<answer>72</answer>"
     (CUT_BUT_DONE, True, "correct", []),  # the budget ran out after the answer: still right
     (SLIP, False, "arithmetic", ["48 + 24 = 82"]),
     (SETUP, False, "setup", []),
+    ("<reasoning>48 + 24 = 70</reasoning>\n<answer>72</answer>", False, "arithmetic", ["48 + 24 = 70"]),  # right by luck
     (NO_TAGS, False, "format", []),
     (CUT, True, "length", []),
     (CUT, False, "format", []),  # stopped by itself without tags: a format failure, not length

@@ -25,6 +25,12 @@ def test_keepers_filters_correct_well_formed_distinct():
     assert stats == {"questions": 2, "questions_solved": 1, "samples": 8, "kept": 1, "yield": 1 / 8}
 
 
+def test_keepers_refuse_a_right_answer_reached_through_a_false_equation():
+    lucky = "<reasoning>48 + 24 = 70, so 72</reasoning>\n<answer>72</answer>"
+    kept, stats = self_teach.keepers(ROWS[:1], [lucky, GOOD_A], k=2, keep_per_question=2)
+    assert [k["target"] for k in kept] == [GOOD_A + "<end_of_turn>"] and stats["kept"] == 1
+
+
 def test_keepers_caps_per_question():
     kept, stats = self_teach.keepers(ROWS[:1], [GOOD_A, GOOD_A2, GOOD_A + " ", WRONG_A], k=4, keep_per_question=1)
     assert len(kept) == 1 and stats["questions_solved"] == 1

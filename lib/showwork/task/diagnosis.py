@@ -4,10 +4,10 @@ Every sample gets exactly one kind, the first that applies:
 
 | kind | meaning |
 |---|---|
-| `correct` | well-formed, and the answer is the gold answer |
+| `correct` | well-formed, the gold answer, and every written equation true: a verified trace |
 | `length` | the token budget ran out before `</answer>` (too long, not wrong) |
 | `format` | not one reasoning block then one answer block |
-| `arithmetic` | well-formed and wrong, and a written equation is false ("48 / 2 = 25") |
+| `arithmetic` | well-formed, and a written equation is false ("48 / 2 = 25"), whatever the answer |
 | `setup` | well-formed and wrong, every written equation true: the plan was wrong |
 
 A question counts as failed when none of its samples is correct; its failure
@@ -31,7 +31,7 @@ def diagnose(text: str, gold: str, truncated: bool) -> dict:
     written = arithmetic.equations(answers.xml_reasoning(text) or text)
     wrong = [e.text for e in written if not e.correct]
     well_formed = answers.check_format(text).well_formed
-    if well_formed and answers.is_correct(text, str(gold)):
+    if well_formed and not wrong and answers.is_correct(text, str(gold)):
         kind = "correct"
     elif truncated and answers.ANSWER_CLOSE not in text:
         kind = "length"

@@ -7,7 +7,7 @@ Each round takes the next `questions` training rows and, with the current model:
 2. diagnoses every sample (showwork.task.diagnosis: correct, length, format,
    arithmetic — a written equation is false — or setup) and writes the round's
    error analysis;
-3. keeps the correct, well-formed, distinct samples (its own verified traces) and
+3. keeps the distinct verified samples (well-formed, right, every equation true) and
    adds `targeted_per_kind` fresh problems per failure kind, with their reference
    solutions (showwork.task.targeted: the failed template drawn again with new
    numbers, or the nearest unused training problem);
@@ -28,7 +28,7 @@ from showwork.bus import Bus, StageResult, run_once
 from showwork.config import SelfTeachConfig
 from showwork.model import export, loader, lora, meshes
 from showwork.sample import sampler
-from showwork.task import answers, data, diagnosis, targeted
+from showwork.task import answers, arithmetic, data, diagnosis, targeted
 from showwork.task.prompts import END_OF_TURN
 from showwork.train import sft
 
@@ -37,14 +37,21 @@ def round_key(round_: int, name: str) -> str:
     return f"self-teach/round-{round_}/{name}"
 
 
+def verified(body: str, gold: str) -> bool:
+    """A trace worth learning from: well-formed, the gold answer, and no false equation on the way
+    (diagnosis's `correct`; a right answer reached through a slip is not kept)."""
+    return (answers.check_format(body).well_formed and answers.is_correct(body, gold)
+            and not arithmetic.wrong(answers.xml_reasoning(body) or body))
+
+
 def keepers(rows: list[dict], texts: list[str], k: int, keep_per_question: int) -> tuple[list[dict], dict]:
-    """Filter k samples per row (row-major) to correct, well-formed, distinct ones."""
+    """Filter k samples per row (row-major) to verified, distinct ones."""
     kept, solved = [], 0
     for i, row in enumerate(rows):
         seen, mine = set(), []
         for text in texts[i * k:(i + 1) * k]:
             body = text.strip()
-            if body in seen or not answers.check_format(body).well_formed or not answers.is_correct(body, row["answer"]):
+            if body in seen or not verified(body, row["answer"]):
                 continue
             seen.add(body)
             mine.append({**row, "target": body + END_OF_TURN, "source": "self-teach"})
