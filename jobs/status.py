@@ -1,8 +1,9 @@
 """Status of a run: JobSet/Job/Pod state per stage and the bus markers, as a table.
 
 Usage:    python -m jobs.status RUN_ID [--root gs://BUCKET/runs] [--namespace default]
-The JobSet is named showwork-RUN_ID (the overlays' convention). Without a reachable
-cluster it says so and shows the bus markers alone.
+The JobSet is named showwork-RUN_ID (the overlays' convention); a pipeline submitted a stage
+at a time (`jobs.pipeline --submit`) is found by that name's label on its stage JobSets.
+Without a reachable cluster it says so and shows the bus markers alone.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ import json
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from urllib.parse import unquote
 
 import pytest
 import yaml
@@ -124,7 +125,7 @@ class FakeApiServer:
     def request(self, method, url, headers=None, body=None, post_params=None, _request_timeout=None):
         from kubernetes.client import rest
 
-        path = "/" + url.split("://", 1)[-1].split("/", 1)[1].split("?")[0]
+        path, _, query = ("/" + url.split("://", 1)[-1].split("/", 1)[1]).partition("?")
         self.calls.append((method, path))
         if method == "POST":
             body = json.loads(body) if isinstance(body, (str, bytes)) else body
@@ -133,6 +134,12 @@ class FakeApiServer:
                 return rest.RESTResponse(_HttpResponse(409, "Conflict", b'{"reason": "AlreadyExists"}'))
             self.objects[key] = body
             return rest.RESTResponse(_HttpResponse(201, "Created", json.dumps(body).encode()))
+        if method == "GET" and path.endswith(("/jobsets", "/jobs", "/pods")):  # a list, by label selector
+            selector = dict(p.split("=", 1) for p in unquote(query.partition("labelSelector=")[2].split("&")[0])
+                            .split(",") if p)
+            items = [o for k, o in self.objects.items() if k.rsplit("/", 1)[0] == path
+                     and selector.items() <= o["metadata"].get("labels", {}).items()]
+            return rest.RESTResponse(_HttpResponse(200, "OK", json.dumps({"items": items}).encode()))
         if method == "GET":
             if path not in self.objects:
                 return rest.RESTResponse(_HttpResponse(404, "Not Found", b'{"reason": "NotFound"}'))
@@ -145,7 +152,7 @@ class FakeApiServer:
     def _advance(self, path: str, obj: dict) -> None:
         self.reads[path] = self.reads.get(path, 0) + 1
         if self.reads[path] >= self.polls and "status" not in obj:
-            failed = obj["metadata"]["labels"][submit.STAGE_LABEL] in self.fail
+            failed = obj["metadata"]["labels"].get(submit.STAGE_LABEL) in self.fail
             kind = submit.FAILED if failed else submit.COMPLETED
             reason = "FailedJobs" if failed else "AllJobsCompleted"
             obj["status"] = {"conditions": [{"type": kind, "status": "True", "reason": reason,
@@ -287,3 +294,47 @@ def test_submit_cli_refuses_what_is_not_an_overlay(tmp_path):
     out = subprocess.run([sys.executable, "-m", "jobs.pipeline", "--submit", str(tmp_path / "missing")],
                          capture_output=True, text=True, cwd=REPO, timeout=120)
     assert out.returncode == 2 and "neither an overlay directory nor a rendered YAML file" in out.stderr
+
+
+def plant_jobs(server: FakeApiServer, jobset: str, stage: str, succeeded: int, phases: list[str]) -> None:
+    """The Job and Pods the JobSet controller would have made for one replicated job."""
+    job = f"{jobset}-{stage}-0"
+    server.objects[f"/apis/batch/v1/namespaces/showwork/jobs/{job}"] = {
+        "metadata": {"name": job, "labels": {"jobset.sigs.k8s.io/jobset-name": jobset,
+                                             "jobset.sigs.k8s.io/replicatedjob-name": stage}},
+        "status": {"succeeded": succeeded}}
+    for i, phase in enumerate(phases):
+        server.objects[f"/api/v1/namespaces/showwork/pods/{job}-{i}"] = {
+            "metadata": {"name": f"{job}-{i}", "labels": {"job-name": job}}, "status": {"phase": phase}}
+
+
+@needs_kubectl
+def test_status_shows_each_stage_of_a_pipeline_submitted_a_stage_at_a_time():
+    from showwork import status
+
+    others, stages = submit.split(render("hybrid-v5e-16"))
+    server = FakeApiServer(fail={"grpo"})
+    submit.submit(kube(server), others, stages, Logger(), sleep=lambda s: None)
+    pipeline = submit.jobset(render("hybrid-v5e-16"))["metadata"]["name"]
+    plant_jobs(server, f"{pipeline}-sft", "sft", 4, ["Succeeded"] * 4)
+    plant_jobs(server, f"{pipeline}-grpo", "grpo", 0, ["Failed", "Running", "Running", "Running"])
+    rows = status.cluster_stages(pipeline, "showwork", api_client=kube(server).api)
+    assert rows["sft"] == "succeeded 4, active 0, failed 0; pods Succeeded, Succeeded, Succeeded, Succeeded"
+    assert rows["grpo"].endswith("pods Failed, Running, Running, Running")
+    assert rows["data-prep"] == "waiting (dependsOn)"  # its JobSet exists, its Job is not planted
+    assert rows[f"(jobset {pipeline}-sft)"] == "Completed" and rows[f"(jobset {pipeline}-grpo)"] == "Failed"
+    assert "eval" not in rows  # never submitted: the stage before it failed
+
+
+@needs_kubectl
+def test_status_reads_a_single_jobset_pipeline_by_its_name():
+    from showwork import status
+
+    server = FakeApiServer(polls=1)
+    js = submit.jobset(render("hybrid-v5e-16"))
+    kube(server).create_jobset(js)
+    kube(server).jobset_state(js["metadata"]["name"])  # the fake marks it Completed on its first read
+    plant_jobs(server, js["metadata"]["name"], "report", 1, ["Succeeded"])
+    rows = status.cluster_stages(js["metadata"]["name"], "showwork", api_client=kube(server).api)
+    assert list(rows) == ["data-prep", "sft", "grpo", "eval", "report", "(jobset)"]
+    assert rows["report"].startswith("succeeded 1") and rows["(jobset)"] == "Completed"

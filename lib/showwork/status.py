@@ -7,8 +7,6 @@ from dataclasses import dataclass
 
 from showwork.bus import Bus, read_marker
 
-JOBSET_GROUP, JOBSET_VERSION = "jobset.x-k8s.io", "v1alpha2"
-
 
 @dataclass
 class Row:
@@ -29,32 +27,54 @@ def bus_stages(bus: Bus) -> dict[str, str]:
     return out
 
 
-def cluster_stages(jobset_name: str, namespace: str) -> dict[str, str]:
-    """replicated job -> 'Job succeeded/active/failed; pods …' from the cluster."""
+def cluster_stages(jobset_name: str, namespace: str, api_client=None) -> dict[str, str]:
+    """replicated job -> 'Job succeeded/active/failed; pods …' from the cluster, for the pipeline's one
+    JobSet or, submitted a stage at a time (`jobs.pipeline --submit`), for every JobSet labelled with
+    its name."""
     from kubernetes import client, config
+    from kubernetes.client.exceptions import ApiException
 
+    from showwork.submit import JOBSET_GROUP, JOBSET_VERSION, PIPELINE_LABEL
+
+    if api_client is None:
+        try:
+            config.load_kube_config()
+        except Exception:
+            config.load_incluster_config()
+        api_client = client.ApiClient()
+    custom = client.CustomObjectsApi(api_client)
     try:
-        config.load_kube_config()
-    except Exception:
-        config.load_incluster_config()
-    custom = client.CustomObjectsApi()
-    jobset = custom.get_namespaced_custom_object(JOBSET_GROUP, JOBSET_VERSION, namespace, "jobsets", jobset_name)
-    batch, core = client.BatchV1Api(), client.CoreV1Api()
-    jobs = batch.list_namespaced_job(namespace, label_selector=f"jobset.sigs.k8s.io/jobset-name={jobset_name}")
+        jobsets = [custom.get_namespaced_custom_object(JOBSET_GROUP, JOBSET_VERSION, namespace, "jobsets", jobset_name)]
+    except ApiException as err:
+        listed = [] if err.status != 404 else custom.list_namespaced_custom_object(
+            JOBSET_GROUP, JOBSET_VERSION, namespace, "jobsets",
+            label_selector=f"{PIPELINE_LABEL}={jobset_name}")["items"]
+        if not listed:
+            raise
+        jobsets = sorted(listed, key=lambda js: js["metadata"].get("creationTimestamp") or "")
+    out: dict[str, str] = {}
+    for js in jobsets:
+        out.update(_jobset_rows(js, client.BatchV1Api(api_client), client.CoreV1Api(api_client), namespace,
+                                "(jobset)" if len(jobsets) == 1 else f"(jobset {js['metadata']['name']})"))
+    return out
+
+
+def _jobset_rows(jobset: dict, batch, core, namespace: str, label: str) -> dict[str, str]:
+    name = jobset["metadata"]["name"]
+    jobs = batch.list_namespaced_job(namespace, label_selector=f"jobset.sigs.k8s.io/jobset-name={name}")
     out = {}
     for rj in jobset["spec"]["replicatedJobs"]:
-        name = rj["name"]
-        mine = [j for j in jobs.items if j.metadata.labels.get("jobset.sigs.k8s.io/replicatedjob-name") == name]
+        mine = [j for j in jobs.items if j.metadata.labels.get("jobset.sigs.k8s.io/replicatedjob-name") == rj["name"]]
         if not mine:
-            out[name] = "waiting (dependsOn)"
+            out[rj["name"]] = "waiting (dependsOn)"
             continue
         job = mine[0]
         pods = core.list_namespaced_pod(namespace, label_selector=f"job-name={job.metadata.name}").items
         phases = sorted(p.status.phase for p in pods)
-        out[name] = (f"succeeded {job.status.succeeded or 0}, active {job.status.active or 0}, "
-                     f"failed {job.status.failed or 0}; pods {', '.join(phases) or 'none'}")
+        out[rj["name"]] = (f"succeeded {job.status.succeeded or 0}, active {job.status.active or 0}, "
+                           f"failed {job.status.failed or 0}; pods {', '.join(phases) or 'none'}")
     conditions = [c["type"] for c in jobset.get("status", {}).get("conditions", []) if c.get("status") == "True"]
-    out["(jobset)"] = ", ".join(conditions) or "running"
+    out[label] = ", ".join(conditions) or "running"
     return out
 
 
