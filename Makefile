@@ -27,8 +27,9 @@ demo: install
 TEST_WORKERS ?= 2
 PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
 
+# The 30 slowest tests close the report: where the suite's time goes (docs/BENCHMARKS.md, test time).
 test: install
-	$(PYTEST)
+	$(PYTEST) --durations=30
 
 test-fast: install
 	$(PYTEST) -m "not slow"
