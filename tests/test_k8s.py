@@ -19,7 +19,10 @@ import yaml
 
 from conftest import REPO, SHARED, job_env
 from podrunner import expand
+from showwork import config, stages
 from showwork.submit import in_order, jobset
+
+RECIPES = REPO / "k8s" / "base" / "recipes"
 
 OVERLAYS = sorted(p.name for p in (REPO / "k8s" / "overlays").iterdir() if p.is_dir())
 DOCKERFILES = sorted((REPO / "images").glob("*.Dockerfile"))
@@ -231,6 +234,63 @@ def test_images_commands_configmaps_and_recipes_are_real(overlay):
     eval_job = next(rj for rj in js["spec"]["replicatedJobs"] if rj["name"] == "eval")["template"]["spec"]
     assert eval_job["completionMode"] == "Indexed"
     assert eval_job["completions"] == eval_job["parallelism"] == tier_of(docs)["eval_shards"]
+
+
+# Stages of a recipe -> the pipeline job that runs them, and the jobs that end at once (exit 0) for a
+# recipe without their stage (cli.absent).
+JOB_OF_STAGE = {"data": "data-prep", "sft": "sft", "self-teach": "self-teach", "grpo": "grpo", "eval": "eval",
+                "report": "report"}
+SKIPPABLE = {"sft", "grpo"}
+LOCAL_ONLY = {"self-teach"}  # the README says so: the JobSet has no self-teach job
+
+
+def readme_pairings() -> set[tuple[str, str]]:
+    from recipes import matrix
+
+    return {(c.recipe, c.tier) for c in matrix.readme_cells((REPO / "README.md").read_text())}
+
+
+@needs_kubectl
+@pytest.mark.parametrize("recipe, tier", sorted(readme_pairings()))
+def test_every_readme_recipe_runs_in_the_pipeline_jobset_of_its_tier_or_is_marked_local_only(recipe, tier, tmp_path):
+    """A recipe without an overlay runs in its tier's pipeline JobSet with SHOWWORK_RECIPE set: every
+    stage it has has a job, and every job it has no stage for ends at once (sft, grpo: cli.absent)."""
+    readme = (REPO / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| ") and f"`{recipe}`" in line.split("|")[1])
+    if recipe in LOCAL_ONLY:
+        assert "local only" in row
+        return
+    import os
+
+    k8s = os.path.relpath(REPO / "k8s", tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        f"resources:\n  - {k8s}/base\ncomponents:\n  - {k8s}/components/{tier}\n"
+        f"configMapGenerator:\n  - name: showwork-run\n    behavior: merge\n    literals:\n"
+        f"      - SHOWWORK_RECIPE={recipe}\n")
+    out = subprocess.run([KUBECTL, "kustomize", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    jobs = {rj["name"] for rj in jobset(docs)["spec"]["replicatedJobs"]}
+    cfg = config.load(RECIPES / f"{recipe}.yaml", REPO / "k8s" / "components" / tier / "tier.yaml")
+    needed = {JOB_OF_STAGE[s.name] for s in stages.plan(cfg)}
+    assert needed <= jobs, (recipe, tier, needed - jobs)
+    assert jobs - needed <= SKIPPABLE, (recipe, tier, jobs - needed)
+    recipes = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("showwork-recipes"))
+    assert f"{recipe}.yaml" in recipes["data"]
+
+
+@pytest.mark.parametrize("module, recipe, tier, devices", [
+    ("jobs.sft", "trajectory", "v5e-4", 4), ("jobs.sft", "math-code", "v5e-8", 8),
+    ("jobs.grpo_session", "sft-full", "v5e-8", 8), ("jobs.self_teach", "hybrid", "cpu", 1)])
+def test_a_training_job_whose_stage_the_recipe_lacks_ends_at_once_with_0(module, recipe, tier, devices, tmp_path):
+    env = job_env(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", SHOWWORK_LOG_FORMAT="json")
+    done = subprocess.run([sys.executable, "-m", module, str(RECIPES / f"{recipe}.yaml"),
+                           str(REPO / "k8s" / "components" / tier / "tier.yaml"), "--root", str(tmp_path)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "skipped: the recipe has no such stage" in done.stdout + done.stderr
+    assert not any(tmp_path.rglob("_SUCCESS"))  # nothing written, nothing marked done
 
 
 def entrypoint_module(dockerfile: Path) -> str:

@@ -110,6 +110,16 @@ def run(doc: str, main, argv: list[str] | None = None, add_arguments=None, place
                                          cache=jax.config.jax_compilation_cache_dir)
 
 
+def absent(cfg, section: str, logger) -> bool:
+    """True (and one log line) when the recipe has no `section`: the pipeline JobSet runs every
+    training job for every recipe, and a job whose stage the recipe lacks ends at once with 0, so any
+    recipe runs in any pipeline overlay of its tier (sft-full has no GRPO, trajectory no SFT)."""
+    if getattr(cfg, section) is not None:
+        return False
+    logger.info("skipped: the recipe has no such stage", recipe=cfg.recipe, section=section)
+    return True
+
+
 def exit_code(err: BaseException) -> int | None:
     """The exit code of an error a user can cause (showwork.errors), None for a bug."""
     from showwork.train.loop import Preempted
