@@ -16,6 +16,9 @@ SHARED = REPO.parent / "shared"
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: loads the real Gemma 3 270M or trains; minutes on CPU")
+    # Separate CI steps with their own budgets (make test-containers, make test-learning; .ci/run).
+    config.addinivalue_line("markers", "containers: builds the images and runs them as the pods run")
+    config.addinivalue_line("markers", "learning: trains the real Gemma 3 270M until it measurably learns")
     # One persistent XLA compilation cache for the whole run, in-process and in every job a test
     # starts (they inherit the environment): a program another test already compiled is loaded, not
     # compiled again, as the jobs do with theirs (showwork.xla_cache).

@@ -27,6 +27,8 @@ from conftest import REPO, job_env
 from podrunner import Runner, jobset, stop_after
 from showwork.bus import Bus
 
+pytestmark = pytest.mark.containers  # its own CI step: make test-containers
+
 TESTS_K8S = REPO / "tests" / "k8s"
 REQUIRED = os.environ.get("SHOWWORK_REQUIRE_CONTAINERS") == "1"
 

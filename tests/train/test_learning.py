@@ -14,6 +14,8 @@ from showwork.sample import forward, logprobs, sampler
 from showwork.task import data, rewards
 from showwork.train import grpo, sft, step as step_lib
 
+pytestmark = pytest.mark.learning  # its own CI step: make test-learning
+
 
 def mean_loss(loaded, seqs):
     graphdef, trainable, frozen = step_lib.split(loaded.model)
