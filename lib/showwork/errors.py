@@ -2,7 +2,7 @@
 
 | code | meaning | what Kubernetes should do |
 |---|---|---|
-| 0  | done (or skipped: the stage's marker was already there) | nothing |
+| 0  | done (or skipped: the stage's marker was already there, or the recipe has no such stage) | nothing |
 | 1  | a clear runtime error (an unreachable bucket after retries, missing input on the bus, a model that went non-finite) or a bug (then with its traceback) | fail the Job: retrying burns TPU hours |
 | 2  | a configuration or usage error (bad recipe, no weights, wrong tier for the node, a changed config on an old run id) | fail the Job, never retry |
 | 75 | preempted: SIGTERM arrived, a checkpoint was saved; run the same command again to continue | restart the pod, not counted as a failure |
