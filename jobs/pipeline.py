@@ -44,7 +44,7 @@ def submit_main(argv: list[str], cluster=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--submit", metavar="OVERLAY", required=True,
                    help="an overlay directory (rendered with kubectl kustomize) or a rendered YAML file")
-    p.add_argument("--namespace", help="default: the JobSet's own namespace, else 'default'")
+    p.add_argument("--namespace", help="default: the JobSet's own, else the kube context's, else 'default'")
     p.add_argument("--emit", metavar="DIR", help="write the manifests, one file per stage in order; submit nothing")
     p.add_argument("--poll-s", type=float, default=30.0, help="seconds between looks at the running stages")
     args = p.parse_args(argv)
@@ -56,7 +56,8 @@ def submit_main(argv: list[str], cluster=None) -> None:
             for path in submit.emit(others, order, pathlib.Path(args.emit)):
                 print(path)
             return
-        namespace = args.namespace or order[0].manifest["metadata"].get("namespace", "default")
+        namespace = (args.namespace or order[0].manifest["metadata"].get("namespace") or submit.context_namespace()
+                     or "default")
         outcome = submit.submit(cluster or submit.KubeCluster(namespace), others, order, logger, args.poll_s)
         if not outcome.ok:
             raise errors.RunError(f"stage {outcome.failed} failed ({outcome.message}); the stages after it were "

@@ -338,3 +338,28 @@ def test_status_reads_a_single_jobset_pipeline_by_its_name():
     rows = status.cluster_stages(js["metadata"]["name"], "showwork", api_client=kube(server).api)
     assert list(rows) == ["data-prep", "sft", "grpo", "eval", "report", "(jobset)"]
     assert rows["report"].startswith("succeeded 1") and rows["(jobset)"] == "Completed"
+
+
+@needs_kubectl
+def test_a_flaky_api_server_is_ridden_out_and_a_vanished_stage_ends_the_submission_clearly():
+    from kubernetes.client import rest
+
+    from showwork.errors import RunError
+
+    others, stages = submit.split(render("hybrid-v5e-16"))
+    server = FakeApiServer()
+    answer = server.request
+    flaky = iter([503, 503])
+
+    def sometimes_down(method, url, **kw):
+        if method == "GET" and "/jobsets/" in url and next(flaky, None):
+            return rest.RESTResponse(_HttpResponse(503, "Service Unavailable", b"{}"))
+        return answer(method, url, **kw)
+
+    server.request = sometimes_down
+    assert submit.submit(kube(server), others, stages, Logger(), sleep=lambda s: None).ok
+    gone = FakeApiServer(polls=3)
+    kube(gone).create_jobset(stages[0].manifest)
+    del gone.objects[f"/apis/jobset.x-k8s.io/v1alpha2/namespaces/showwork/jobsets/{stages[0].manifest['metadata']['name']}"]
+    with pytest.raises(RunError, match="is gone"):
+        submit._state(kube(gone), stages[0].manifest["metadata"]["name"], Logger(), lambda s: None, 0)

@@ -156,7 +156,7 @@ def submit(cluster: Cluster, others: list[dict], stages: list[Stage], logger, po
         for st in stages:
             if st.name not in started or st.name in outcome.completed:
                 continue
-            state, message = cluster.jobset_state(st.manifest["metadata"]["name"])
+            state, message = _state(cluster, st.manifest["metadata"]["name"], logger, sleep, poll_s)
             if state == FAILED:
                 logger.error("stage failed", stage=st.name, message=message)
                 outcome.failed, outcome.message = st.name, message
@@ -168,6 +168,37 @@ def submit(cluster: Cluster, others: list[dict], stages: list[Stage], logger, po
         if not moved:
             sleep(poll_s)
     return outcome
+
+
+def _state(cluster: Cluster, name: str, logger, sleep, poll_s: float, attempts: int = 5) -> tuple[str, str]:
+    """A stage's state, riding out an API server that answers 5xx or not at all for a while; a JobSet
+    that is gone (deleted by hand, or by its ttlSecondsAfterFinished) ends the submission clearly."""
+    from showwork.errors import RunError
+
+    for attempt in range(attempts):
+        try:
+            return cluster.jobset_state(name)
+        except Exception as err:  # the client's ApiException, urllib3's connection errors
+            status = getattr(err, "status", None)
+            if status == 404:
+                raise RunError(f"JobSet {name} is gone (deleted, or its ttlSecondsAfterFinished ran out); "
+                               "submit again to recreate the stages that have no JobSet") from None
+            if status is not None and status < 500 or attempt == attempts - 1:
+                raise
+            logger.warning("cannot read a stage's JobSet; trying again", jobset=name, error=str(err)[:200])
+            sleep(poll_s)
+    raise AssertionError("unreachable")
+
+
+def context_namespace() -> str | None:
+    """The namespace of the kube config's current context, as kubectl would use it."""
+    try:
+        from kubernetes import config
+
+        _, current = config.list_kube_config_contexts()
+        return current.get("context", {}).get("namespace")
+    except Exception:  # no kube config (in a pod: the caller says --namespace)
+        return None
 
 
 class KubeCluster:

@@ -26,6 +26,8 @@ from showwork.task import arithmetic
     ("x = 5, total = 12", []),  # no arithmetic written
     ("5 / 0 = 1", []),  # undefined: not judged
     ("20 % 3 = 2", []),  # not one of the four operators
+    ("30 / 120 = 25% of them", []),  # a stated percentage: another claim, not judged
+    ("1" + ",000" * 1500 + " + 1 = 2", []),  # a number too long to be one: not judged, no crash
     ("", []),
 ])
 def test_equations_are_found_and_checked(text, found):

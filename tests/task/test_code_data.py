@@ -98,7 +98,7 @@ def test_a_mix_shuffles_training_rows_together_and_keeps_each_sources_eval_rows(
 
 @pytest.mark.parametrize("text, extracted, correct", [
     ("<reasoning>r</reasoning><answer>```python\ndef add(a, b):\n    return a + b\n```</answer>", "passed", True),
-    ("<reasoning>r</reasoning><answer>```python\ndef add(a, b):\n    return a * b\n```</answer>", "failed:", False),
+    ("<reasoning>r</reasoning><answer>```python\ndef add(a, b):\n    return a * b\n```</answer>", "failed", False),
     ("<reasoning>r</reasoning>", None, False),
 ])
 def test_evaluation_scores_a_code_row_by_running_it(text, extracted, correct):

@@ -56,20 +56,17 @@ def score(text: str, gold: str, tests: str | None = None) -> dict:
     }
 
 
-PASSED = "passed"  # a code sample's `extracted` when its code passed the row's tests
+PASSED, FAILED = "passed", "failed"  # a code sample's `extracted`: its code passed the row's tests, or not
 
 
 def score_code(text: str, tests: str) -> dict:
     """A code sample: correct when its code passes the tests in the sandbox. Its `extracted` is
-    PASSED, or the failing code's digest (so maj@k votes for the most common outcome, and a
-    vote for one failing program is not a vote for another), or None without code."""
+    PASSED or FAILED, or None without code, so maj@k counts as solved when more samples pass than
+    fail (every failing program counts against, whatever it is)."""
     (verdict,) = code.verdicts([text], [tests])
     flags = answers.check_format(text)
     found = code.extract(text)
-    if verdict is not None and verdict.passed:
-        extracted = PASSED
-    else:
-        extracted = None if found is None else "failed:" + hashlib.sha256(found.encode()).hexdigest()[:12]
+    extracted = None if found is None else PASSED if verdict is not None and verdict.passed else FAILED
     return {"text": text, "extracted": extracted, "method": "code", "correct": extracted == PASSED,
             "status": verdict.status if verdict else "no_code", "well_formed": flags.well_formed,
             "reasoning_words": flags.reasoning_words, "lm_eval_strict": False, "lm_eval_flexible": False}

@@ -460,7 +460,7 @@ def source_markdown(per_model: dict, methods: list[str]) -> list[str]:
     if not per_model:
         return []
     lines = ["## Accuracy by source", "", "Code rows count as correct when the code passes the problem's tests "
-             "in the sandbox (pass@1 for greedy; for sampled methods, passing is the most common outcome).", "",
+             "in the sandbox (pass@1 for greedy; for sampled methods, more samples pass than fail).", "",
              "| model | method | source | questions | accuracy | 95% CI |", "|---|---|---|---|---|---|"]
     for model, per in per_model.items():
         for meth in methods:

@@ -7,7 +7,7 @@ not), which is what self-teaching's error analysis reports.
 
 Safe by construction: numbers and the four operators only, evaluated exactly
 with fractions (no `eval`), at most 8 operators and 15 digits per number, and
-only the first 20,000 characters of a text.
+only the first 20,000 characters of a text; a number too long to convert is not judged.
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
-_NUM = r"\$?\d{1,15}(?:,\d{3})*(?:\.\d{1,10})?"
+_NUM = r"\$?\d{1,15}(?:,\d{3}){0,4}(?:\.\d{1,10})?"
 _OP = r"[-+*/×x÷]"
 # An expression of 2..9 numbers, "=", and its stated value; not preceded by a digit or a dot, so
 # "12.5" is not read as "2.5", nor followed by one.
-_EQUATION = re.compile(rf"(?<![\d.,])(-?{_NUM}(?:[ \t]*{_OP}[ \t]*{_NUM}){{1,8}})[ \t]*=[ \t]*(-?{_NUM})(?![\d])")
+# A stated percentage ("30 / 120 = 25%") is a different claim: not judged.
+_EQUATION = re.compile(rf"(?<![\d.,])(-?{_NUM}(?:[ \t]*{_OP}[ \t]*{_NUM}){{1,8}})[ \t]*=[ \t]*(-?{_NUM})(?!\d|%|,\d)")
 _TOKEN = re.compile(rf"{_NUM}|{_OP}")
 MAX_CHARS = 20_000
 
@@ -71,7 +72,10 @@ def equations(text: str) -> list[Equation]:
     if not isinstance(text, str):
         return out
     for match in _EQUATION.finditer(text[:MAX_CHARS]):
-        value = evaluate(match.group(1))
+        try:
+            value = evaluate(match.group(1))
+        except (ValueError, ZeroDivisionError):
+            continue
         if value is not None:
             out.append(Equation(match.group(0), value, _number(match.group(2).lstrip("-")) *
                                 (-1 if match.group(2).startswith("-") else 1)))

@@ -34,8 +34,15 @@ def extract(text: str) -> str | None:
     return None
 
 
-def program(code: str, tests: str) -> str:
-    return f"{code}\n\n\n{tests}\n"
+# A test program may begin with what goes before the completion's code (HumanEval's prompt: its
+# imports and helper functions), ended by this line.
+CODE_GOES_HERE = "# ---- the completion's code goes here ----\n"
+
+
+def program(code: str, tests: str) -> tuple[str, str]:
+    """(what runs first: the tests' prefix and the code, the tests that run after it)."""
+    prefix, marker, rest = tests.partition(CODE_GOES_HERE)
+    return (f"{prefix}\n{code}\n", rest) if marker else (f"{code}\n", tests)
 
 
 def verdicts(completions, tests, limits: sandbox.Limits = sandbox.Limits(), workers: int | None = None) -> list:
@@ -47,10 +54,18 @@ def verdicts(completions, tests, limits: sandbox.Limits = sandbox.Limits(), work
     todo = [i for i, job in enumerate(jobs) if job]
     out = [None] * len(jobs)
     if todo:
-        with ThreadPoolExecutor(max_workers=workers or min(len(todo), os.cpu_count() or 1)) as pool:
-            for i, result in zip(todo, pool.map(lambda k: sandbox.run(jobs[k], limits), todo)):
+        with ThreadPoolExecutor(max_workers=workers or min(len(todo), _cpus())) as pool:
+            for i, result in zip(todo, pool.map(lambda k: sandbox.run(*jobs[k], limits), todo)):
                 out[i] = result
     return out
+
+
+def _cpus() -> int:
+    """CPUs this process may use (its affinity: a pod's cpuset), not the machine's count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 # ---------------------------------------------------------------- problems
@@ -83,7 +98,9 @@ def problem(record: dict) -> tuple[str, str, str] | str:
     solution = record.get("canonical_solution")
     reference = prompt + solution if isinstance(solution, str) else ""
     question = f"Complete this Python function. Give the whole function.\n\n```python\n{prompt.strip()}\n```"
-    return question, reference, f"{check}\n\ncheck({entry})"
+    # The prompt first (its imports and helpers: `List`, `is_palindrome`), as HumanEval's harness runs it;
+    # its unfinished function is then redefined by the completion.
+    return question, reference, f"{prompt}\n    pass\n{CODE_GOES_HERE}{check}\n\ncheck({entry})"
 
 
 def answer_block(reference: str) -> str:

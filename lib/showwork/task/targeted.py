@@ -89,6 +89,5 @@ def _one(source: dict, kind: str, pool: list[dict], taken: set[str], round_: int
             row = to_row(record)
             if row is not None and row["id"] not in taken:
                 return {**row, "how": "regenerated"}
-        return None
-    row = nearest(source["question"], pool, taken)
+    row = nearest(source["question"], pool, taken)  # no template, or none of its draws was usable
     return {**row, "how": "nearest"} if row is not None else None

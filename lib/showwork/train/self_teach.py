@@ -70,9 +70,15 @@ def round_rows(rows: list[dict], questions: int, round_: int) -> list[dict]:
     return [rows[(start + i) % len(rows)] for i in range(min(questions, len(rows)))]
 
 
-def sample_round(bus: Bus, loaded, rows: list[dict], st: SelfTeachConfig, batch: int, round_: int, log) -> list[dict]:
-    """Every sample of the round, diagnosed; on the bus after the first attempt (written last)."""
-    key = round_key(round_, "samples.jsonl")
+def sample_round(bus: Bus, loaded, rows: list[dict], st: SelfTeachConfig, batch: int, round_: int, log,
+                 digest: str = "") -> list[dict]:
+    """Every sample of the round, diagnosed; on the bus after the first attempt (written last), reused
+    only by an attempt with the same config digest and the same questions."""
+    key, meta_key = round_key(round_, "samples.jsonl"), round_key(round_, "samples-for.json")
+    meta = {"digest": digest, "questions": [r["id"] for r in rows], "samples_per_question": st.samples_per_question}
+    if bus.exists(key) and (not bus.exists(meta_key) or bus.read_json(meta_key) != meta):
+        log.warning("self-teach samples from another config or other questions: sampling again", round=round_)
+        bus.delete(key)
     if not bus.exists(key):
         settings = sampler.SampleSettings(st.max_tokens, st.temperature, st.top_k, None)
         k = st.samples_per_question
@@ -81,6 +87,7 @@ def sample_round(bus: Bus, loaded, rows: list[dict], st: SelfTeachConfig, batch:
         diagnosed = [{"id": rows[i // k]["id"], "sample": i % k, "text": text, "truncated": not stopped,
                       **diagnosis.diagnose(text, rows[i // k]["answer"], not stopped)}
                      for i, (text, stopped) in enumerate(zip(out.texts, out.stopped))]
+        bus.write_json(meta_key, meta)
         bus.write_jsonl(key, diagnosed)
         log.info("self-teach samples", round=round_, **diagnosis.analysis(diagnosed)["samples_by_kind"])
     return bus.read_jsonl(key)
@@ -142,7 +149,7 @@ def run(bus: Bus, cfg, log):
         trained, rounds, final = [], [], {}
         for r in range(st.rounds):
             rows = round_rows(train_rows, st.questions, r)
-            diagnosed = sample_round(bus, loaded, rows, st, cfg.tier.eval_batch, r, log)
+            diagnosed = sample_round(bus, loaded, rows, st, cfg.tier.eval_batch, r, log, digest)
             asked = {row["id"] for row in rows}
             pool = [row for row in train_rows if row["id"] not in asked]
             mine, found = round_data(bus, cfg, rows, pool, diagnosed, r)
