@@ -126,7 +126,7 @@ def test_the_filter_jumps_only_forward_and_lists_every_denied_call():
 
     for arch, (_, denied) in sandbox_guard.DENIED.items():
         program = sandbox_guard.bpf_program(arch, 4242)
-        for i, (code, jt, jf, k) in enumerate(program):
-            assert jt >= 0 and jf >= 0 and (code == 0x06 or i + 1 + max(jt, jf) < len(program))
-        compared = {k for code, _, _, k in program if code == 0x15}
+        for i, (op, jt, jf, k) in enumerate(program):
+            assert jt >= 0 and jf >= 0 and (op == 0x06 or i + 1 + max(jt, jf) < len(program))
+        compared = {k for op, _, _, k in program if op == 0x15}
         assert set(denied.values()) <= compared and 4242 in compared

@@ -192,7 +192,7 @@ def run(request: dict) -> int:
         del sys.modules[name]  # imported for the filter; the program must import it afresh (refused)
     root = os.path.realpath(os.getcwd())
     stdlib = tuple(sorted({os.path.realpath(p) for p in (sys.base_prefix, sys.base_exec_prefix)}))
-    import types  # noqa: F401  (it reads a traceback's frame at import, which the hook refuses)
+    __import__("types")  # it reads a traceback's frame at import, which the hook refuses
 
     install_hook(root, stdlib)
     # Bound before the program runs: it may replace builtins (`builtins.exec = ...`) or os.write.
