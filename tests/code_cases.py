@@ -124,6 +124,8 @@ def check_table(result: dict) -> None:
         assert result["status"][name] == status, (name, result["status"][name], result["output"][name])
         assert line in result["output"][name], (name, result["output"][name])
     assert result["status"]["correct"] == result["status"]["writes_inside"] == "passed"
+    if os.uname().machine in ("x86_64", "aarch64"):  # the kernel's layer was installed, not skipped
+        assert f"sandbox: {os.uname().machine}" in result["output"]["correct"], result["output"]["correct"]
     assert not result["connected"] and not result["wrote_outside"]
     assert result["secret_still_set"] and result["cwd_unchanged"] and result["children"] == []
     # Run side by side, the table takes about one wall limit, not the sum of its timeouts.
