@@ -121,9 +121,10 @@ PATH_EVENTS = {"os.remove": 1, "os.rename": 2, "os.rmdir": 1, "os.mkdir": 1, "os
                "os.mknod": 1, "shutil.rmtree": 1, "shutil.copyfile": 2, "shutil.move": 2}
 
 
+# The audit hook binds every name it uses at install, so a program that replaces builtins
+# (`builtins.any = ...`) changes nothing in it; it never formats or calls an object of the program.
 def install_hook(root: str, stdlib: tuple[str, ...]) -> None:
-    """The audit hook. Every name it uses is bound here, so a program that replaces builtins
-    (`builtins.any = ...`) changes nothing in it; it never formats or calls an object of the program."""
+    """Install the audit hook: `root` is the program's directory, `stdlib` the standard library's."""
     realpath, fsdecode, isdir, sep = os.path.realpath, os.fsdecode, os.path.isdir, os.sep
     write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
     str_, bytes_, int_, type_, error = str, bytes, int, type, PermissionError
