@@ -20,6 +20,7 @@ an atexit handler) has no token to print, so it cannot pass. The audit hook is n
 itself (PEP 578 says so); the limits and the seccomp filter are enforced by the kernel.
 """
 
+import importlib
 import json
 import os
 import resource
@@ -193,7 +194,7 @@ def run(request: dict) -> int:
         del sys.modules[name]  # imported for the filter; the program must import it afresh (refused)
     root = os.path.realpath(os.getcwd())
     stdlib = tuple(sorted({os.path.realpath(p) for p in (sys.base_prefix, sys.base_exec_prefix)}))
-    __import__("types")  # it reads a traceback's frame at import, which the hook refuses
+    importlib.import_module("types")  # it reads a traceback's frame at import, which the hook refuses
 
     install_hook(root, stdlib)
     # Bound before the program runs: it may replace builtins (`builtins.exec = ...`) or os.write.
