@@ -31,17 +31,13 @@ def cluster_stages(jobset_name: str, namespace: str, api_client=None) -> dict[st
     """replicated job -> 'Job succeeded/active/failed; pods …' from the cluster, for the pipeline's one
     JobSet or, submitted a stage at a time (`jobs.pipeline --submit`), for every JobSet labelled with
     its name."""
-    from kubernetes import client, config
+    from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
+    from showwork import submit
     from showwork.submit import JOBSET_GROUP, JOBSET_VERSION, PIPELINE_LABEL
 
-    if api_client is None:
-        try:
-            config.load_kube_config()
-        except Exception:
-            config.load_incluster_config()
-        api_client = client.ApiClient()
+    api_client = api_client or submit.connect()
     custom = client.CustomObjectsApi(api_client)
     try:
         jobsets = [custom.get_namespaced_custom_object(JOBSET_GROUP, JOBSET_VERSION, namespace, "jobsets", jobset_name)]

@@ -201,18 +201,24 @@ def context_namespace() -> str | None:
         return None
 
 
+def connect():
+    """A `kubernetes` client from the kube config, or in a pod from its service account."""
+    from kubernetes import client, config
+
+    try:
+        config.load_kube_config()
+    except Exception:
+        config.load_incluster_config()
+    return client.ApiClient()
+
+
 class KubeCluster:
     """A cluster through the `kubernetes` client (the kube config, or the pod's service account)."""
 
     def __init__(self, namespace: str, api_client=None):
-        from kubernetes import client, config
+        from kubernetes import client
 
-        if api_client is None:
-            try:
-                config.load_kube_config()
-            except Exception:
-                config.load_incluster_config()
-            api_client = client.ApiClient()
+        api_client = api_client or connect()
         self.api, self.namespace = api_client, namespace
         self.custom = client.CustomObjectsApi(api_client)
 
