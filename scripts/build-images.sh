@@ -19,6 +19,10 @@ while (($#)); do
   shift
 done
 command -v docker >/dev/null || { echo "error: docker is not installed" >&2; exit 1; }
+# One build at a time per machine: two at once (two test workers, two terminals) would race on the
+# Debian base and on images/pip/ca.crt; the second waits, then finds every layer cached.
+exec 9>"${TMPDIR:-/tmp}/showwork-build-images.lock"
+flock 9
 
 args=(--network host --build-arg "JAX_PLATFORM=${PLATFORM}")
 if ((DEBIAN_BASE)); then
