@@ -64,9 +64,11 @@ def test_pipeline_end_to_end_with_a_kill_mid_sft(tmp_path):
     bus = Bus(str(tmp_path / "tiny-pipeline"))
     assert bus.exists("data/_SUCCESS") and not bus.exists("sft/_SUCCESS")
 
-    resumed = subprocess.run(args, cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=900)
+    resumed = subprocess.run(args, cwd=REPO, env=job_env(SHOWWORK_LOG_FORMAT="json"), capture_output=True,
+                             text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from checkpoint" in resumed.stderr
+    check_eta([json.loads(line) for line in resumed.stderr.splitlines() if '"stage finished"' in line])
     assert "report: " in resumed.stdout and "report.html" in resumed.stdout
     metrics = json.loads((tmp_path / "tiny-pipeline" / "report" / "metrics.json").read_text())
     assert metrics["model_order"] == ["base", "sft", "grpo"] and set(metrics["models"]) == {"base", "sft", "grpo"}
@@ -80,3 +82,14 @@ def test_pipeline_end_to_end_with_a_kill_mid_sft(tmp_path):
     assert again.stderr.count("skipping") == 10  # every stage skipped
     assert "report.html" in again.stdout
     assert elapsed < 300, f"the tiny pipeline took {elapsed:.0f} s"
+
+
+def check_eta(finished: list[dict]):
+    """The resumed run's progress lines: the ETA after the first eval shard prices the five shards left (the
+    same questions each) at that shard's measured rate; the data stage, skipped by its marker, priced
+    nothing; the last line has nothing left."""
+    assert [f["stage"] for f in finished][:3] == ["prepare data", "SFT", "GRPO session 1/1"]
+    first_eval = finished[3]
+    assert first_eval["stage"].startswith("evaluate base")
+    assert first_eval["eta_seconds"] == pytest.approx(5 * first_eval["seconds"], rel=0.02, abs=0.5)
+    assert finished[-1]["eta_seconds"] == 0.0

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 from showwork.errors import UsageError
-from showwork import stages
+from showwork import eta, stages
 from showwork.eval import evaluate, report
 from showwork.stages import Stage
 from showwork.task import data
@@ -20,18 +20,18 @@ from showwork.train.loop import Preempted
 
 
 def run_stage(cfg, bus, stage: Stage, log):
-    """Run one stage of the recipe (skipped by its marker when done); returns its marker."""
+    """Run one stage of the recipe (skipped by its marker when done); returns (marker, ran)."""
     if stage.name == "data":
-        return data.prepare(bus, cfg, log)[0]
+        return data.prepare(bus, cfg, log)
     if stage.name == "sft":
-        return sft.run(bus, cfg, log)[0]
+        return sft.run(bus, cfg, log)
     if stage.name == "self-teach":
-        return self_teach.run(bus, cfg, log)[0]
+        return self_teach.run(bus, cfg, log)
     if stage.name == "grpo":
-        return grpo.run(bus, cfg, stage.args[0], log)[0]
+        return grpo.run(bus, cfg, stage.args[0], log)
     if stage.name == "eval":
-        return evaluate.run_shard(bus, cfg, *stage.args, log)[0]
-    return report.run(bus, cfg, log, stage.args[0])[0]
+        return evaluate.run_shard(bus, cfg, *stage.args, log)
+    return report.run(bus, cfg, log, stage.args[0])
 
 
 def select(plan: list[Stage], start: str | None, only: str | None) -> list[Stage]:
@@ -57,22 +57,32 @@ def run(cfg, bus, log, start: str | None = None, only: str | None = None) -> flo
     """
     chosen = select(stages.plan(cfg), start, only)
     began = time.perf_counter()
-    spent: list[float] = []
+    estimator = eta.Estimator()
     for n, stage in enumerate(chosen, 1):
         t0 = time.perf_counter()
         log.info("stage start", stage=stage.label, step=f"{n}/{len(chosen)}")
         try:
-            run_stage(cfg, bus, stage, log)
+            _, ran = run_stage(cfg, bus, stage, log)
         except Preempted:
             raise
         except Exception as err:
             log.error("stage failed", stage=stage.label, error=type(err).__name__)
             raise
         seconds = time.perf_counter() - t0
-        spent.append(seconds)
-        remaining = len(chosen) - n
-        # A crude but honest ETA: the mean of finished stages times what is left.
-        eta = remaining * (sum(spent) / len(spent))
+        counts = data_counts(cfg, bus)
+        if ran:  # a stage skipped by its marker took no time and says nothing about the rest
+            estimator.finish(stage.name, eta.work(cfg, stage, counts), seconds)
+        left = estimator.remaining([(s.name, eta.work(cfg, s, counts)) for s in chosen[n:]])
         log.info("stage finished", stage=stage.label, step=f"{n}/{len(chosen)}", seconds=round(seconds, 1),
-                 elapsed=round(time.perf_counter() - began, 1), eta_seconds=round(eta, 1))
+                 elapsed=round(time.perf_counter() - began, 1),
+                 eta_seconds=None if left is None else round(left, 1))
     return time.perf_counter() - began
+
+
+def data_counts(cfg, bus) -> dict[str, int]:
+    """Rows the data stage wrote, once it has; else the recipe's requested sizes."""
+    if bus.exists(stages.DATA_STATS):
+        rows = bus.read_json(stages.DATA_STATS).get("rows_out")
+        if rows:
+            return {"train": int(rows["train"]), "eval": int(rows["eval"])}
+    return eta.requested_counts(cfg)
