@@ -151,3 +151,33 @@ def test_adversarial_completions_bounded_and_safe(name, index):
     # other test process sharing the cores.
     assert time.perf_counter() - start < 0.1
     assert len(value) == 1 and isinstance(value[0], float)
+
+
+# A wrong attempt, as a model at each stage of learning the format writes it; the same completion with its
+# answer block cut out is the abstention. The gold answer is 42; 7 earns no closeness credit.
+ATTEMPTS = [
+    "<reasoning>6 times 7 is 7.</reasoning>\n<answer>7</answer>",  # the format, a wrong answer
+    "<reasoning>6 times 7 is 7.\n<answer>7</answer>",  # an unclosed reasoning block
+    "6 times 7 is 7.\n<answer>7</answer>",  # an answer block only (the base model's best)
+    "<answer>7</answer>",
+]
+
+
+def _recipes_with_grpo():
+    from conftest import RECIPES, TIERS
+    from showwork import config
+
+    for path in sorted(RECIPES.glob("*.yaml")):
+        cfg = config.load(path, TIERS / "cpu" / "tier.yaml")
+        if cfg.grpo is not None:
+            yield pytest.param(cfg.grpo.rewards, id=path.stem)
+
+
+@pytest.mark.parametrize("weights", list(_recipes_with_grpo()))
+@pytest.mark.parametrize("attempt", ATTEMPTS, ids=["format", "unclosed", "answer-only", "bare"])
+def test_no_recipe_rewards_abstaining_over_a_wrong_attempt(weights, attempt):
+    """quickstart once rewarded leaving the answer block out (0) over a wrong one (-1): its GRPO learned to
+    abstain. Every shipped recipe's reward now ranks the attempt at least as high as the abstention."""
+    abstain = attempt[: attempt.index("<answer>")]
+    totals, _ = rewards.combined(weights, ["q", "q"], [attempt, abstain], ["42", "42"])
+    assert totals[0] >= totals[1], (weights, totals)
