@@ -160,6 +160,21 @@ def test_reasoning_gym_offline_with_disjoint_eval():
         assert "####" not in row.solution and row.solution
 
 
+def test_an_eval_question_that_is_a_training_question_recased_or_respaced_is_dropped(tmp_path):
+    def row(q, a):
+        return json.dumps({"question": q, "answer": f"{q} has {a}.\n#### {a}"}) + "\n"
+
+    (tmp_path / "train.jsonl").write_text(row("Tom has 3 apples and buys 4. How many now?", 7)
+                                          + row("Ann reads 5 pages a day. How many in 3 days?", 15))
+    (tmp_path / "test.jsonl").write_text(row("tom has 3 apples  and buys 4 -- how many now ?", 7)
+                                         + row("Ann reads 6 pages a day. How many in 3 days?", 18))
+    train, evals, stats = data.build_splits(DataConfig(source="gsm8k", path=str(tmp_path / "train.jsonl"),
+                                                       eval_path=str(tmp_path / "test.jsonl"), train_size=2, eval_size=2))
+    assert len(train) == 2 and [r.answer for r in evals] == ["18"]
+    assert stats["dropped"]["eval_seen_in_train"] == 1
+    assert not {data.question_key(r.question) for r in train} & {data.question_key(r.question) for r in evals}
+
+
 def test_unsupported_file_type(tmp_path):
     (tmp_path / "x.txt").write_text("hi")
     with pytest.raises(ValueError, match="unsupported data file type"):

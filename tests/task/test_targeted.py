@@ -34,14 +34,16 @@ def test_a_failed_template_is_drawn_again_with_new_numbers():
     assert [m["id"] for m in again] == [m["id"] for m in made]
 
 
-def test_without_a_template_the_nearest_unused_problem_is_taken_and_held_out_ones_never():
+def test_without_a_template_the_nearest_unused_problem_is_taken_and_held_out_ones_never_even_recased():
     def row(i, q):
         return {"id": f"r{i}", "question": q, "prompt": q, "answer": "1", "target": "t"}
 
     failed = [row(0, "Sam buys 3 red apples and 4 green apples at the market")]
     pool = [row(1, "How many trains leave the station"), row(2, "Ann buys 5 red apples and 2 green pears at the market"),
             row(3, "Sam buys 3 red apples and 4 green apples at the shop"), row(4, "Bob sells apples")]
-    made = targeted.targeted({"setup": failed}, pool, per_kind=2, round_=1, to_row=to_row, avoid={"r3"})
+    # Held out: row 3's question as the eval split might hold it, re-cased, re-spaced and re-punctuated.
+    held_out = {data.question_key("SAM buys 3 red apples,  and 4 green apples at the shop!")}
+    made = targeted.targeted({"setup": failed}, pool, per_kind=2, round_=1, to_row=to_row, avoid=held_out)
     assert [(m["id"], m["how"], m["targets"]) for m in made] == [("r2", "nearest", "r0"), ("r4", "nearest", "r0")]
 
 
@@ -50,3 +52,11 @@ def test_per_kind_counts_every_failure_kind():
     made = targeted.targeted({"format": failed[:1], "length": failed[1:2], "setup": failed[2:]}, [], per_kind=2,
                              round_=0, to_row=to_row, avoid=set())
     assert [m["targeted_kind"] for m in made] == ["format", "format", "length", "length", "setup", "setup"]
+
+
+def test_a_regenerated_draw_never_returns_a_held_out_question():
+    failed = rows()[:1]
+    first = targeted.targeted({"arithmetic": failed}, [], per_kind=3, round_=0, to_row=to_row, avoid=set())
+    held_out = {data.question_key(first[0]["question"].upper())}
+    again = targeted.targeted({"arithmetic": failed}, [], per_kind=3, round_=0, to_row=to_row, avoid=held_out)
+    assert len(again) == 3 and first[0]["question"] not in {m["question"] for m in again}

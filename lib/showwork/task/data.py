@@ -120,6 +120,12 @@ def stable_id(source: str, question: str) -> str:
     return f"{source}-{hashlib.sha256(question.strip().encode()).hexdigest()[:12]}"
 
 
+def question_key(question: str) -> str:
+    """A question as held-out checks compare it: lower case, letters and digits only, one space between
+    runs (so a copy re-cased, re-spaced or re-punctuated is the same question)."""
+    return " ".join(re.findall(r"[a-z0-9]+", question.lower()))
+
+
 # ---------------------------------------------------------------- raw readers
 
 
@@ -466,8 +472,8 @@ def _one_source(data) -> tuple[list[Row], list[Row], dict]:
     else:
         both = shuffled(clean(_source_records(source, path, "train", limit), "all"), seed)
         evals, train = both[:eval_size], both[eval_size + offset:eval_size + offset + train_size]
-    train_ids = {row.id for row in train}
-    kept_evals = [row for row in evals if row.id not in train_ids]
+    trained = {question_key(row.question) for row in train}
+    kept_evals = [row for row in evals if question_key(row.question) not in trained]
     if len(kept_evals) < len(evals):
         dropped["eval_seen_in_train"] += len(evals) - len(kept_evals)
     stats = {

@@ -9,7 +9,8 @@ the failed ones, each with its reference worked solution to learn from:
 * `nearest`: otherwise (GSM8K, or a task without templates), the unused
   training row whose question shares the most words with the failed one.
 
-Never a question of the eval split, never one already chosen this round.
+Never a question of the eval split, never one already chosen this round (compared as
+data.question_key normalizes them).
 """
 
 from __future__ import annotations
@@ -46,11 +47,14 @@ def _words(question: str) -> set[str]:
 
 
 def nearest(question: str, pool: list[dict], taken: set[str]) -> dict | None:
-    """The pool row (not taken) whose question shares the largest share of words with `question`."""
+    """The pool row (its question not taken: data.question_key) whose question shares the largest share of
+    words with `question`."""
+    from showwork.task.data import question_key
+
     mine = _words(question)
     best, score = None, -1.0
     for row in pool:
-        if row["id"] in taken:
+        if question_key(row["question"]) in taken:
             continue
         theirs = _words(row["question"])
         overlap = len(mine & theirs) / (len(mine | theirs) or 1)
@@ -65,8 +69,11 @@ def targeted(failed: dict[str, list[dict]], pool: list[dict], per_kind: int, rou
 
     `failed`: kind -> failed rows (dicts with id, question, template?); `pool`: unused training
     rows for `nearest`; `to_row`: a raw record -> a formatted row, or None when it is rejected;
-    `avoid`: question ids never to return (the eval split, the round's own questions).
+    `avoid`: questions never to return, as data.question_key gives them (the eval split, the round's own
+    questions): a regenerated draw that re-cases or re-spaces an eval question is still that question.
     """
+    from showwork.task.data import question_key
+
     taken, out = set(avoid), []
     for kind, rows in failed.items():
         made = 0
@@ -76,7 +83,7 @@ def targeted(failed: dict[str, list[dict]], pool: list[dict], per_kind: int, rou
             source = rows[attempt % len(rows)]
             row = _one(source, kind, pool, taken, round_, attempt, to_row)
             if row is not None:
-                taken.add(row["id"])
+                taken.add(question_key(row["question"]))
                 out.append({**row, "targeted_kind": kind, "targets": source["id"]})
                 made += 1
     return out
@@ -84,10 +91,12 @@ def targeted(failed: dict[str, list[dict]], pool: list[dict], per_kind: int, rou
 
 def _one(source: dict, kind: str, pool: list[dict], taken: set[str], round_: int, attempt: int,
          to_row) -> dict | None:
+    from showwork.task.data import question_key
+
     if source.get("template"):
         for record in regenerated(source["template"], _seed(source["id"], kind, round_, attempt)):
             row = to_row(record)
-            if row is not None and row["id"] not in taken:
+            if row is not None and question_key(row["question"]) not in taken:
                 return {**row, "how": "regenerated"}
     row = nearest(source["question"], pool, taken)  # no template, or none of its draws was usable
     return {**row, "how": "nearest"} if row is not None else None

@@ -101,7 +101,7 @@ def round_data(bus: Bus, cfg, rows: list[dict], pool: list[dict], diagnosed: lis
     if st.targeted_per_kind:
         by_id = {r["id"]: r for r in rows}
         failed = {kind: [by_id[q] for q in ids] for kind, ids in diagnosis.failed_by_kind(diagnosed).items()}
-        avoid = {r["id"] for r in bus.read_jsonl(stages.EVAL_ROWS)} | set(by_id)
+        avoid = {data.question_key(r["question"]) for r in [*bus.read_jsonl(stages.EVAL_ROWS), *rows]}
         made = targeted.targeted(failed, pool, st.targeted_per_kind, round_, _formatter(cfg), avoid)
     found = {**diagnosis.analysis(diagnosed), "round": round_, "yield": stats,
              "targeted_by_kind": {k: sum(t["targeted_kind"] == k for t in made) for k in diagnosis.FAILURES},
