@@ -65,11 +65,6 @@ def micro_batches(n: int, size: int | None) -> list[slice]:
     return [slice(i, i + size) for i in range(0, n, size)]
 
 
-@jax.jit
-def _add(a, b):
-    return jax.tree.map(jnp.add, a, b)
-
-
 def gradient(grad_fn, trainable, frozen, batch: tuple, old, ref, adv, passes: list[slice]):
     """(loss, aux, gradient) of the step's batch, summed over its micro-batches' passes.
 
@@ -81,7 +76,7 @@ def gradient(grad_fn, trainable, frozen, batch: tuple, old, ref, adv, passes: li
     for i, part in enumerate(passes):
         (l, a), g = grad_fn(trainable, frozen, *(x[part] for x in batch), None if old is None else old[i],
                             None if ref is None else ref[i], adv[part], totals)
-        loss, aux, grads = (l, a, g) if grads is None else (loss + l, _add(aux, a), _add(grads, g))
+        loss, aux, grads = (l, a, g) if grads is None else (loss + l, step_lib.add(aux, a), step_lib.add(grads, g))
     return loss, aux, grads
 
 
@@ -290,7 +285,7 @@ def train_session(bus: Bus, loaded, rows: list[dict], session: int, grpo: GrpoCo
     trainable, compute = step_lib.master(trainable)
     # The starting weights (zero LoRA adapters, or the full model), copied:
     # the optimizer step reuses the trainable arrays' buffers.
-    reference = jax.tree.map(jnp.copy, trainable) if grpo.beta else None
+    reference = step_lib.copied(trainable) if grpo.beta else None
     rows, lengths = fitting_prompts(rows, loaded.tokenizer, grpo.rollout.max_prompt_length, log)
     order = session_prompts(len(rows), session, grpo.prompts_per_session, grpo.review_ratio, grpo.seed)
     # One padded prompt length per session, the bucket of its longest prompt:

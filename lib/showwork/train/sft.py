@@ -162,10 +162,10 @@ def make_step(rows: Padded | Packed, sft: SftConfig, batch: int, parts: tuple, h
             for micro in range(accumulation):
                 arrays, real = rows.batch(order(rows.rows, sft.seed, (index * accumulation + micro) * batch, batch))
                 loss, grads = grad_fn(trainable, frozen, *arrays)
-                grads_sum = grads if grads_sum is None else jax.tree.map(jnp.add, grads_sum, grads)
+                grads_sum = grads if grads_sum is None else step_lib.add(grads_sum, grads)
                 losses.append(float(loss))
                 tokens += real
-            grads = jax.tree.map(lambda g: g / accumulation, grads_sum)
+            grads = grads_sum if accumulation == 1 else step_lib.divided(grads_sum, accumulation)
             trainable, opt_state, grad_norm = apply(trainable, opt_state, grads)
             jax.block_until_ready(trainable)
         # Read after the update: the rate this step applied (optax records it there). Tokens are

@@ -42,11 +42,35 @@ def master(trainable):
     lr 3e-6 would round to nothing. On a float32 tier both are no-ops.
     """
     dtypes = jax.tree.map(lambda x: x.dtype, trainable)
+    if all(d == jnp.float32 for d in jax.tree.leaves(dtypes)):
+        return trainable, lambda tree: tree  # no copy: the model's own arrays are the master weights
 
+    @jax.jit
     def compute(tree):
         return jax.tree.map(lambda x, dtype: x.astype(dtype), tree, dtypes)
 
-    return jax.tree.map(lambda x: x.astype(jnp.float32), trainable), compute
+    return jax.jit(lambda tree: jax.tree.map(lambda x: x.astype(jnp.float32), tree))(trainable), compute
+
+
+# Whole-tree arithmetic as one compiled program each. The same done leaf by leaf outside jit runs (and
+# on first use compiles) one small program per leaf: 72 for a LoRA'd Gemma 3, and on a multi-host
+# mesh each of those compiles is paid by every process.
+@jax.jit
+def add(a, b):
+    """Leafwise a + b (gradients summed over micro-batches)."""
+    return jax.tree.map(jnp.add, a, b)
+
+
+@jax.jit
+def divided(tree, by):
+    """Every leaf divided by the scalar `by`."""
+    return jax.tree.map(lambda x: x / by, tree)
+
+
+@jax.jit
+def copied(tree):
+    """New buffers holding the same values (a frozen reference the update cannot donate away)."""
+    return jax.tree.map(jnp.copy, tree)
 
 
 def optimizer(opt: OptimizerConfig, sch: ScheduleConfig, total_steps: int,
