@@ -30,6 +30,13 @@ def pytest_configure(config):
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 
+def pytest_collection_modifyitems(config, items):
+    """The slow tests first (a stable sort: each group keeps its order). The two workers take the
+    minutes-long tests while there is other work to balance them against; collected last, as the
+    alphabetical order left them (tests/recipes, tests/train), one worker ran the last of them alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session")
 def gcs_server():
     """A real fake-gcs-server binary on a free loopback port (sets STORAGE_EMULATOR_HOST)."""

@@ -117,6 +117,7 @@ def _load(path):
     return yaml.safe_load(path.read_text())
 
 
+@pytest.mark.slow  # trains and evaluates: tens of seconds to minutes a cell
 @pytest.mark.parametrize("cell", CELLS, ids=[c.id for c in CELLS])
 def test_cell_runs_end_to_end_in_its_tier(cell, shared, tmp_path):
     recipe, tier = _load(cell.recipe_file), _load(cell.tier_file)["tier"]

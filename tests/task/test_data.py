@@ -166,7 +166,7 @@ def test_an_eval_question_that_is_a_training_question_recased_or_respaced_is_dro
 
     (tmp_path / "train.jsonl").write_text(row("Tom has 3 apples and buys 4. How many now?", 7)
                                           + row("Ann reads 5 pages a day. How many in 3 days?", 15))
-    (tmp_path / "test.jsonl").write_text(row("tom has 3 apples  and buys 4 -- how many now ?", 7)
+    (tmp_path / "test.jsonl").write_text(row("tom has 3 apples  and buys 4.How many now ?", 7)
                                          + row("Ann reads 6 pages a day. How many in 3 days?", 18))
     train, evals, stats = data.build_splits(DataConfig(source="gsm8k", path=str(tmp_path / "train.jsonl"),
                                                        eval_path=str(tmp_path / "test.jsonl"), train_size=2, eval_size=2))

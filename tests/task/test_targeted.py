@@ -41,8 +41,8 @@ def test_without_a_template_the_nearest_unused_problem_is_taken_and_held_out_one
     failed = [row(0, "Sam buys 3 red apples and 4 green apples at the market")]
     pool = [row(1, "How many trains leave the station"), row(2, "Ann buys 5 red apples and 2 green pears at the market"),
             row(3, "Sam buys 3 red apples and 4 green apples at the shop"), row(4, "Bob sells apples")]
-    # Held out: row 3's question as the eval split might hold it, re-cased, re-spaced and re-punctuated.
-    held_out = {data.question_key("SAM buys 3 red apples,  and 4 green apples at the shop!")}
+    # Held out: row 3's question as the eval split might hold it, re-cased and re-spaced.
+    held_out = {data.question_key("SAM buys 3 red apples  and 4 green APPLES at the shop")}
     made = targeted.targeted({"setup": failed}, pool, per_kind=2, round_=1, to_row=to_row, avoid=held_out)
     assert [(m["id"], m["how"], m["targets"]) for m in made] == [("r2", "nearest", "r0"), ("r4", "nearest", "r0")]
 

@@ -121,9 +121,10 @@ def stable_id(source: str, question: str) -> str:
 
 
 def question_key(question: str) -> str:
-    """A question as held-out checks compare it: lower case, letters and digits only, one space between
-    runs (so a copy re-cased, re-spaced or re-punctuated is the same question)."""
-    return " ".join(re.findall(r"[a-z0-9]+", question.lower()))
+    """A question as held-out checks compare it: lower case, every word, number and symbol one token
+    apart, whatever the spacing (a copy re-cased or re-spaced is the same question). Symbols stay:
+    HumanEval/56 and /61 differ only in "<>" against "()"."""
+    return " ".join(re.findall(r"[a-z0-9]+|[^\sa-z0-9]", question.lower()))
 
 
 # ---------------------------------------------------------------- raw readers
