@@ -53,10 +53,12 @@ def _eval_units(cfg, questions: int, count: int) -> float:
 
 
 def _self_teach_units(cfg) -> float:
+    from showwork.task.diagnosis import FAILURES
+
     st = cfg.self_teach
     generated = st.questions * st.samples_per_question * st.max_tokens
     batch = st.sft.batch_size or cfg.tier.train_batch
-    kept = st.questions * st.keep_per_question + st.targeted_per_kind * 5  # diagnosis kinds, at most
+    kept = st.questions * st.keep_per_question + st.targeted_per_kind * len(FAILURES)  # at most
     return st.rounds * (generated + _sft_units(st.sft, kept, batch, _trained(cfg)))
 
 
