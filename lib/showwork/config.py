@@ -26,6 +26,7 @@ import yaml
 
 from showwork.errors import UsageError
 
+from showwork.task import word_problems
 from showwork.task.rewards import check_names as check_reward_names
 
 
@@ -77,7 +78,15 @@ class ModelConfig:
     export_dtype: Literal["float32", "tier"] = field(default="float32", metadata=ADDED)
 
 
-SOURCES = Literal["gsm8k", "reasoning-gym", "glaive", "code"]
+SOURCES = Literal["gsm8k", "reasoning-gym", "glaive", "code", "word-problems"]
+# Sources drawn from a seeded generator rather than read from a corpus.
+GENERATED = ("reasoning-gym", "word-problems")
+
+
+def _task_problems(source: str, task: str):
+    """A generated source's task must be one it generates (reasoning-gym names its own on load)."""
+    if source == "word-problems" and task not in word_problems.TASKS:
+        yield "task", f"word-problems generates {', '.join(word_problems.TASKS)}, not {task!r}"
 
 
 @dataclass(frozen=True)
@@ -96,6 +105,7 @@ class MixedSource:
         for key in ("train_size", "eval_size"):
             if getattr(self, key) < 0:
                 yield key, f"must be >= 0, got {getattr(self, key)}"
+        yield from _task_problems(self.source, self.task)
 
 
 @dataclass(frozen=True)
@@ -106,7 +116,8 @@ class DataConfig:
     path: Optional[str] = None
     # A separate eval file (e.g. GSM8K test.jsonl); None carves eval rows from the source.
     eval_path: Optional[str] = None
-    task: str = "gsm_symbolic"  # reasoning-gym task name
+    # reasoning-gym: its task name; word-problems: one-step, two-step or mixed (showwork.task.word_problems).
+    task: str = "gsm_symbolic"
     train_size: int = 1000
     eval_size: int = 100
     # Skip this many rows of the source's seeded order before taking train
@@ -134,8 +145,9 @@ class DataConfig:
                 yield key, f"must be >= 0, got {getattr(self, key)}"
         if self.train_size + self.eval_size == 0:
             yield "train_size", "train_size and eval_size are both 0: nothing to prepare"
-        if self.order == "source" and (self.source == "reasoning-gym" or self.eval_path or self.offset):
-            yield "order", ("source order reads one corpus from its start (or start_after): not with reasoning-gym, "
+        yield from _task_problems(self.source, self.task)
+        if self.order == "source" and (self.source in GENERATED or self.eval_path or self.offset):
+            yield "order", ("source order reads one corpus from its start (or start_after): not with a generated source, "
                             "eval_path or offset")
         if self.start_after and self.order != "source":
             yield "start_after", "continues a run in the source's order: set order: source"

@@ -360,8 +360,9 @@ def test_a_source_order_continuation_trains_on_the_next_rows(tmp_path):
 
 
 @pytest.mark.parametrize("section, says", [
-    ({"source": "reasoning-gym", "order": "source"}, "not with reasoning-gym"),
-    ({"source": "glaive", "order": "source", "offset": 10}, "not with reasoning-gym, eval_path or offset"),
+    ({"source": "reasoning-gym", "order": "source"}, "not with a generated source"),
+    ({"source": "word-problems", "task": "mixed", "order": "source"}, "not with a generated source"),
+    ({"source": "glaive", "order": "source", "offset": 10}, "not with a generated source, eval_path or offset"),
     ({"source": "glaive", "start_after": "runs/a/data/stats.json"}, "set order: source"),
 ])
 def test_source_order_settings_that_cannot_work_are_refused(section, says):

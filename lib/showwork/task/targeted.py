@@ -31,11 +31,15 @@ def _seed(*parts) -> int:
 
 def regenerated(template: str, seed: int) -> Iterator[dict]:
     """Raw records drawn from `template` ("task#generator"), a fresh dataset per seed."""
-    import reasoning_gym
-
+    from showwork.task import word_problems
     from showwork.task.data import rg_record
 
     task, _, generator = template.partition("#")
+    if task == "word-problems":
+        yield from word_problems.regenerated(generator, seed, SEARCH)
+        return
+    import reasoning_gym
+
     dataset = reasoning_gym.create_dataset(task, size=SEARCH, seed=seed)
     for i, index in enumerate(getattr(dataset, "task_indices", [])):
         if str(index) == generator:

@@ -82,8 +82,11 @@ def optimizer(opt: OptimizerConfig, sch: ScheduleConfig, total_steps: int,
     """
     learning_rate = opt.learning_rate
     warmup = min(warmup_steps(sch, total_steps), max(total_steps - 1, 0))
+    # Warmup starts at peak / (warmup + 1), not 0: step k of the warmup applies (k + 1) / (warmup + 1)
+    # of the peak, so no step is spent at rate 0 (optax's and Hugging Face's linear warmups begin at 0,
+    # which on a 36-step demo wastes a step).
     curve = optax.warmup_cosine_decay_schedule(
-        init_value=0.0 if warmup else learning_rate,
+        init_value=learning_rate / (warmup + 1),
         peak_value=learning_rate,
         warmup_steps=warmup,
         decay_steps=max(total_steps, warmup + 1),
