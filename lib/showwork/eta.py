@@ -81,8 +81,9 @@ def work(cfg, stage: Stage, counts: dict[str, int]) -> float:
 
 
 def requested_counts(cfg) -> dict[str, int]:
-    """Rows the data stage was asked for (what it writes may be fewer)."""
-    return {"train": cfg.data.train_size, "eval": cfg.data.eval_size}
+    """Rows the data stage was asked for, the mixed-in sources' included (what it writes may be fewer)."""
+    sources = (cfg.data, *cfg.data.mix)
+    return {"train": sum(s.train_size for s in sources), "eval": sum(s.eval_size for s in sources)}
 
 
 @dataclass
