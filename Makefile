@@ -18,8 +18,16 @@ $(VENV)/.installed: lib/requirements-dev.lock lib/pyproject.toml
 	touch $@
 
 # The embedded default: the whole pipeline on this machine, report under runs/$(RECIPE)/report/.
+# SEED=N: the same recipe with sft.seed and grpo.seed N (data order, LoRA init, sampling; the data and
+# held-out questions stay the recipe's), run as runs/<recipe>-seedN; pool seeds with jobs.seeds.
 demo: install
+ifdef SEED
+	@mkdir -p runs && printf 'sft: {seed: %s}\ngrpo: {seed: %s}\n' $(SEED) $(SEED) > runs/seed-$(SEED).yaml
+	$(BIN)/python -m jobs.pipeline k8s/base/recipes/$(RECIPE).yaml k8s/components/$(TIER)/tier.yaml \
+		runs/seed-$(SEED).yaml --run-id $(RECIPE)-seed$(SEED)
+else
 	$(BIN)/python -m jobs.pipeline k8s/base/recipes/$(RECIPE).yaml k8s/components/$(TIER)/tier.yaml
+endif
 
 # Two test processes by default: one process keeps only about one of two cores busy (JAX on small
 # programs is mostly compile and dispatch), two halve the wall time. Each loads its own models, so

@@ -79,6 +79,18 @@ def tiny():
     return tiny_model.load()
 
 
+def simulated_chips(n: int) -> str:
+    """XLA_FLAGS for n simulated chips on this host's CPU.
+
+    XLA's CPU collectives abort the process when a participant has not reached an all-reduce within
+    40 s. On 2 cores shared by two test workers, each running several simulated chips, a chip's thread
+    can wait that long for a core: CI on 2026-12-01 aborted a 2x2-mesh test that way, each pair of chips
+    with one participant arrived. A longer deadline lets the starved thread arrive; a collective that
+    truly hangs is still ended by the caller's subprocess timeout.
+    """
+    return f"--xla_force_host_platform_device_count={n} --xla_cpu_collective_call_terminate_timeout_seconds=540"
+
+
 def job_env(**extra) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "lib"), str(REPO), env.get("PYTHONPATH", "")])

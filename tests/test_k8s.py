@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, SHARED, job_env
+from conftest import REPO, SHARED, job_env, simulated_chips
 from podrunner import expand
 from showwork import config, stages
 from showwork.submit import in_order, jobset
@@ -284,7 +284,7 @@ def test_every_readme_recipe_runs_in_the_pipeline_jobset_of_its_tier_or_is_marke
     ("jobs.sft", "trajectory", "v5e-4", 4), ("jobs.sft", "math-code", "v5e-8", 8),
     ("jobs.grpo_session", "sft-full", "v5e-8", 8), ("jobs.self_teach", "hybrid", "cpu", 1)])
 def test_a_training_job_whose_stage_the_recipe_lacks_ends_at_once_with_0(module, recipe, tier, devices, tmp_path):
-    env = job_env(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", SHOWWORK_LOG_FORMAT="json")
+    env = job_env(XLA_FLAGS=simulated_chips(devices), SHOWWORK_LOG_FORMAT="json")
     done = subprocess.run([sys.executable, "-m", module, str(RECIPES / f"{recipe}.yaml"),
                            str(REPO / "k8s" / "components" / tier / "tier.yaml"), "--root", str(tmp_path)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

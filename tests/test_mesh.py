@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from conftest import REPO, TIERS, job_env
+from conftest import REPO, TIERS, job_env, simulated_chips
 from showwork.bus import Bus
 
 RECIPE = """recipe: mesh
@@ -30,7 +30,7 @@ FOUR = "tier: {name: four, mesh: {shape: [2, 2], axes: [fsdp, tp]}, train_batch:
 
 
 def run(module, recipe, tier, root, *extra, devices):
-    env = job_env(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    env = job_env(XLA_FLAGS=simulated_chips(devices))
     done = subprocess.run([sys.executable, "-m", module, str(recipe), str(tier), "--root", str(root), *extra],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -101,7 +101,7 @@ def test_decoding_on_an_fsdp_mesh_reads_each_chips_weight_shard_and_gathers_none
     """The TPU plan (bench/accelerator.py) divides decoding's weight reads by the tier's chips: that holds
     because XLA keeps the FSDP-sharded weights in place inside the decode loop and all-reduces the small
     activations instead of all-gathering every weight every step; the tokens are the 1-device tokens."""
-    env = job_env(XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    env = job_env(XLA_FLAGS=simulated_chips(4))
     done = subprocess.run([sys.executable, "-c", DECODE_ON_A_MESH], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -143,7 +143,7 @@ def test_a_grpo_update_in_micro_batches_on_a_bfloat16_mesh_is_the_one_pass_updat
     """v5e's dtype on a 2x2 mesh (4 simulated chips), LoRA as the recipes train it: 8 completions in four
     passes of 2 (one per data-parallel replica) give the loss, KL and gradient norm of one pass over all
     8, to bfloat16 rounding, with a reference (beta > 0) and uneven completion lengths."""
-    env = job_env(XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    env = job_env(XLA_FLAGS=simulated_chips(4))
     done = subprocess.run([sys.executable, "-c", PASSES_ON_A_MESH], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

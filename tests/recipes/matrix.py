@@ -172,9 +172,11 @@ def free_port() -> int:
 
 
 def env(device_count: int, cache: Path, **extra) -> dict:
+    from conftest import simulated_chips
+
     out = dict(os.environ)
     out["PYTHONPATH"] = os.pathsep.join([str(REPO / "lib"), str(REPO), out.get("PYTHONPATH", "")])
-    out["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={device_count}"
+    out["XLA_FLAGS"] = simulated_chips(device_count)
     out["SHOWWORK_CACHE"] = str(cache)
     out["JAX_PLATFORMS"] = "cpu"
     out.update(extra)

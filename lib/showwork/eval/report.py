@@ -99,6 +99,17 @@ def fixed_broke(before: dict[str, bool], after: dict[str, bool]) -> dict:
     }
 
 
+def sign_test(fixed: int, broke: int) -> float:
+    """Two-sided exact sign test of fixes against breaks (binomial, p = 1/2): how likely a split at
+    least this uneven is if the change helped and hurt questions alike. Unchanged questions carry no
+    information about the direction and are left out, as in McNemar's exact test."""
+    n = fixed + broke
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(fixed, broke) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
 def by_length(records: list[dict], method: str) -> dict[str, dict]:
     """Accuracy of individual samples by their reasoning length (words)."""
     buckets: dict[str, list[bool]] = {}
@@ -107,6 +118,19 @@ def by_length(records: list[dict], method: str) -> dict[str, dict]:
             buckets.setdefault(bucket_label(s["reasoning_words"]), []).append(bool(s["correct"]))
     order = [bucket_label(b) for b in LENGTH_BUCKETS]
     return {k: {"samples": len(buckets[k]), "accuracy": mean(buckets[k])} for k in order if k in buckets}
+
+
+def between_models_by_source(records_by_model: dict[str, list[dict]], outcome: dict, methods: list[str]) -> dict:
+    """Fixed and broke between consecutive models within each source: a mixed eval set's sources can
+    move apart (the demo's own task and the gsm_symbolic questions scored beside it)."""
+    source_of = {r["id"]: r.get("source", "") for recs in records_by_model.values() for r in recs}
+    models = list(records_by_model)
+    out: dict = {}
+    for a, b in zip(models, models[1:]):
+        out[f"{a}->{b}"] = {meth: {src: fixed_broke(*({q: ok for q, ok in outcome[m][meth].items()
+                                                       if source_of[q] == src} for m in (a, b)))
+                                   for src in sorted(set(source_of.values()))} for meth in methods}
+    return out
 
 
 def by_source(records: list[dict], method: str) -> dict[str, dict]:
@@ -149,6 +173,8 @@ def compute(records_by_model: dict[str, list[dict]], methods: list[str]) -> dict
     models = list(records_by_model)
     for a, b in zip(models, models[1:]):
         out["between_models"][f"{a}->{b}"] = {meth: fixed_broke(outcome[a][meth], outcome[b][meth]) for meth in methods}
+    if "by_source" in out:
+        out["between_models_by_source"] = between_models_by_source(records_by_model, outcome, methods)
     solved = {}
     for model, recs in records_by_model.items():
         for r in recs:
@@ -438,10 +464,17 @@ def accuracy_markdown(metrics: dict, methods: list[str], figure) -> list[str]:
                 lines.append(f"| {model} | {change} | {fb['fixed']} | {fb['broke']} |")
         lines.append("")
     if metrics["between_models"]:
-        lines += ["## Fixed and broke between models", "", "| change | method | fixed | broke |", "|---|---|---|---|"]
+        lines += ["## Fixed and broke between models", "",
+                  "Sign test: the two-sided chance of a split of fixes and breaks at least this uneven if "
+                  "the change helped and hurt questions alike.", "",
+                  "| change | method | source | fixed | broke | sign test p |", "|---|---|---|---|---|---|"]
+        by_src = metrics.get("between_models_by_source", {})
         for change, per in metrics["between_models"].items():
             for meth, fb in per.items():
-                lines.append(f"| {change} | {meth} | {fb['fixed']} | {fb['broke']} |")
+                parts = [("all", fb)] + list(by_src.get(change, {}).get(meth, {}).items())
+                for src, x in parts:
+                    lines.append(f"| {change} | {meth} | {src} | {x['fixed']} | {x['broke']} | "
+                                 f"{sign_test(x['fixed'], x['broke']):.3g} |")
         lines.append("")
     lines += ["## Accuracy by reasoning length", "", f"Samples of `{methods[0]}`, bucketed by words of reasoning.", ""]
     lines += ["| model | " + " | ".join(bucket_label(b) for b in LENGTH_BUCKETS) + " |",
