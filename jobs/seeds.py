@@ -5,8 +5,9 @@ Local:  make demo; make demo SEED=1; make demo SEED=2
               [--method greedy] [--source word-problems]
 Reads:  each run's report/metrics.json (a directory or gs://bucket/prefix/run).
 Prints: per run, the two models' accuracy and the questions the later one fixed and broke; pooled
-        over the runs, the net fixes in points of the questions compared and the two-sided sign
-        test's p (showwork.eval.report.sign_test). --json prints the same as one JSON object.
+        over the runs, the net fixes in points of the questions compared, the two-sided sign
+        test's p (showwork.eval.report.sign_test) and the mean change of the held-out reward.
+        --json prints the same as one JSON object.
 
 Each run is scored on its own held-out questions, so runs with the same data seed (the demo's
 SEED changes only sft.seed and grpo.seed) pool the same questions once per seed: a question fixed
@@ -40,7 +41,9 @@ def compare(metrics: dict, before: str, after: str, method: str, source: str | N
             raise UsageError(f"no source {source!r} in the report (it has {sorted(per)})")
         fb = per[source]
         acc = {m: metrics["by_source"][m][method][source]["accuracy"] for m in (before, after)}
-    return {"before": acc[before], "after": acc[after], **fb}
+    # The held-out reward's paired change (every math row; the report has it for GRPO recipes).
+    reward = metrics.get("held_out_reward_changes", {}).get(change, {}).get(method, {}).get("change")
+    return {"before": acc[before], "after": acc[after], "reward_change": reward, **fb}
 
 
 def pool(runs: list[dict]) -> dict:
@@ -48,7 +51,9 @@ def pool(runs: list[dict]) -> dict:
     return {"runs": len(runs), "questions": n, "fixed": fixed, "broke": broke,
             "net_points": 100.0 * (fixed - broke) / n if n else 0.0, "sign_test_p": sign_test(fixed, broke),
             "mean_before": sum(r["before"] for r in runs) / len(runs),
-            "mean_after": sum(r["after"] for r in runs) / len(runs)}
+            "mean_after": sum(r["after"] for r in runs) / len(runs),
+            "mean_reward_change": (sum(r["reward_change"] for r in runs) / len(runs)
+                                   if all(r["reward_change"] is not None for r in runs) else None)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.after} {100 * pooled['mean_after']:.1f}% (mean); fixed {pooled['fixed']}, broke "
           f"{pooled['broke']} of {pooled['questions']}: net {pooled['net_points']:+.1f} points, "
           f"sign test p = {pooled['sign_test_p']:.3g}")
+    if pooled["mean_reward_change"] is not None:
+        print(f"held-out reward, {args.before} -> {args.after}: {pooled['mean_reward_change']:+.3f} (mean of the runs' "
+              "paired changes, every source)")
     return 0
 
 

@@ -71,6 +71,7 @@ def test_runs_under_three_seeds_pool_their_fixes_into_one_sign_test(tmp_path, ca
     assert pooled["net_points"] == pytest.approx(20.0)
     assert pooled["sign_test_p"] == pytest.approx(report.sign_test(9, 3))
     assert pooled["mean_before"] == pytest.approx(0.4) and pooled["mean_after"] == pytest.approx(0.6)
+    assert pooled["mean_reward_change"] is None  # these reports were computed without a GRPO reward
     # Every source together: the broken gsm_symbolic question counts against GRPO in each run.
     assert seeds.main([*runs, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["pooled"]["broke"] == 6
@@ -90,3 +91,44 @@ def test_a_comparison_the_reports_cannot_answer_is_refused_by_name(tmp_path, cap
 def test_a_run_without_a_report_is_refused_with_its_path(tmp_path, capsys):
     assert seeds.main([str(tmp_path / "never-ran")]) == 2
     assert "never-ran/report/metrics.json" in capsys.readouterr().err
+
+
+def _texts(answers: dict[str, list[str]], code: tuple[str, ...] = ()) -> list[dict]:
+    return [{"id": q, "question": f"What is {q}?", "gold": "3", "source": "word-problems", "methods": {"greedy": {
+        "correct": False, "margin": 1.0, "samples": [
+            {"text": f"<reasoning>\n1 + 2 = 3\n</reasoning>\n<answer>\n{a}\n</answer>", "correct": a == "3",
+             "well_formed": True, "reasoning_words": 4, "lm_eval_strict": False, "lm_eval_flexible": a == "3",
+             **({"method": "code"} if q in code else {})} for a in ans]}}} for q, ans in answers.items()]
+
+
+def test_held_out_reward_is_the_recipes_reward_per_question_with_a_paired_change():
+    # q1: SFT answers 4 (wrong), GRPO 3; q2: both right; q3 is a code row, which the reward leaves out.
+    sft = _texts({"q1": ["4"], "q2": ["3"], "q3": ["4"]}, code=("q3",))
+    grpo = _texts({"q1": ["3"], "q2": ["3"], "q3": ["3"]}, code=("q3",))
+    m = report.compute({"sft": sft, "grpo": grpo}, ["greedy"], {"correct": 2.0, "format_exact": 0.5})
+    fmt = 0.5 * 3.0  # format_exact: 3 for a fully well-formed completion
+    assert m["held_out_reward"]["sft"]["greedy"]["questions"] == 2
+    assert m["held_out_reward"]["sft"]["greedy"]["mean"] == pytest.approx(fmt + 1.0)   # (0 + 2) / 2
+    assert m["held_out_reward"]["grpo"]["greedy"]["mean"] == pytest.approx(fmt + 2.0)
+    change = m["held_out_reward_changes"]["sft->grpo"]["greedy"]
+    assert change["questions"] == 2 and change["change"] == pytest.approx(1.0)
+    assert change["ci95"][0] <= 1.0 <= change["ci95"][1]
+    # A question's samples are averaged before questions are: two samples, one right, count as half.
+    two = _texts({"q1": ["3", "4"]})
+    assert report.compute({"sft": two}, ["greedy"], {"correct": 1.0})["held_out_reward"]["sft"]["greedy"]["mean"] == 0.5
+    # Without a GRPO reward (an SFT-only recipe) the report has no reward section.
+    assert "held_out_reward" not in report.compute({"sft": sft}, ["greedy"])
+
+
+def test_seeds_pool_the_runs_held_out_reward_changes(tmp_path, capsys):
+    runs = []
+    for s, answers in enumerate([("4", "3"), ("3", "3")]):  # run 0: GRPO fixes q1 (+1.0); run 1: no change
+        run = str(tmp_path / f"seed{s}")
+        m = report.compute({"sft": _texts({"q1": [answers[0]], "q2": ["3"]}),
+                            "grpo": _texts({"q1": [answers[1]], "q2": ["3"]})}, ["greedy"], {"correct": 2.0})
+        Bus(run).write_json("report/metrics.json", m)
+        runs.append(run)
+    assert seeds.main([*runs, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [out["runs"][r]["reward_change"] for r in runs] == [1.0, 0.0]
+    assert out["pooled"]["mean_reward_change"] == pytest.approx(0.5)

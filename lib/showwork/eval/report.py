@@ -150,8 +150,46 @@ def sampled_methods(methods: list[str]) -> list[str]:
     return [m for m in methods if m != "loss"]
 
 
-def compute(records_by_model: dict[str, list[dict]], methods: list[str]) -> dict:
-    """Every number in the report, from merged records (model order = report order)."""
+def held_out_reward(records_by_model: dict[str, list[dict]], methods: list[str], weights: dict[str, float]) -> dict:
+    """The GRPO reward (the recipe's weights) of every held-out sample: per model and method its mean
+    over questions (each question's samples averaged) with a 95% bootstrap interval; between
+    consecutive models the paired change on the questions both answered. Code rows are left out
+    (their reward runs the sandbox again; pass@1 is their accuracy)."""
+    from showwork.task.rewards import combined
+
+    per_question: dict = {}
+    for model, recs in records_by_model.items():
+        per_question[model] = {}
+        for meth in methods:
+            rows = [(r, r["methods"][meth]["samples"]) for r in recs
+                    if meth in r["methods"] and not any(x.get("method") == "code" for x in r["methods"][meth]["samples"])]
+            per_question[model][meth] = {r["id"]: mean(combined(weights, [r["question"]] * len(ss), [x["text"] for x in ss],
+                                                                [r["gold"]] * len(ss))[0]) for r, ss in rows if ss}
+    out: dict = {"held_out_reward": {}, "held_out_reward_changes": {}}
+    for model, per in per_question.items():
+        out["held_out_reward"][model] = {}
+        for meth, table in per.items():
+            col = np.asarray(list(table.values()), np.float64)
+            low, high = _bootstrap([col], np.mean) if len(col) else (0.0, 0.0)
+            out["held_out_reward"][model][meth] = {"questions": len(col), "mean": round(float(col.mean()), 5) if len(col) else 0.0,
+                                                   "ci95": [round(low, 5), round(high, 5)]}
+    models = list(per_question)
+    for a, b in zip(models, models[1:]):
+        out["held_out_reward_changes"][f"{a}->{b}"] = {}
+        for meth in methods:
+            common = sorted(set(per_question[a][meth]) & set(per_question[b][meth]))
+            diff = np.asarray([per_question[b][meth][q] - per_question[a][meth][q] for q in common], np.float64)
+            low, high = _bootstrap([diff], np.mean) if common else (0.0, 0.0)
+            out["held_out_reward_changes"][f"{a}->{b}"][meth] = {
+                "questions": len(common), "change": round(float(diff.mean()), 5) if common else 0.0,
+                "ci95": [round(low, 5), round(high, 5)]}
+    return out
+
+
+def compute(records_by_model: dict[str, list[dict]], methods: list[str],
+            reward_weights: dict[str, float] | None = None) -> dict:
+    """Every number in the report, from merged records (model order = report order); with
+    `reward_weights` (a GRPO recipe's rewards) also each model's held-out reward."""
     # metrics.json is written with sorted keys; these lists keep the report's order.
     out: dict = {"model_order": list(records_by_model), "method_order": list(methods),
                  "models": {}, "between_methods": {}, "between_models": {}, "by_reasoning_length": {}, "unsolved": []}
@@ -175,6 +213,8 @@ def compute(records_by_model: dict[str, list[dict]], methods: list[str]) -> dict
         out["between_models"][f"{a}->{b}"] = {meth: fixed_broke(outcome[a][meth], outcome[b][meth]) for meth in methods}
     if "by_source" in out:
         out["between_models_by_source"] = between_models_by_source(records_by_model, outcome, methods)
+    if reward_weights:
+        out.update(held_out_reward(records_by_model, methods, reward_weights))
     solved = {}
     for model, recs in records_by_model.items():
         for r in recs:
@@ -394,6 +434,7 @@ def markdown(metrics: dict, methods: list[str], title: str, images: dict[str, st
     methods = sampled_methods(methods)
     if methods:
         lines += accuracy_markdown(metrics, methods, figure)
+        lines += reward_markdown(metrics)
     else:
         lines += figure("training.png")
     lines += samples_markdown(samples or {})
@@ -406,6 +447,25 @@ def markdown(metrics: dict, methods: list[str], title: str, images: dict[str, st
             lines.append(f"* … and {len(metrics['unsolved']) - 50} more in metrics.json")
         lines.append("")
     return "\n".join(lines)
+
+
+def reward_markdown(metrics: dict) -> list[str]:
+    """Each model's mean GRPO reward on the held-out samples, and the paired change between models."""
+    if "held_out_reward" not in metrics:
+        return []
+    lines = ["## Held-out reward", "",
+             "The recipe's GRPO reward of the evaluation samples (per question averaged over its samples), "
+             "with 95% intervals by resampling questions; changes are paired on the same questions.", "",
+             "| model | method | questions | mean reward | 95% CI |", "|---|---|---|---|---|"]
+    for model, per in metrics["held_out_reward"].items():
+        for meth, r in per.items():
+            lines.append(f"| {model} | {meth} | {r['questions']} | {r['mean']:.3f} | {r['ci95'][0]:.3f}–{r['ci95'][1]:.3f} |")
+    lines += ["", "| change | method | questions | mean change | 95% CI |", "|---|---|---|---|---|"]
+    for change, per in metrics["held_out_reward_changes"].items():
+        for meth, r in per.items():
+            lines.append(f"| {change} | {meth} | {r['questions']} | {r['change']:+.3f} | "
+                         f"{r['ci95'][0]:+.3f}–{r['ci95'][1]:+.3f} |")
+    return lines + [""]
 
 
 def self_teach_markdown(rounds: list[dict]) -> list[str]:
@@ -566,10 +626,11 @@ def to_html(md_text: str, images: dict[str, bytes], title: str) -> str:
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
 
 
-def build(bus: Bus, models: list[str], methods: list[str], shards: int, title: str, description: str = "") -> dict:
+def build(bus: Bus, models: list[str], methods: list[str], shards: int, title: str, description: str = "",
+          reward_weights: dict[str, float] | None = None) -> dict:
     """Merge, compute, plot and write the report; returns metrics.json's content."""
     records = {m: load_model_records(bus, m, shards) for m in models}
-    metrics = compute(records, methods)
+    metrics = compute(records, methods, reward_weights)
     images, captions, sampled = {}, {}, sampled_methods(methods)
     if sampled:
         images = {"accuracy.png": plot_accuracy(metrics, sampled),
@@ -600,7 +661,8 @@ def run(bus: Bus, cfg, log, shards: int | None = None):
     digest = stages.digest(cfg, stage)
 
     def body() -> StageResult:
-        metrics = build(bus, models, methods, count, f"showwork report: {cfg.recipe}", cfg.description)
+        weights = dict(cfg.grpo.rewards) if cfg.grpo is not None else None
+        metrics = build(bus, models, methods, count, f"showwork report: {cfg.recipe}", cfg.description, weights)
         headline = {f"{m}_{meth}_accuracy": metrics["models"][m][meth]["accuracy"]
                     for m in models for meth in sampled_methods(methods)}
         headline.update({f"{m}_loss": v["loss"] for m, v in metrics.get("held_out_loss", {}).items()})
