@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 from showwork.errors import UsageError
-from showwork import eta, stages
+from showwork import eta, memory, stages
 from showwork.eval import evaluate, report
 from showwork.stages import Stage
 from showwork.task import data
@@ -69,14 +69,20 @@ def run(cfg, bus, log, start: str | None = None, only: str | None = None) -> flo
             log.error("stage failed", stage=stage.label, error=type(err).__name__)
             raise
         seconds = time.perf_counter() - t0
+        freed = memory.release() if ran else {}
         counts = data_counts(cfg, bus)
         if ran:  # a stage skipped by its marker took no time and says nothing about the rest
             estimator.finish(stage.name, eta.work(cfg, stage, counts), seconds)
         left = estimator.remaining([(s.name, eta.work(cfg, s, counts)) for s in chosen[n:]])
         log.info("stage finished", stage=stage.label, step=f"{n}/{len(chosen)}", seconds=round(seconds, 1),
                  elapsed=round(time.perf_counter() - began, 1),
-                 eta_seconds=None if left is None else round(left, 1))
+                 eta_seconds=None if left is None else round(left, 1), **_gigabytes(freed))
     return time.perf_counter() - began
+
+
+def _gigabytes(freed: dict) -> dict:
+    """release()'s resident set before and after, in GB, for the stage line."""
+    return {f"{k}_gb": round(v / 1e9, 2) for k, v in freed.items() if k.startswith("rss") and v is not None}
 
 
 def data_counts(cfg, bus) -> dict[str, int]:

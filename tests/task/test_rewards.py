@@ -108,14 +108,21 @@ def test_reasoning_depth_is_capped():
 
 @pytest.mark.parametrize("completion, expected", [
     (GOOD, 30.0),  # 25 + 2 + 2 + 1 (48 / 2 = 24 shown)
-    (WRONG, 5.0),  # 2 + 2 + 1
-    ("<reasoning>just think</reasoning><answer>72</answer>", 29.0),
-    (NO_TAGS, 10.0),  # 25 correct - 15 format violation
+    (WRONG, 5.0),  # 2 + 2 + 1 (five words of reasoning: not short)
+    ("<reasoning>just think</reasoning><answer>72</answer>", 24.0),  # 25 + 2 + 2 - 5 (two words)
+    ("<reasoning>so it is</reasoning><answer>96</answer>", -1.0),  # 2 + 2 - 5
+    (NO_TAGS, 5.0),  # 25 correct - 15 format violation - 5 no reasoning at all
     ("<reasoning>48 + 24 = 72</reasoning><answer>72</answer> PS", 15.0),  # 25+2+2+1-15
-    ("nothing", -15.0),
+    ("nothing", -20.0),  # -15 - 5
 ])
 def test_composite(completion, expected):
     assert one(rewards.composite, completion) == expected
+
+
+def test_composite_ranks_a_right_guess_over_a_worked_wrong_answer_and_under_a_worked_right_one():
+    guess = "<reasoning>it is</reasoning><answer>72</answer>"
+    scores = [one(rewards.composite, c) for c in (GOOD, guess, WRONG)]
+    assert scores == sorted(scores, reverse=True) and len(set(scores)) == 3
 
 
 def test_combined_weights_and_parts():

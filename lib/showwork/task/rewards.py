@@ -154,8 +154,16 @@ def hybrid(prompts, completions, answer, **kw) -> list[float]:
 # ---------------------------------------------------------------- composite
 
 
+# The relay system penalises very short answers without saying by how much or below what length:
+# these two values are ours (a reasoning block of a few words, or none, loses a fifth of a correct
+# answer's 25), so a bare guess scores under a worked answer and never above a correct one.
+SHORT_REASONING_WORDS = 5
+SHORT_PENALTY = 5.0
+
+
 def composite(prompts, completions, answer, **kw) -> list[float]:
-    """+25 correct, +2 reasoning block, +2 answer block, +1 arithmetic shown, -15 format violation."""
+    """+25 correct, +2 reasoning block, +2 answer block, +1 arithmetic shown, -15 format violation,
+    -5 for reasoning under SHORT_REASONING_WORDS words (none counts as none)."""
     out = []
     for c, gold in zip(completions, answer):
         text = _text(c)
@@ -166,6 +174,7 @@ def composite(prompts, completions, answer, **kw) -> list[float]:
         reasoning = answers.xml_reasoning(text) or ""
         score += 1.0 if _ARITHMETIC.search(reasoning[:20_000]) else 0.0
         score -= 0.0 if flags.well_formed else 15.0
+        score -= SHORT_PENALTY if flags.reasoning_words < SHORT_REASONING_WORDS else 0.0
         out.append(score)
     return out
 

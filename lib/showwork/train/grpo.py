@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 
 from showwork.errors import UsageError
-from showwork import stages
+from showwork import memory, stages
 from showwork.bus import Bus, StageResult, run_once
 from showwork.config import GrpoConfig
 from showwork.model import export, loader, lora, meshes
@@ -211,6 +211,7 @@ def make_step(loaded, rollouts: Rollouts, parts: tuple, base: nnx.Module | None)
             policy = loaded if base is None else dataclasses.replace(loaded, model=lora.fold_into(base, loaded.model))
             with loop.StepTimer() as sampled:
                 rounds, chosen = rollouts(policy, index)
+            memory.trim()  # the rollouts' caches and logits are free: hand them back before the update's passes
             picked = [(rounds[r], k * g + j) for r, k in chosen for j in range(g)]
             totals = np.asarray([rnd.totals[i] for rnd, i in picked])
             completions = [rnd.samples.completion_ids[i] for rnd, i in picked]

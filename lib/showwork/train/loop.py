@@ -22,7 +22,7 @@ from flax import nnx
 
 from showwork.errors import RunError, UsageError
 from showwork.markdown import cell
-from showwork import stages
+from showwork import memory, stages
 from showwork.bus import Bus
 from showwork.train.checkpoints import Checkpoints
 
@@ -207,6 +207,7 @@ def run(bus: Bus, plan: Plan, model: nnx.Module, state: tuple, step_fn: StepFn, 
     with PreemptionGuard() as guard:
         for step in range(start, plan.last):
             trainable, opt_state, scalars = step_fn(step, trainable, opt_state)
+            memory.trim()
             records = scalars.pop(SAMPLES, None)
             if records:
                 metrics.log_samples(step + 1, records)
@@ -218,7 +219,7 @@ def run(bus: Bus, plan: Plan, model: nnx.Module, state: tuple, step_fn: StepFn, 
                 raise NonFiniteSteps(f"step {step + 1}: {in_a_row} steps in a row had a non-finite gradient (limit "
                                      f"tier.max_refused_steps={plan.max_refused}); stopping instead of training on: "
                                      "lower the learning rate, check the data, or train in float32")
-            log.info(plan.event, **plan.context, step=step + 1, of=plan.last,
+            log.info(plan.event, **plan.context, step=step + 1, of=plan.last, rss_gb=memory.gigabytes(),
                      **{k: float(f"{v:.6g}") for k, v in scalars.items()})
             meta = {"digest": plan.digest, "step": step + 1}
             if ckpt.due(step + 1):
