@@ -15,7 +15,9 @@ exit 0 is Succeeded and never reaches the policy; otherwise the first
 pod the runner disrupted, decides whether it is retried, counted or fails the Job).
 
 What the manifests do not carry and the runner must supply is listed in
-`Runner.injected` (the emulator's address, the network mode, the index).
+`Runner.injected` and printed when a run starts: every env override (an
+emulator's address), the network mode, the PVC's host directory (opened to
+every user as fsGroup opens it to the pods' group), the completion index.
 """
 
 from __future__ import annotations
@@ -70,6 +72,12 @@ class Runner:
     # (job name, attempt) -> a function called with the running container's name (fault injection)
     faults: dict[tuple[str, int], object] = field(default_factory=dict)
 
+    def __post_init__(self):
+        for key in self.env_overrides:
+            self.injected[key] = "an env value the test gives; the rendered manifest does not carry it"
+        self.injected["network"] = (f"docker --network {self.network}: no cluster network here"
+                                    + (" (host: to reach an emulator on loopback)" if self.network == "host" else ""))
+
     def configmap(self, name: str) -> dict[str, str]:
         (data,) = [d.get("data", {}) for d in self.docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == name]
         return data
@@ -107,6 +115,10 @@ class Runner:
                 size = quantity_bytes(volume["emptyDir"].get("sizeLimit", "1Gi"))
                 out += ["--tmpfs", f"{path}:rw,size={size},mode=1777"]
             elif "persistentVolumeClaim" in volume:
+                # A PVC mounted with fsGroup is writable by the pod's group; a host directory has no
+                # fsGroup, so it is opened to every user instead.
+                self.bus_dir.chmod(0o777)
+                self.injected["persistentVolumeClaim"] = f"host directory {self.bus_dir}, mode 0777 for fsGroup"
                 out += ["-v", f"{self.bus_dir}:{path}"]
             else:
                 raise ValueError(f"volume {volume['name']}: a kind the runner does not know")
@@ -188,6 +200,9 @@ class Runner:
     def run(self) -> dict[str, str]:
         """Every replicated job in dependsOn order; stops at the first that does not complete."""
         results = {}
+        for rj in in_order(jobset(self.docs)):
+            self.volumes(rj["template"]["spec"]["template"]["spec"])  # records what the PVC needs
+        print("podrunner supplies what the manifests do not carry:", json.dumps(self.injected, indent=1), flush=True)
         for rj in in_order(jobset(self.docs)):
             job_spec = rj["template"]["spec"]
             indexed = job_spec.get("completionMode") == "Indexed"

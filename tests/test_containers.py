@@ -95,7 +95,6 @@ def pvc_run(images, tmp_path_factory):
     work = tmp_path_factory.mktemp("pvc")
     bus_dir = work / "bus"
     bus_dir.mkdir()
-    bus_dir.chmod(0o777)  # the PVC as fsGroup 10001 makes it: writable by the pods' user
     runner = Runner(render("hybrid-cpu-tiny"), bus_dir, work)
     return runner, runner.run(), Bus(str(bus_dir / "hybrid-001"))
 
@@ -128,7 +127,7 @@ def test_the_rendered_jobset_runs_as_containers_to_the_local_pipelines_report(pv
         for needed in ("--read-only", "--user 10001:10001", "--cap-drop ALL", "--security-opt no-new-privileges",
                        "--network none", "/tmp:rw,size="):
             assert needed in flags, (job, needed, flags)
-    assert set(runner.injected) == {"JOB_COMPLETION_INDEX"}
+    assert set(runner.injected) == {"JOB_COMPLETION_INDEX", "network", "persistentVolumeClaim"}, runner.injected
     assert all(bus.exists(f"eval/{m}/shard-{i}-of-2/_SUCCESS") for m in ("base", "grpo") for i in range(2))
     same_report(bus, local_run)
     # The images hold what the lock pins: the markers record the packages each stage ran with.
@@ -150,11 +149,10 @@ def test_a_sigtermed_sft_pod_is_restarted_by_the_policy_and_the_run_ends_as_unin
     runner = Runner(docs, bus_dir, tmp_path, network="host",
                     env_overrides={"STORAGE_EMULATOR_HOST": gcs_server.url},
                     faults={("sft", 0): stop_after("sft step", 2, grace)})
-    runner.injected["STORAGE_EMULATOR_HOST"] = "fake-gcs-server's address (GKE pods reach GCS itself)"
-    runner.injected["network"] = "host, to reach the emulator on loopback (pods get the cluster network)"
     results = runner.run()
     assert results == {j: "Complete" for j in ("data-prep", "sft", "grpo", "eval", "report")}, \
         [(p.job, p.index, p.exit_code, p.log[-1500:]) for p in runner.pods if p.exit_code]
+    assert {"STORAGE_EMULATOR_HOST", "network", "JOB_COMPLETION_INDEX"} <= set(runner.injected), runner.injected
     sft_pods = [p for p in runner.pods if p.job == "sft"]
     assert [(p.exit_code, p.disrupted, p.outcome) for p in sft_pods] == [(75, True, "retry"), (0, False, "complete")]
     assert '"event": "preempted; checkpoint saved, exiting for a restart"' in sft_pods[0].log

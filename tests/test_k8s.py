@@ -467,39 +467,86 @@ def quantity(value) -> float:
     return float(value)
 
 
-def flavor_needs(js: dict, flavors: dict[str, dict]) -> dict[str, dict[str, float]]:
-    """What Kueue must hold per TPU flavor to admit the JobSet: every pod of every replicated job at once."""
-    needs: dict[str, dict[str, float]] = {}
+def assign_flavor(spec: dict, requests: dict, flavors: list[dict], held: dict) -> str | None:
+    """The flavor Kueue gives a pod set (kueue's flavorassigner, for one resource group): the first
+    flavor in the ClusterQueue's order whose node labels do not contradict the pod's nodeSelector and
+    whose quota, less what `held` already holds, fits every covered resource the pod requests. None
+    when no flavor fits (the workload stays pending)."""
+    selector = spec.get("nodeSelector", {})
+    for flavor in flavors:
+        labels = flavor["labels"]
+        if any(k in selector and selector[k] != v for k, v in labels.items()):
+            continue
+        free = {r: quantity(q) - held.get(flavor["name"], {}).get(r, 0.0) for r, q in flavor["quota"].items()}
+        if all(quantity(requests.get(r, 0)) <= free[r] for r in free if quantity(requests.get(r, 0)) > 0):
+            return flavor["name"]
+    return None
+
+
+def queue_flavors(objects: dict) -> list[dict]:
+    """The example ClusterQueue's flavors in its order: name, node labels, quota."""
+    (queue,) = [v for k, v in objects.items() if k.startswith("ClusterQueue/")]
+    (group,) = queue["spec"]["resourceGroups"]
+    return [{"name": f["name"], "quota": {r["name"]: r["nominalQuota"] for r in f["resources"]},
+             "labels": objects[f"ResourceFlavor/{f['name']}"].get("spec", {}).get("nodeLabels", {})}
+            for f in group["flavors"]]
+
+
+def admit(js: dict, flavors: list[dict]) -> tuple[dict[str, str | None], dict[str, dict[str, float]]]:
+    """Kueue's admission of a whole JobSet: each replicated job's pods get a flavor, in order, all
+    held at once. Returns (replicated job -> flavor, None where it cannot be admitted; what each
+    flavor then holds per resource)."""
+    held: dict[str, dict[str, float]] = {}
+    chosen = {}
     for rj in js["spec"]["replicatedJobs"]:
         job = rj["template"]["spec"]
         spec = job["template"]["spec"]
-        requests = spec["containers"][0]["resources"]["requests"]
-        if "google.com/tpu" not in requests:
-            continue
-        (flavor,) = [n for n, f in flavors.items() if f["spec"]["nodeLabels"].items() <= spec["nodeSelector"].items()]
         pods = job.get("parallelism", 1) * rj.get("replicas", 1)
-        for resource in ("cpu", "memory", "google.com/tpu"):
-            need = needs.setdefault(flavor, {})
-            need[resource] = need.get(resource, 0.0) + quantity(requests[resource]) * pods
-    return needs
+        requests = {r: quantity(v) * pods for r, v in spec["containers"][0]["resources"]["requests"].items()}
+        flavor = chosen[rj["name"]] = assign_flavor(spec, requests, flavors, held)
+        if flavor:
+            for r, amount in requests.items():
+                held.setdefault(flavor, {})[r] = held.get(flavor, {}).get(r, 0.0) + amount
+    return chosen, held
 
 
 @needs_kubectl
 @pytest.mark.parametrize("overlay", [o for o in OVERLAYS if not o.endswith("-cpu")])
 def test_the_kueue_component_queues_a_jobset_its_example_cluster_queue_can_admit(overlay, tmp_path):
+    """Every pod set gets a flavor, TPU pods their topology's and CPU pods (data-prep, report) the
+    cpu flavor: a CPU pod given a TPU flavor would get its node labels and wait for ever."""
     objects = kueue_objects()
     js = jobset(with_component(overlay, "kueue", tmp_path))
     labels = js["metadata"]["labels"]
     assert f"LocalQueue/{labels['kueue.x-k8s.io/queue-name']}" in objects
     assert f"WorkloadPriorityClass/{labels['kueue.x-k8s.io/priority-class']}" in objects
-    flavors = {k.split("/")[1]: v for k, v in objects.items() if k.startswith("ResourceFlavor/") and
-               v.get("spec", {}).get("nodeLabels")}
-    (queue,) = [v for k, v in objects.items() if k.startswith("ClusterQueue/")]
-    quota = {f["name"]: {r["name"]: r["nominalQuota"] for r in f["resources"]}
-             for group in queue["spec"]["resourceGroups"] for f in group["flavors"]}
-    for flavor, need in flavor_needs(js, flavors).items():
-        for resource, amount in need.items():
-            assert quantity(quota[flavor][resource]) >= amount, (overlay, flavor, resource, amount)
+    deadlines = sum(rj["template"]["spec"]["activeDeadlineSeconds"] for rj in js["spec"]["replicatedJobs"])
+    assert deadlines <= int(labels["kueue.x-k8s.io/max-exec-time-seconds"]) < 10 * 86400, (overlay, deadlines)
+    flavors = queue_flavors(objects)
+    chosen, _ = admit(js, flavors)
+    for rj in js["spec"]["replicatedJobs"]:
+        spec = rj["template"]["spec"]["template"]["spec"]
+        tpu = "google.com/tpu" in spec["containers"][0]["resources"]["requests"]
+        flavor = next((f for f in flavors if f["name"] == chosen[rj["name"]]), None)
+        assert flavor is not None, f"{overlay}: no flavor admits {rj['name']} beside the rest"
+        if tpu:
+            assert flavor["labels"] and flavor["labels"].items() <= spec["nodeSelector"].items(), (rj["name"], flavor)
+        else:
+            assert not flavor["labels"], f"{overlay}: the CPU job {rj['name']} was given TPU flavor {flavor['name']}"
+
+
+def test_the_flavor_model_gives_a_cpu_pod_the_first_flavor_that_fits_as_kueue_does():
+    """The model above, on the case the example queue once got wrong: TPU flavors listed first."""
+    tpu = {"name": "v5e-2x2", "quota": {"cpu": 8, "memory": "8Gi", "google.com/tpu": 4},
+           "labels": {"cloud.google.com/gke-tpu-topology": "2x2"}}
+    cpu = {"name": "cpu", "quota": {"cpu": 8, "memory": "8Gi", "google.com/tpu": 0}, "labels": {}}
+    cpu_pod = ({}, {"cpu": 1, "memory": quantity("1Gi")})
+    tpu_pod = ({"nodeSelector": {"cloud.google.com/gke-tpu-topology": "2x2"}},
+               {"cpu": 1, "memory": quantity("1Gi"), "google.com/tpu": 4})
+    assert assign_flavor(*cpu_pod, [tpu, cpu], {}) == "v5e-2x2"  # the trap
+    assert assign_flavor(*cpu_pod, [cpu, tpu], {}) == "cpu"
+    assert assign_flavor(*tpu_pod, [cpu, tpu], {}) == "v5e-2x2"  # no TPU quota in cpu
+    assert assign_flavor(*tpu_pod, [cpu, tpu], {"v5e-2x2": {"google.com/tpu": 4}}) is None  # quota held
 
 
 def json_patches() -> dict[str, list[dict]]:

@@ -22,7 +22,7 @@ import yaml
 from conftest import REPO
 from jobs import pipeline as pipeline_job
 from showwork import submit
-from test_k8s import OVERLAYS, flavor_needs, kueue_objects, needs_kubectl, render, shared, strict, with_component
+from test_k8s import OVERLAYS, admit, kueue_objects, queue_flavors, needs_kubectl, render, shared, strict, with_component
 
 
 def stage_names(stages):
@@ -71,11 +71,12 @@ def test_stage_jobsets_validate_against_the_jobset_crd(overlay):
 def test_under_kueue_each_stage_is_its_own_workload_needing_less_quota_than_the_whole(tmp_path):
     objects = kueue_objects()
     docs = with_component("hybrid-v5e-8", "kueue", tmp_path)
-    flavors = {k.split("/")[1]: v for k, v in objects.items() if k.startswith("ResourceFlavor/") and
-               v.get("spec", {}).get("nodeLabels")}
+    flavors = queue_flavors(objects)
 
     def chips(js):
-        return sum(need.get("google.com/tpu", 0) for need in flavor_needs(js, flavors).values())
+        chosen, held = admit(js, flavors)
+        assert None not in chosen.values(), chosen
+        return sum(need.get("google.com/tpu", 0) for need in held.values())
 
     whole = chips(submit.jobset(docs))
     stages = submit.split(docs)[1]
