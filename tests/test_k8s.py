@@ -406,6 +406,22 @@ def test_kind_overlays_run_the_images_kind_demo_loads(overlay):
             assert c["imagePullPolicy"] == "IfNotPresent"
 
 
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_gke_overlays_pull_a_release_image_once_per_node(overlay):
+    """On a TPU tier the image is the release's tag, pulled if the node lacks it (IfNotPresent, or
+    unset, which Kubernetes resolves to IfNotPresent for a tag other than latest): never Always,
+    which would pull the multi-GB image again on every pod restart of every host."""
+    docs = render(overlay)
+    if tier_of(docs)["name"] == "cpu":
+        pytest.skip("a kind overlay: test_kind_overlays_run_the_images_kind_demo_loads")
+    for _, spec in pod_specs(jobset(docs)):
+        for c in spec["containers"]:
+            _, _, tag = c["image"].partition(":")
+            assert tag and tag != "latest", c["image"]
+            assert c.get("imagePullPolicy", "IfNotPresent") == "IfNotPresent", (c["name"], c.get("imagePullPolicy"))
+
+
 def image_env() -> dict[str, str]:
     """The ENV the base image sets (every job image builds on it)."""
     text = (REPO / "images" / "base.Dockerfile").read_text().replace("\\\n", " ")

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from k8s_rules import ENDINGS, Ending, JobOutcome, job_outcome, jobset_action
@@ -71,15 +73,39 @@ def test_counted_retries_end_and_every_job_has_a_deadline(overlay):
         assert final == ("restart as a unit, counted" if kind(rj) == "multi-host training" else "fail"), rj["name"]
 
 
-@needs_kubectl
-def test_multi_host_training_restarts_as_a_unit_and_stays_on_one_slice():
-    js = jobset(render("hybrid-v5e-16"))
-    assert js["spec"]["failurePolicy"]["maxRestarts"] > 0
+def multi_host_jobs(js: dict) -> list[dict]:
+    """Replicated jobs whose pods are the hosts of one slice: the TPU topology they select has more
+    chips than one pod asks for (v5e-16's 4x4 is four hosts of 4 chips; an eval shard's 2x2 is one)."""
+    out = []
     for rj in js["spec"]["replicatedJobs"]:
-        if rj["name"] in TRAINING:
-            assert rj["template"]["spec"]["backoffLimit"] == 0
-            annotations = rj["template"]["metadata"]["annotations"]
-            assert annotations["alpha.jobset.sigs.k8s.io/exclusive-topology"] == "cloud.google.com/gke-nodepool"
+        spec = rj["template"]["spec"]["template"]["spec"]
+        topology = spec.get("nodeSelector", {}).get("cloud.google.com/gke-tpu-topology")
+        per_pod = int(spec["containers"][0]["resources"].get("requests", {}).get("google.com/tpu", 0))
+        if topology and per_pod and math.prod(int(x) for x in topology.split("x")) > per_pod:
+            out.append(rj)
+    return out
+
+
+@needs_kubectl
+def test_some_shipped_overlay_has_multi_host_jobs_for_the_rule_below():
+    assert any(multi_host_jobs(jobset(render(o))) for o in OVERLAYS)
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_multi_host_training_restarts_as_a_unit_and_stays_on_one_slice(overlay):
+    """In every overlay, every job that spans several hosts: no pod-level retries (a lone new worker
+    cannot rejoin the others' collectives), JobSet restarts, and all its pods on one node pool."""
+    js = jobset(render(overlay))
+    jobs = multi_host_jobs(js)
+    if not jobs:
+        pytest.skip("single-host jobs only")
+    assert js["spec"]["failurePolicy"]["maxRestarts"] > 0
+    for rj in jobs:
+        assert rj["name"] in TRAINING, rj["name"]
+        assert rj["template"]["spec"]["backoffLimit"] == 0
+        annotations = rj["template"]["metadata"]["annotations"]
+        assert annotations["alpha.jobset.sigs.k8s.io/exclusive-topology"] == "cloud.google.com/gke-nodepool"
 
 
 def test_the_rules_model_follows_the_documented_semantics():
