@@ -116,6 +116,9 @@ def main():
     ap.add_argument("--model", default="gemma3-270m")
     ap.add_argument("--full", action="store_true", help="the whole demo recipe, not the shortened one")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--override", action="append", default=[],
+                    help="a YAML file merged over the recipe, as jobs.pipeline merges its config files "
+                         "(e.g. grpo: {micro_batch: null} for the update in one pass)")
     args = ap.parse_args()
 
     from jobs import pipeline as job
@@ -147,8 +150,8 @@ def main():
         path = Path(work) / "recipe.yaml"
         path.write_text(yaml.safe_dump(recipe(args.model, args.full)))
         began = time.time()
-        cli.run(job.__doc__, job.main, [str(path), str(CPU), "--root", str(Path(work) / "bus"), "--run-id", "run"],
-                job.add_arguments)
+        cli.run(job.__doc__, job.main, [str(path), str(CPU), *args.override, "--root", str(Path(work) / "bus"),
+                                        "--run-id", "run"], job.add_arguments)
         wall = time.time() - began
     result = {"model": args.model, "full": args.full, "wall_seconds": round(wall, 1),
               "peak_gb": round(sampler.overall / 1e9, 2), "stages": stages, "phases": summarize(calls)}
