@@ -306,6 +306,25 @@ def entrypoint_module(dockerfile: Path) -> str:
 TINY_HYBRID = (REPO / "tests" / "k8s" / "hybrid-cpu-tiny" / "hybrid.yaml").read_text()
 
 
+def differing_paths(a, b, prefix: tuple = ()) -> set[tuple]:
+    """Key paths where two YAML documents differ (a dict key present in one only counts)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return set().union(*(differing_paths(a.get(k), b.get(k), prefix + (k,)) for k in set(a) | set(b)))
+    return set() if a == b else {prefix}
+
+
+def test_the_manifest_runs_recipe_is_hybrid_with_only_sizes_and_model_changed():
+    """The container and manifest runs use hybrid.yaml as shipped but for what the recipe matrix may
+    shrink (model name, sizes, steps, lengths, samples): rewards, learning rates, methods, models
+    evaluated and everything else are the recipe's."""
+    from recipes.matrix import ALLOWED
+
+    shipped = yaml.safe_load((REPO / "k8s" / "base" / "recipes" / "hybrid.yaml").read_text())
+    changed = differing_paths(shipped, yaml.safe_load(TINY_HYBRID))
+    assert ("model", "name") in changed
+    assert changed <= ALLOWED, sorted(changed - ALLOWED)
+
+
 @needs_kubectl
 def test_hybrid_cpu_manifests_run_locally_in_dependency_order(tmp_path, gcs_server, monkeypatch):
     root = f"gs://showwork-test/k8s-{uuid.uuid4().hex[:8]}"
@@ -358,7 +377,7 @@ def test_hybrid_cpu_manifests_run_locally_in_dependency_order(tmp_path, gcs_serv
     bus = Bus(f"{root}/hybrid-001")
     assert bus.list("grpo/checkpoints") and bus.list("sft/checkpoints")
     metrics = bus.read_json("report/metrics.json")
-    assert metrics["model_order"] == ["base", "grpo"]
+    assert metrics["model_order"] == ["base", "sft", "grpo"]
     shards = tier_of(docs)["eval_shards"]
     assert shards == 2 and all(bus.exists(f"eval/base/shard-{i}-of-2/_SUCCESS") for i in range(2))
     assert bus.exists("grpo/s-0/model/model.safetensors") and bus.exists("sft/model/model.safetensors")
