@@ -555,6 +555,8 @@ def test_the_kueue_component_queues_a_jobset_its_example_cluster_queue_can_admit
     labels = js["metadata"]["labels"]
     assert f"LocalQueue/{labels['kueue.x-k8s.io/queue-name']}" in objects
     assert f"WorkloadPriorityClass/{labels['kueue.x-k8s.io/priority-class']}" in objects
+    assert f"PriorityClass/{labels['kueue.x-k8s.io/priority-class']}" in objects
+    assert all(spec["priorityClassName"] == labels["kueue.x-k8s.io/priority-class"] for _, spec in pod_specs(js))
     deadlines = sum(rj["template"]["spec"]["activeDeadlineSeconds"] for rj in js["spec"]["replicatedJobs"])
     assert deadlines <= int(labels["kueue.x-k8s.io/max-exec-time-seconds"]) < 10 * 86400, (overlay, deadlines)
     flavors = queue_flavors(objects)
