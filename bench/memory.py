@@ -38,24 +38,38 @@ from showwork import memory  # noqa: E402
 
 
 class Sampler:
-    """The process's resident set, sampled every `period` seconds; `peak` since the last reset."""
+    """The process's resident set, sampled every `period` seconds: the peak since each open
+    measurement began (a stage's and, inside it, a phase's), and over the whole run."""
 
     def __init__(self, period: float = 0.02):
-        self.peak = 0
+        self.open: dict[str, int] = {}  # measurement -> its peak so far
         self.overall = 0
         self.period = period
+        self.lock = threading.Lock()
         threading.Thread(target=self._run, daemon=True).start()
+
+    def _see(self, now: int):
+        with self.lock:
+            self.overall = max(self.overall, now)
+            for name in self.open:
+                self.open[name] = max(self.open[name], now)
 
     def _run(self):
         while True:
-            now = memory.resident_bytes() or 0
-            self.peak, self.overall = max(self.peak, now), max(self.overall, now)
+            self._see(memory.resident_bytes() or 0)
             time.sleep(self.period)
 
-    def reset(self) -> int:
+    def start(self, name: str) -> int:
         now = memory.resident_bytes() or 0
-        self.peak = now
+        with self.lock:
+            self.open[name] = now
+        self._see(now)
         return now
+
+    def stop(self, name: str) -> int:
+        self._see(memory.resident_bytes() or 0)
+        with self.lock:
+            return self.open.pop(name)
 
 
 def wrap(module, name: str, phase: str, sampler: Sampler, calls: list[dict], stage: list[str]):
@@ -66,10 +80,10 @@ def wrap(module, name: str, phase: str, sampler: Sampler, calls: list[dict], sta
     def measured(*args, **kwargs):
         import jax
 
-        before = sampler.reset()
+        before = sampler.start("phase")
         out = inner(*args, **kwargs)
         jax.block_until_ready(jax.tree.leaves(out)) if isinstance(out, (list, tuple, dict)) else None
-        calls.append({"stage": stage[0], "phase": phase, "before": before, "peak": sampler.peak,
+        calls.append({"stage": stage[0], "phase": phase, "before": before, "peak": sampler.stop("phase"),
                       "after": memory.resident_bytes() or 0})
         return out
 
@@ -140,9 +154,10 @@ def main():
         # What the previous stage's release left is this stage's "before"; SFT's per-step resident
         # set is also in its log lines (rss_gb).
         stage[0] = st.label
-        before = sampler.reset()
+        before = sampler.start("stage")
         out = run_stage(cfg, bus, st, log)
-        stages.append({"stage": st.label, "before_gb": round(before / 1e9, 2), "peak_gb": round(sampler.peak / 1e9, 2)})
+        stages.append({"stage": st.label, "before_gb": round(before / 1e9, 2),
+                       "peak_gb": round(sampler.stop("stage") / 1e9, 2)})
         return out
 
     pipeline.run_stage = staged

@@ -74,7 +74,7 @@ class Runner:
 
     def __post_init__(self):
         for key in self.env_overrides:
-            self.injected[key] = "an env value the test gives; the rendered manifest does not carry it"
+            self.injected[key] = "an env value the test sets over the manifest's"
         self.injected["network"] = (f"docker --network {self.network}: no cluster network here"
                                     + (" (host: to reach an emulator on loopback)" if self.network == "host" else ""))
 
@@ -202,6 +202,8 @@ class Runner:
         results = {}
         for rj in in_order(jobset(self.docs)):
             self.volumes(rj["template"]["spec"]["template"]["spec"])  # records what the PVC needs
+            if rj["template"]["spec"].get("completionMode") == "Indexed":
+                self.injected["JOB_COMPLETION_INDEX"] = "the pod's completion index (Indexed Job)"
         print("podrunner supplies what the manifests do not carry:", json.dumps(self.injected, indent=1), flush=True)
         for rj in in_order(jobset(self.docs)):
             job_spec = rj["template"]["spec"]

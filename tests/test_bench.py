@@ -163,6 +163,7 @@ def test_packing_benchmark_runs_on_tiny_and_counts_real_tokens(tmp_path):
     assert all(r["tokens_per_second"] > 0 for r in summary["runs"]) and summary["packed_over_padded"] > 0
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the resident set from /proc")
 def test_memory_benchmark_runs_the_pipeline_on_tiny_and_accounts_every_stage_and_phase(tmp_path):
     out = tmp_path / "memory.json"
     done = bench("memory.py", "--model", "tiny", "--json", str(out))
@@ -171,7 +172,8 @@ def test_memory_benchmark_runs_the_pipeline_on_tiny_and_accounts_every_stage_and
     stages = [s["stage"] for s in result["stages"]]
     assert stages[0] == "prepare data" and stages[-1] == "report" and "SFT" in stages
     phases = {(p["stage"], p["phase"]) for p in result["phases"]}
-    for phase in ("load model", "add LoRA", "fold adapters for rollouts", "sample", "GRPO update, all passes"):
+    for phase in ("load model", "add LoRA", "fold adapters for rollouts", "sample", "score (no gradient)",
+                  "GRPO update, all passes"):
         assert any(stage.startswith("GRPO") and name == phase for stage, name in phases), phase
     for row in result["phases"]:
         assert 0 < row["first_before_gb"] <= row["peak_gb"] <= result["peak_gb"], row

@@ -128,7 +128,7 @@ def test_the_rendered_jobset_runs_as_containers_to_the_local_pipelines_report(pv
                        "--network none", "/tmp:rw,size="):
             assert needed in flags, (job, needed, flags)
     assert set(runner.injected) == {"JOB_COMPLETION_INDEX", "network", "persistentVolumeClaim"}, runner.injected
-    assert all(bus.exists(f"eval/{m}/shard-{i}-of-2/_SUCCESS") for m in ("base", "grpo") for i in range(2))
+    assert all(bus.exists(f"eval/{m}/shard-{i}-of-2/_SUCCESS") for m in ("base", "sft", "grpo") for i in range(2))
     same_report(bus, local_run)
     # The images hold what the lock pins: the markers record the packages each stage ran with.
     versions = bus.read_json("sft/_SUCCESS")["versions"]

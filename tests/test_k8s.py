@@ -313,7 +313,7 @@ def differing_paths(a, b, prefix: tuple = ()) -> set[tuple]:
     return set() if a == b else {prefix}
 
 
-def test_the_manifest_runs_recipe_is_hybrid_with_only_sizes_and_model_changed():
+def test_the_manifest_runs_recipe_is_hybrid_changed_only_where_the_recipe_matrix_may_change_it():
     """The container and manifest runs use hybrid.yaml as shipped but for what the recipe matrix may
     shrink (model name, sizes, steps, lengths, samples): rewards, learning rates, methods, models
     evaluated and everything else are the recipe's."""
@@ -436,7 +436,7 @@ def test_gke_overlays_pull_a_release_image_once_per_node(overlay):
         pytest.skip("a kind overlay: test_kind_overlays_run_the_images_kind_demo_loads")
     for _, spec in pod_specs(jobset(docs)):
         for c in spec["containers"]:
-            _, _, tag = c["image"].partition(":")
+            _, _, tag = c["image"].rsplit("/", 1)[-1].partition(":")  # a registry's :port is not a tag
             assert tag and tag != "latest", c["image"]
             assert c.get("imagePullPolicy", "IfNotPresent") == "IfNotPresent", (c["name"], c.get("imagePullPolicy"))
 
@@ -502,35 +502,59 @@ def quantity(value) -> float:
     return float(value)
 
 
-def assign_flavor(spec: dict, requests: dict, flavors: list[dict], held: dict) -> str | None:
-    """The flavor Kueue gives a pod set (kueue's flavorassigner, for one resource group): the first
-    flavor in the ClusterQueue's order whose node labels do not contradict the pod's nodeSelector and
-    whose quota, less what `held` already holds, fits every covered resource the pod requests. None
-    when no flavor fits (the workload stays pending)."""
-    selector = spec.get("nodeSelector", {})
+def tolerates(spec: dict, taint: dict) -> bool:
+    """The pod tolerates the taint (Kubernetes' toleration matching: key, operator, value, effect)."""
+    for t in spec.get("tolerations", []):
+        if t.get("effect") not in (None, taint.get("effect")):
+            continue
+        if t.get("operator", "Equal") == "Exists" and t.get("key") in (None, taint["key"]):
+            return True
+        if t.get("key") == taint["key"] and t.get("value") == taint.get("value"):
+            return True
+    return False
+
+
+def assign_flavor(spec: dict, requests: dict, flavors: list[dict], held: dict, covered: set[str],
+                  label_keys: set[str]) -> str | None:
+    """The flavor Kueue gives a pod set (kueue's flavorassigner, one resource group): None at once
+    when the pod requests a resource the group does not cover; else the first flavor, in the
+    ClusterQueue's order, whose taints the pod tolerates, whose node labels match the pod's
+    nodeSelector on every key any flavor labels (a selected key the flavor lacks does not match),
+    and whose quota, less what `held` holds, fits every request. None when none fits."""
+    if any(quantity(v) > 0 and r not in covered for r, v in requests.items()):
+        return None
+    selector = {k: v for k, v in spec.get("nodeSelector", {}).items() if k in label_keys}
     for flavor in flavors:
         labels = flavor["labels"]
-        if any(k in selector and selector[k] != v for k, v in labels.items()):
+        if any(labels.get(k) != v for k, v in selector.items()):
+            continue
+        if not all(tolerates(spec, taint) for taint in flavor["taints"]):
             continue
         free = {r: quantity(q) - held.get(flavor["name"], {}).get(r, 0.0) for r, q in flavor["quota"].items()}
-        if all(quantity(requests.get(r, 0)) <= free[r] for r in free if quantity(requests.get(r, 0)) > 0):
+        if all(quantity(requests.get(r, 0)) <= free.get(r, 0.0) for r in requests if quantity(requests[r]) > 0):
             return flavor["name"]
     return None
 
 
-def queue_flavors(objects: dict) -> list[dict]:
-    """The example ClusterQueue's flavors in its order: name, node labels, quota."""
+def queue_flavors(objects: dict) -> tuple[list[dict], set[str]]:
+    """The example ClusterQueue's flavors in its order (name, node labels, taints, quota) and the
+    resources its group covers."""
     (queue,) = [v for k, v in objects.items() if k.startswith("ClusterQueue/")]
     (group,) = queue["spec"]["resourceGroups"]
-    return [{"name": f["name"], "quota": {r["name"]: r["nominalQuota"] for r in f["resources"]},
-             "labels": objects[f"ResourceFlavor/{f['name']}"].get("spec", {}).get("nodeLabels", {})}
-            for f in group["flavors"]]
+    flavors = []
+    for f in group["flavors"]:
+        spec = objects[f"ResourceFlavor/{f['name']}"].get("spec", {})
+        flavors.append({"name": f["name"], "quota": {r["name"]: r["nominalQuota"] for r in f["resources"]},
+                        "labels": spec.get("nodeLabels", {}), "taints": spec.get("nodeTaints", [])})
+    return flavors, set(group["coveredResources"])
 
 
-def admit(js: dict, flavors: list[dict]) -> tuple[dict[str, str | None], dict[str, dict[str, float]]]:
+def admit(js: dict, queue: tuple[list[dict], set[str]]) -> tuple[dict[str, str | None], dict[str, dict[str, float]]]:
     """Kueue's admission of a whole JobSet: each replicated job's pods get a flavor, in order, all
     held at once. Returns (replicated job -> flavor, None where it cannot be admitted; what each
     flavor then holds per resource)."""
+    flavors, covered = queue
+    label_keys = {k for f in flavors for k in f["labels"]}
     held: dict[str, dict[str, float]] = {}
     chosen = {}
     for rj in js["spec"]["replicatedJobs"]:
@@ -538,7 +562,7 @@ def admit(js: dict, flavors: list[dict]) -> tuple[dict[str, str | None], dict[st
         spec = job["template"]["spec"]
         pods = job.get("parallelism", 1) * rj.get("replicas", 1)
         requests = {r: quantity(v) * pods for r, v in spec["containers"][0]["resources"]["requests"].items()}
-        flavor = chosen[rj["name"]] = assign_flavor(spec, requests, flavors, held)
+        flavor = chosen[rj["name"]] = assign_flavor(spec, requests, flavors, held, covered, label_keys)
         if flavor:
             for r, amount in requests.items():
                 held.setdefault(flavor, {})[r] = held.get(flavor, {}).get(r, 0.0) + amount
@@ -559,8 +583,9 @@ def test_the_kueue_component_queues_a_jobset_its_example_cluster_queue_can_admit
     assert all(spec["priorityClassName"] == labels["kueue.x-k8s.io/priority-class"] for _, spec in pod_specs(js))
     deadlines = sum(rj["template"]["spec"]["activeDeadlineSeconds"] for rj in js["spec"]["replicatedJobs"])
     assert deadlines <= int(labels["kueue.x-k8s.io/max-exec-time-seconds"]) < 10 * 86400, (overlay, deadlines)
-    flavors = queue_flavors(objects)
-    chosen, _ = admit(js, flavors)
+    queue = queue_flavors(objects)
+    flavors = queue[0]
+    chosen, _ = admit(js, queue)
     for rj in js["spec"]["replicatedJobs"]:
         spec = rj["template"]["spec"]["template"]["spec"]
         tpu = "google.com/tpu" in spec["containers"][0]["resources"]["requests"]
@@ -572,18 +597,30 @@ def test_the_kueue_component_queues_a_jobset_its_example_cluster_queue_can_admit
             assert not flavor["labels"], f"{overlay}: the CPU job {rj['name']} was given TPU flavor {flavor['name']}"
 
 
-def test_the_flavor_model_gives_a_cpu_pod_the_first_flavor_that_fits_as_kueue_does():
-    """The model above, on the case the example queue once got wrong: TPU flavors listed first."""
-    tpu = {"name": "v5e-2x2", "quota": {"cpu": 8, "memory": "8Gi", "google.com/tpu": 4},
-           "labels": {"cloud.google.com/gke-tpu-topology": "2x2"}}
-    cpu = {"name": "cpu", "quota": {"cpu": 8, "memory": "8Gi", "google.com/tpu": 0}, "labels": {}}
-    cpu_pod = ({}, {"cpu": 1, "memory": quantity("1Gi")})
-    tpu_pod = ({"nodeSelector": {"cloud.google.com/gke-tpu-topology": "2x2"}},
-               {"cpu": 1, "memory": quantity("1Gi"), "google.com/tpu": 4})
-    assert assign_flavor(*cpu_pod, [tpu, cpu], {}) == "v5e-2x2"  # the trap
-    assert assign_flavor(*cpu_pod, [cpu, tpu], {}) == "cpu"
-    assert assign_flavor(*tpu_pod, [cpu, tpu], {}) == "v5e-2x2"  # no TPU quota in cpu
-    assert assign_flavor(*tpu_pod, [cpu, tpu], {"v5e-2x2": {"google.com/tpu": 4}}) is None  # quota held
+def test_the_flavor_model_follows_kueues_documented_rules():
+    """The model above on hand-written cases of Kueue's rules (its flavor-assignment docs): first fit
+    in order; taints need tolerations; a nodeSelector key some flavor labels must match; every
+    requested resource must be covered; held quota counts."""
+    topo = "cloud.google.com/gke-tpu-topology"
+    taint = {"key": "google.com/tpu", "value": "present", "effect": "NoSchedule"}
+    quota = {"cpu": 8, "memory": "8Gi", "ephemeral-storage": "100Gi", "google.com/tpu": 4}
+    bare_tpu = {"name": "v5e-2x2", "quota": quota, "labels": {topo: "2x2"}, "taints": []}
+    tpu = {**bare_tpu, "taints": [taint]}
+    cpu = {"name": "cpu", "quota": {**quota, "google.com/tpu": 0}, "labels": {}, "taints": []}
+    covered, keys = set(quota), {topo}
+    cpu_pod = ({}, {"cpu": 1, "memory": quantity("1Gi"), "ephemeral-storage": quantity("10Gi")})
+    tpu_spec = {"nodeSelector": {topo: "2x2"},
+                "tolerations": [{"key": "google.com/tpu", "operator": "Exists", "effect": "NoSchedule"}]}
+    tpu_pod = (tpu_spec, {"cpu": 1, "memory": quantity("1Gi"), "google.com/tpu": 4})
+    assert assign_flavor(*cpu_pod, [bare_tpu, cpu], {}, covered, keys) == "v5e-2x2"  # the trap: no taint
+    assert assign_flavor(*cpu_pod, [tpu, cpu], {}, covered, keys) == "cpu"  # the taint keeps it off
+    assert assign_flavor(*cpu_pod, [cpu, tpu], {"cpu": {"cpu": 8}}, covered, keys) is None  # never spills
+    assert assign_flavor(*tpu_pod, [cpu, tpu], {}, covered, keys) == "v5e-2x2"  # no TPU quota in cpu
+    assert assign_flavor(*tpu_pod, [cpu, tpu], {"v5e-2x2": {"google.com/tpu": 4}}, covered, keys) is None
+    assert assign_flavor({**tpu_spec, "tolerations": []}, tpu_pod[1], [tpu], {}, covered, keys) is None
+    other = {**tpu, "labels": {"cloud.google.com/gke-tpu-accelerator": "x"}}  # lacks the selected key
+    assert assign_flavor(*tpu_pod, [other], {}, covered, keys | {"cloud.google.com/gke-tpu-accelerator"}) is None
+    assert assign_flavor(*cpu_pod, [cpu], {}, covered - {"ephemeral-storage"}, keys) is None  # not covered
 
 
 def json_patches() -> dict[str, list[dict]]:

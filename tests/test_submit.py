@@ -71,10 +71,10 @@ def test_stage_jobsets_validate_against_the_jobset_crd(overlay):
 def test_under_kueue_each_stage_is_its_own_workload_needing_less_quota_than_the_whole(tmp_path):
     objects = kueue_objects()
     docs = with_component("hybrid-v5e-8", "kueue", tmp_path)
-    flavors = queue_flavors(objects)
+    queue = queue_flavors(objects)
 
     def chips(js):
-        chosen, held = admit(js, flavors)
+        chosen, held = admit(js, queue)
         assert None not in chosen.values(), chosen
         return sum(need.get("google.com/tpu", 0) for need in held.values())
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import gc
 
 import jax
@@ -35,14 +36,18 @@ def trim() -> bool:
     Training loops call it after every step: a step's temporaries (a rollout's KV cache, a gradient
     pass's activations) are freed into glibc's arenas, which keep them, and the next step's
     allocations of other sizes then land on top instead of reusing them. A few milliseconds a step."""
-    name = ctypes.util.find_library("c")
-    if not name:
-        return False
-    malloc_trim = getattr(ctypes.CDLL(name), "malloc_trim", None)
+    malloc_trim = _malloc_trim()
     if malloc_trim is None:
         return False
     malloc_trim(ctypes.c_size_t(0))
     return True
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's malloc_trim, looked up once (find_library runs ldconfig), or None without it."""
+    name = ctypes.util.find_library("c")
+    return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
 
 
 def gigabytes() -> float | None:
