@@ -15,6 +15,7 @@ import ctypes
 import ctypes.util
 import functools
 import gc
+import resource
 
 import jax
 
@@ -26,7 +27,6 @@ def resident_bytes() -> int | None:
             pages = int(f.read().split()[1])
     except (OSError, ValueError, IndexError):
         return None
-    import resource
     return pages * resource.getpagesize()
 
 

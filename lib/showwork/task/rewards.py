@@ -163,7 +163,7 @@ SHORT_PENALTY = 5.0
 
 def composite(prompts, completions, answer, **kw) -> list[float]:
     """+25 correct, +2 reasoning block, +2 answer block, +1 arithmetic shown, -15 format violation,
-    -5 for reasoning under SHORT_REASONING_WORDS words (none counts as none)."""
+    -5 for reasoning under SHORT_REASONING_WORDS words (no reasoning block counts as none)."""
     out = []
     for c, gold in zip(completions, answer):
         text = _text(c)
