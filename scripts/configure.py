@@ -14,7 +14,9 @@ the recipes and mounts name them and, with REGISTRY, the images
 `scripts/build-images.sh --platform tpu --tag TAG` then `docker push` leave
 them). Without REGISTRY the images keep skaffold's artifact names, for
 `skaffold run --default-repo`. Each written overlay is rendered and refused
-if a placeholder or an untagged image is left.
+if a placeholder or an untagged image is left. Each Job's activeDeadlineSeconds
+is set from the `deadlines` section of the overlay's recipe (showwork.deadlines),
+so a deadline edited in a recipe reaches the cluster at the next configure.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ import sys
 from pathlib import Path
 
 import yaml
+
+from showwork import deadlines
+from showwork.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[1]
 OVERLAYS = REPO / "k8s" / "overlays"
@@ -72,7 +77,7 @@ def site_recipes(folder: Path, args) -> list[str]:
     return names
 
 
-def site_overlay(overlay: str, out: Path, args) -> str:
+def site_overlay(overlay: str, out: Path, args, table: dict[str, int] | None = None) -> str:
     """The kustomization of `overlay` on this site (its recipe files written beside it)."""
     doc = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
@@ -92,6 +97,10 @@ def site_overlay(overlay: str, out: Path, args) -> str:
                                           "options": {"disableNameSuffixHash": True}})
         doc["replacements"] = [{"source": {"kind": "ConfigMap", "name": "showwork-site", "fieldPath": "data.MODELS_BUCKET"},
                                 "targets": [{"select": {"kind": "JobSet"}, "fieldPaths": [MOUNTS]}]}]
+    if table:  # the recipe's deadlines, under a name of our own (the shipped overlay may carry the block)
+        block = deadlines.kustomization(table, name="showwork-site-deadlines")
+        doc["configMapGenerator"] += block["configMapGenerator"]
+        doc.setdefault("replacements", []).extend(block["replacements"])
     if args.registry:
         doc["images"] = [{"name": f"showwork-{s}", "newName": f"{args.registry}/showwork-{s}", "newTag": args.tag}
                          for s in STAGES]
@@ -125,6 +134,11 @@ def main(argv=None) -> int:
         folder = out / overlay
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "kustomization.yaml").write_text(site_overlay(overlay, out, args))
+        try:  # the site's recipe files as the pods will load them, then its deadlines written in
+            table = deadlines.wanted(deadlines.render(str(folder)))
+        except (ValueError, UsageError) as err:
+            raise SystemExit(f"configure: {folder}: {err}")
+        (folder / "kustomization.yaml").write_text(site_overlay(overlay, out, args, table))
         rendered = subprocess.run(["kubectl", "kustomize", str(folder)], capture_output=True, text=True)
         if rendered.returncode:
             raise SystemExit(f"configure: {folder} does not render: {rendered.stderr.strip()}")

@@ -251,7 +251,7 @@ def config_classes(root: type = config.Config) -> list[type]:
     return seen
 
 
-READING_METHODS_IN_CONFIG = ("problems", "mesh_for_eval", "session_steps", "total_steps")
+READING_METHODS_IN_CONFIG = ("problems", "mesh_for_eval", "session_steps", "total_steps", "by_job")
 
 
 def attribute_reads(tree: ast.AST) -> set[str]:
@@ -273,7 +273,7 @@ def reads_outside_config(roots) -> set[str]:
 
 def reads_inside_config() -> set[str]:
     """What config.py's own methods read: its checks (`problems`) and the quantities it derives
-    for the jobs (`mesh_for_eval`, `session_steps`, `total_steps`)."""
+    for the jobs (`mesh_for_eval`, `session_steps`, `total_steps`, `by_job`)."""
     return {name for node in ast.walk(parse(LIB / "config.py"))
             if isinstance(node, ast.FunctionDef) and node.name in READING_METHODS_IN_CONFIG
             for name in attribute_reads(node)}

@@ -433,6 +433,30 @@ class TierConfig:
 
 
 @dataclass(frozen=True)
+class DeadlinesConfig:
+    """Hours each stage's Job may run on a cluster before Kubernetes fails it (its
+    activeDeadlineSeconds; showwork.deadlines writes them into the JobSet). A deadline bounds what
+    retries cannot: a hung collective, a pod ignored and recreated after every eviction. Set it
+    well above the stage's expected time on the recipe's slowest tier: reaching it fails the run
+    (reason DeadlineExceeded), and a resumed run starts the Job's clock again. A local run
+    (jobs.pipeline without --submit) has no deadline."""
+
+    data_prep: float = 2.0
+    sft: float = 72.0
+    grpo: float = 72.0
+    eval: float = 24.0
+    report: float = 1.0
+
+    def problems(self):
+        yield from _positive(self, *(f.name for f in dataclasses.fields(self)))
+
+    def by_job(self) -> dict[str, float]:
+        """Hours by the replicated job (k8s/base/pipeline.yaml) each deadline bounds."""
+        return {"data-prep": self.data_prep, "sft": self.sft, "grpo": self.grpo, "eval": self.eval,
+                "report": self.report}
+
+
+@dataclass(frozen=True)
 class Difference:
     """A value a recipe sets unlike the system it reproduces (showwork.systems), and why."""
 
@@ -460,6 +484,8 @@ class Config:
     # it sets otherwise; documentation that tests/test_systems.py holds to the recipe's values.
     reference: Optional[str] = field(default=None, metadata=LOGGING)
     differences: tuple[Difference, ...] = field(default=(), metadata=LOGGING)
+    # Cluster deadlines change when Kubernetes gives up on a Job, never what a stage computes.
+    deadlines: DeadlinesConfig = field(default=DeadlinesConfig(), metadata=LOGGING)
 
     def problems(self):
         """Combinations that cannot run, caught before any work starts."""

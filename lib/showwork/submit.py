@@ -11,7 +11,8 @@ Each stage's JobSet keeps everything of the original that applies to it: the
 labels (Kueue's queue name among them) and annotations (exclusive topology),
 the pod template, `ttlSecondsAfterFinished`, and the `failurePolicy` rules that
 target it or every job (`maxRestarts` too); `dependsOn` is dropped, because
-the order is kept here. Names are `<jobset>-<stage>`, labelled
+the order is kept here. Each stage's `activeDeadlineSeconds` is its recipe's
+(the `deadlines` section, showwork.deadlines), whatever the overlay rendered. Names are `<jobset>-<stage>`, labelled
 `showwork.dev/pipeline` and `showwork.dev/stage` (`kubectl get jobsets -l
 showwork.dev/pipeline=<jobset>`).
 """
@@ -258,6 +259,7 @@ def render(overlay: str) -> tuple[list[dict], list[Stage]]:
 
     import yaml
 
+    from showwork import deadlines
     from showwork.errors import UsageError
 
     path = pathlib.Path(overlay)
@@ -271,7 +273,10 @@ def render(overlay: str) -> tuple[list[dict], list[Stage]]:
     else:
         raise UsageError(f"{overlay}: neither an overlay directory nor a rendered YAML file")
     try:
-        return split([d for d in yaml.safe_load_all(text) if d])
+        docs = [d for d in yaml.safe_load_all(text) if d]
+        # The recipe is the home of each stage's deadline: what the overlay rendered is overridden.
+        deadlines.apply(jobset(docs), deadlines.wanted(docs))
+        return split(docs)
     except (ValueError, KeyError) as err:
         raise UsageError(f"{overlay}: {err}") from None
 

@@ -1,0 +1,136 @@
+"""Each stage's cluster deadline, from its recipe: the `deadlines` section as the Jobs' activeDeadlineSeconds.
+
+The recipe is the one home of the numbers (config.DeadlinesConfig, in hours). They reach a JobSet
+three ways, all through this module:
+
+* `kustomization`: the block `make configure` writes into every site overlay (and a shipped
+  overlay whose recipe sets its own deadlines carries): a ConfigMap kustomize keeps to itself
+  (`config.kubernetes.io/local-config`) and replacements that address each replicated job by name
+  (`spec.replicatedJobs.[name=sft]`), so they hold in any overlay a user composes, whatever the
+  order of its jobs;
+* `apply`: `jobs.pipeline --submit` sets them on the JobSets it submits, from the recipe the
+  rendered overlay's pods load;
+* `check`: tests hold every shipped overlay's rendered deadlines to its recipe.
+
+`python -m showwork.deadlines k8s/overlays/<overlay>` prints the block for an overlay's recipe.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from showwork import config
+
+CONFIGMAP = "showwork-deadlines"
+
+
+def seconds(section: config.DeadlinesConfig) -> dict[str, int]:
+    """Replicated job name -> activeDeadlineSeconds."""
+    return {job: round(hours * 3600) for job, hours in section.by_job().items()}
+
+
+def _jobset(docs: list[dict]) -> dict:
+    found = [d for d in docs if d.get("kind") == "JobSet"]
+    if len(found) != 1:
+        raise ValueError(f"the rendered overlay has {len(found)} JobSets; a pipeline overlay has one")
+    return found[0]
+
+
+def recipe_config(docs: list[dict]) -> config.Config:
+    """The config the rendered overlay's pods load: the recipe its run ConfigMap names and its tier.yaml,
+    both from the recipes ConfigMap the pods mount at /config."""
+    cms = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d.get("kind") == "ConfigMap"}
+    spec = _jobset(docs)["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
+    env = {}
+    for src in spec["containers"][0].get("envFrom", []):
+        env.update(cms.get(src.get("configMapRef", {}).get("name"), {}))
+    recipe = env.get("SHOWWORK_RECIPE")
+    mounted = next((cms[v["configMap"]["name"]] for v in spec.get("volumes", [])
+                    if v.get("name") == "config" and "configMap" in v), None)
+    if recipe is None or mounted is None:
+        raise ValueError("the rendered overlay names no SHOWWORK_RECIPE or mounts no recipes ConfigMap at /config")
+    if f"{recipe}.yaml" not in mounted or "tier.yaml" not in mounted:
+        raise ValueError(f"the recipes ConfigMap has no {recipe}.yaml or tier.yaml")
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        for name in (f"{recipe}.yaml", "tier.yaml"):
+            paths.append(Path(tmp) / name)
+            paths[-1].write_text(mounted[name])
+        return config.load(*paths)
+
+
+def current(docs: list[dict]) -> dict[str, int | None]:
+    """Replicated job name -> its activeDeadlineSeconds as rendered."""
+    return {rj["name"]: rj["template"]["spec"].get("activeDeadlineSeconds")
+            for rj in _jobset(docs)["spec"]["replicatedJobs"]}
+
+
+def wanted(docs: list[dict]) -> dict[str, int]:
+    """The recipe's deadline for each replicated job of the overlay that has one (a job the recipe
+    names no deadline for, one a user added, keeps its own)."""
+    table = seconds(recipe_config(docs).deadlines)
+    return {job: table[job] for job in current(docs) if job in table}
+
+
+def check(docs: list[dict]) -> list[str]:
+    """Each replicated job whose rendered deadline is not its recipe's, as a sentence."""
+    have = current(docs)
+    return [f"{job}: activeDeadlineSeconds {have[job]}, the recipe says {want}"
+            for job, want in wanted(docs).items() if have[job] != want]
+
+
+def apply(js: dict, table: dict[str, int]) -> None:
+    """Set each named replicated job's activeDeadlineSeconds in a JobSet (in place)."""
+    for rj in js["spec"]["replicatedJobs"]:
+        if rj["name"] in table:
+            rj["template"]["spec"]["activeDeadlineSeconds"] = table[rj["name"]]
+
+
+def kustomization(table: dict[str, int], name: str = CONFIGMAP) -> dict:
+    """configMapGenerator and replacements entries that set these deadlines, each job addressed by name.
+    A kustomization that includes another carrying the block names its own ConfigMap otherwise: local
+    config still passes to the including kustomization, where a second ConfigMap of the name clashes."""
+    cm = {"name": name, "literals": [f"{job}={s}" for job, s in table.items()],
+          "options": {"disableNameSuffixHash": True,
+                      "annotations": {"config.kubernetes.io/local-config": "true"}}}
+    replacements = [{"source": {"kind": "ConfigMap", "name": name, "fieldPath": f"data.{job}"},
+                     "targets": [{"select": {"group": "jobset.x-k8s.io", "kind": "JobSet"},
+                                  "fieldPaths": [f"spec.replicatedJobs.[name={job}].template.spec.activeDeadlineSeconds"]}]}
+                    for job in table]
+    return {"configMapGenerator": [cm], "replacements": replacements}
+
+
+def kustomization_yaml(table: dict[str, int]) -> str:
+    """`kustomization` as the YAML to paste into an overlay's kustomization.yaml."""
+    return yaml.safe_dump(kustomization(table), sort_keys=False, default_flow_style=None, width=1000)
+
+
+def render(overlay: str) -> list[dict]:
+    """`kubectl kustomize` of an overlay directory, as documents."""
+    import subprocess
+
+    done = subprocess.run(["kubectl", "kustomize", overlay], capture_output=True, text=True)
+    if done.returncode:
+        raise ValueError(f"kubectl kustomize {overlay}: {done.stderr.strip()}")
+    return [d for d in yaml.safe_load_all(done.stdout) if d]
+
+
+def main(argv=None) -> int:
+    """python -m showwork.deadlines OVERLAY: the block that gives OVERLAY its recipe's deadlines."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("overlay", help="a kustomize overlay directory (its SHOWWORK_RECIPE names the recipe)")
+    args = p.parse_args(argv)
+    docs = render(args.overlay)
+    print(f"# merge into {args.overlay}/kustomization.yaml (the recipe's deadlines; now: "
+          f"{', '.join(check(docs)) or 'already as the recipe says'})")
+    print(kustomization_yaml(wanted(docs)), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
