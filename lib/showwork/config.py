@@ -356,10 +356,12 @@ class SelfTeachConfig:
 class EvalConfig:
     # Which models to evaluate, in report order; names of pipeline stages.
     models: tuple[Literal["base", "sft", "self-teach", "grpo"], ...] = ("base",)
-    # greedy, majority (maj@k), consensus (one sample per temperature); loss: the held-out loss of each
+    # greedy, majority (maj@k), consensus (one sample per temperature); greedy+calc: greedy with a
+    # calculator writing the value of every "expression =" the model writes (showwork.sample.calculator;
+    # reported as its own method, never as greedy); loss: the held-out loss of each
     # row's reference target given its prompt (teacher forcing), for corpora whose targets are not a
     # number to match (glaive's traces), reported as loss and perplexity.
-    methods: tuple[Literal["greedy", "majority", "consensus", "loss"], ...] = ("greedy",)
+    methods: tuple[Literal["greedy", "majority", "consensus", "greedy+calc", "loss"], ...] = ("greedy",)
     samples: int = 4  # k for maj@k
     temperature: float = 0.7
     consensus_temperatures: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8, 1.0)

@@ -414,3 +414,28 @@ def test_a_loss_evaluation_runs_through_the_jobs_and_reports_loss_only(prepared,
     assert 1.0 < metrics["held_out_loss"]["base"]["perplexity"] < 1e6 and metrics["models"] == {}
     md = bus.read_text("report/report.md")
     assert "## Held-out loss" in md and "## Accuracy" not in md
+
+
+def test_greedy_with_the_calculator_is_reported_as_its_own_method_beside_greedy(prepared, tmp_path):
+    """Through the eval and report jobs: `greedy+calc` gets its own records, samples that say how many
+    values the calculator wrote, and its own row in the metrics, never folded into greedy's."""
+    root, recipe = prepared
+    calc = tmp_path / "calc.yaml"
+    calc.write_text(TINY_EVAL.replace("methods: [greedy, majority, consensus]", "methods: [greedy, greedy+calc]"))
+    shutil.copytree(root / "runs", tmp_path / "runs")
+    evaluate_and_report(calc, tmp_path / "runs", shards=1)
+    bus = Bus(str(tmp_path / "runs" / "tiny-eval"))
+    records = bus.read_jsonl("eval/base/shard-0-of-1.jsonl")
+    for record in records:
+        assert set(record["methods"]) == {"greedy", "greedy+calc"}
+        (sample,) = record["methods"]["greedy+calc"]["samples"]
+        assert isinstance(sample["calculator_inserts"], int) and sample["temperature"] == 0.0
+        assert "calculator_inserts" not in record["methods"]["greedy"]["samples"][0]
+    metrics = json.loads((tmp_path / "runs" / "tiny-eval" / "report" / "metrics.json").read_text())
+    base = metrics["models"]["base"]
+    assert base["greedy"]["questions"] == base["greedy+calc"]["questions"] == len(records)
+    greedy = sum(r["methods"]["greedy"]["correct"] for r in records) / len(records)
+    assert base["greedy"]["accuracy"] == pytest.approx(greedy)
+    inserted = [r["methods"]["greedy+calc"]["samples"][0]["calculator_inserts"] for r in records]
+    assert base["greedy+calc"]["mean_calculator_inserts"] == pytest.approx(sum(inserted) / len(inserted))
+    assert "mean_calculator_inserts" not in base["greedy"]

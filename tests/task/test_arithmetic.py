@@ -50,3 +50,24 @@ def test_a_long_run_of_digits_costs_one_pass():
 
 def test_non_text_has_no_equations():
     assert arithmetic.equations(None) == [] and arithmetic.wrong(None) == []
+
+
+@pytest.mark.parametrize("text, written", [
+    ("Half of them: 48 / 2 =", " 24"),
+    ("so <<48/2=", "24>>"),  # GSM8K's calculator annotation
+    ("3 x 4 + 2 = ", "14"),  # a space already written: none added
+    ("10 / 3 =", " 3.33"),  # two decimals at most
+    ("7 / 2 =", " 3.5"),
+    ("5 - 8 =", " -3"),
+    ("$1,200 - $200 =", " 1000"),
+    ("12.5 * 2=", " 25"),
+    ("1 / 3 - 1 / 3 =", " 0"),
+    ("x =", None),  # no expression before the "="
+    ("the number 7 =", None),  # one number is no sum
+    ("5 / 0 =", None),  # undefined
+    ("999999999999999 * 999999999999999 =", None),  # too large to write
+    ("48 / 2 = 24", None),  # closed already
+    ("48 / 2 = 24. Then 24 + 5 =", " 29"),  # only the last, open one
+])
+def test_the_calculator_completes_an_open_equation_and_nothing_else(text, written):
+    assert arithmetic.calculate(text) == written

@@ -6,6 +6,9 @@ Methods:
 * `greedy`: one sample at temperature 0;
 * `majority`: k samples at one temperature, majority vote (maj@k);
 * `consensus`: one sample at each of several temperatures, majority vote;
+* `greedy+calc`: one greedy sample with a calculator in the loop (showwork.sample.calculator:
+  each "expression =" the model writes gets its exact value), each sample recording how many
+  values the calculator wrote (`calculator_inserts`);
 * `loss`: no sampling: the negative log-likelihood of the row's reference
   target given its prompt (teacher forcing, cut as SFT cuts it), summed,
   with its token count; the report turns them into loss and perplexity.
@@ -27,7 +30,7 @@ from showwork.bus import Bus, StageResult, run_once
 from showwork.config import EvalConfig
 from showwork.eval import voting
 from showwork.model import loader, meshes
-from showwork.sample import forward, sampler
+from showwork.sample import calculator, forward, sampler
 from showwork.task import answers, code
 
 
@@ -78,7 +81,7 @@ def method_plan(ev: EvalConfig) -> dict[str, list[float]]:
     for method in ev.methods:
         if method == "loss":
             continue
-        if method == "greedy":
+        if method in ("greedy", "greedy+calc"):
             plan[method] = [0.0]
         elif method == "majority":
             plan[method] = [ev.temperature] * ev.samples
@@ -111,15 +114,23 @@ def evaluate_rows(loaded, rows: list[dict], plan: dict[str, list[float]], *, max
             settings = sampler.SampleSettings(max_tokens, temp, top_k if temp > 0 else None, None)
             # Each (method, sample) has its own seed: maj@k samples are independent draws.
             started = time.perf_counter()
-            out = sampler.generate(loaded, [r["prompt"] for r in rows], settings, batch_size=batch_size,
-                                    prompt_len=prompt_len, stop_strings=stop_strings,
-                                    row_seeds=[row_seed(seed, r["id"], method, t_index) for r in rows])
+            seeds = [row_seed(seed, r["id"], method, t_index) for r in rows]
+            inserts = [None] * len(rows)
+            if method == "greedy+calc":  # rounds of re-prefilled prompts: no one prompt length
+                out = calculator.generate(loaded, [r["prompt"] for r in rows], settings, row_seeds=seeds,
+                                          batch_size=batch_size, stop_strings=stop_strings)
+                inserts = out.inserts
+            else:
+                out = sampler.generate(loaded, [r["prompt"] for r in rows], settings, batch_size=batch_size,
+                                       prompt_len=prompt_len, stop_strings=stop_strings, row_seeds=seeds)
             if log:
                 log.info("sampled", method=method, sample=t_index + 1, of=len(temps), questions=len(rows),
                          questions_per_second=round(len(rows) / (time.perf_counter() - started), 3))
-            for record, text, test in zip(records, out.texts, tests):
-                record["methods"].setdefault(method, {"samples": []})["samples"].append(
-                    {**score(text, record["gold"], test), "temperature": temp})
+            for record, text, test, inserted in zip(records, out.texts, tests, inserts):
+                sample = {**score(text, record["gold"], test), "temperature": temp}
+                if inserted is not None:
+                    sample["calculator_inserts"] = inserted
+                record["methods"].setdefault(method, {"samples": []})["samples"].append(sample)
     for record, test in zip(records, tests):
         expected = PASSED if test else answers.normalize(record["gold"])
         for result in record["methods"].values():

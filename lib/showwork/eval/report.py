@@ -76,7 +76,10 @@ def method_metrics(records: list[dict], method: str) -> dict:
     correct = sum(bool(x["correct"]) for x in results)
     samples = [s for x in results for s in x["samples"]]
     low, high = wilson(correct, n)
+    # greedy+calc: how many values the calculator wrote, per sample, beside what it scored.
+    inserted = [s["calculator_inserts"] for s in samples if "calculator_inserts" in s]
     return {
+        **({"mean_calculator_inserts": mean(inserted)} if inserted else {}),
         "questions": n,
         "correct": correct,
         "accuracy": correct / n if n else 0.0,

@@ -85,3 +85,38 @@ def equations(text: str) -> list[Equation]:
 def wrong(text: str) -> list[str]:
     """The equations the text gets wrong, as written."""
     return [e.text for e in equations(text) if not e.correct]
+
+
+# ---------------------------------------------------------------- the calculator
+
+# What a calculator completes: a text that ends in an expression and "=", written out
+# ("48 / 2 =") or as a GSM8K annotation ("<<48/2="); the last 200 characters are enough.
+_OPEN = re.compile(rf"(<<)?(?<![\d.,])(-?{_NUM}(?:[ \t]*{_OP}[ \t]*{_NUM}){{1,8}})[ \t]*=[ \t]*$")
+CALC_TAIL = 200
+CALC_LIMIT = Fraction(10) ** 15  # no larger result is written (nor is one with more digits read)
+
+
+def written(value: Fraction) -> str:
+    """A value as a worked solution writes it: 24, 12.5, 0.33 (two decimals at most), -3."""
+    if value.denominator == 1:
+        return str(value.numerator)
+    text = f"{round(float(value), 2):.2f}".rstrip("0").rstrip(".")
+    return "0" if text == "-0" else text
+
+
+def calculate(text: str) -> str | None:
+    """What a calculator writes after `text`, when it ends in an open equation ("48 / 2 =" or
+    "<<48/2="): " 24" or, in GSM8K's annotation, "24>>"; None when it does not end in one (an
+    "x =", a "=" after words), the value is undefined (division by zero) or too large."""
+    match = _OPEN.search(text[-CALC_TAIL:])
+    if match is None:
+        return None
+    try:
+        value = evaluate(match.group(2))
+    except (ValueError, ZeroDivisionError):
+        return None
+    if value is None or abs(value) >= CALC_LIMIT:
+        return None
+    if match.group(1):
+        return f"{written(value)}>>"
+    return written(value) if text.endswith((" ", "\t")) else f" {written(value)}"

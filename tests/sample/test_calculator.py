@@ -1,0 +1,112 @@
+"""Sampling with a calculator in the loop (showwork.sample.calculator): rounds that stop at "=",
+the value written in, the model's budget kept; on a scripted model and on the real 270M."""
+
+from __future__ import annotations
+
+import pytest
+
+from showwork.sample import calculator, sampler
+from showwork.task import arithmetic
+
+STOP = ("</answer>",)
+
+
+class Scripted:
+    """A model that writes `segments` in turn, one per "=" already in its completion, and writes its
+    own (wrong) value after a "=" nobody filled. One character is one token."""
+
+    def __init__(self, prompt: str, segments: list[str], own_value: str = " 23"):
+        self.prompt, self.segments, self.own_value, self.rounds = prompt, segments, own_value, 0
+
+    class Tokenizer:
+        @staticmethod
+        def decode(ids):
+            return "".join(map(chr, ids))
+
+    tokenizer = Tokenizer()
+
+    def continuation(self, completion: str) -> str:
+        k = completion.count("=")
+        if completion.endswith("="):  # the calculator wrote nothing: the model does
+            return self.own_value + self.segments[k] if k < len(self.segments) else self.own_value
+        return "".join(self.segments[k:]) if k < len(self.segments) else ""
+
+    def generate(self, loaded, prompts, settings, *, batch_size, stop_strings, row_seeds):
+        self.rounds += 1
+        out = sampler.Samples([], [], [], [], [])
+        for prompt in prompts:
+            text = self.continuation(prompt[len(self.prompt):])
+            stops = [text.index(s) + len(s) for s in stop_strings if s in text]
+            cut = min(stops) if stops else len(text)
+            text = text[:cut][:settings.max_new_tokens]
+            ids = [ord(c) for c in text]
+            out.texts.append(text)
+            out.tokens.append(ids)
+            out.completion_ids.append(ids)
+            out.prompt_tokens.append([])
+            out.stopped.append(bool(stops) and cut <= settings.max_new_tokens)
+        return out
+
+
+def run(monkeypatch, model: Scripted, max_new: int = 256, rows: int = 1):
+    monkeypatch.setattr(sampler, "generate", model.generate)
+    return calculator.generate(model, [model.prompt] * rows, sampler.SampleSettings(max_new_tokens=max_new),
+                               row_seeds=list(range(rows)), stop_strings=STOP)
+
+
+def test_each_value_the_model_asks_for_is_the_calculators(monkeypatch):
+    model = Scripted("Q: 48 clips in April, half as many in May, and 5 more. ",
+                     ["Half of 48 is 48 / 2 =", ". Then 24 + 5 =", " clips.\n<answer>29</answer>"])
+    out = run(monkeypatch, model, rows=2)
+    want = "Half of 48 is 48 / 2 = 24. Then 24 + 5 = 29 clips.\n<answer>29</answer>"
+    assert out.texts == [want, want] and out.inserts == [2, 2] and out.stopped == [True, True]
+    assert arithmetic.wrong(out.texts[0]) == []
+    assert out.tokens[0] == len(want) - len(" 24") - len(" 29")  # the model's tokens only
+    assert model.rounds == 3
+
+
+def test_without_the_calculator_the_scripted_model_gets_its_sums_wrong(monkeypatch):
+    """The same model sampled plainly: what the calculator is measured against."""
+    model = Scripted("Q: ", ["Half of 48 is 48 / 2 =", ". Then 24 + 5 =", " clips.\n<answer>29</answer>"])
+    monkeypatch.setattr(sampler, "generate", model.generate)
+    plain = model.continuation("48 / 2 =")
+    assert plain.startswith(" 23") and arithmetic.wrong("48 / 2 =" + plain) == ["48 / 2 = 23"]
+
+
+def test_an_equals_that_closes_no_expression_is_left_to_the_model(monkeypatch):
+    model = Scripted("Q: ", ["Let x =", ", so 2 + 3 =", ".\n<answer>5</answer>"], own_value=" the count")
+    out = run(monkeypatch, model)
+    assert out.texts == ["Let x = the count, so 2 + 3 = 5.\n<answer>5</answer>"] and out.inserts == [1]
+
+
+def test_gsm8k_annotations_are_closed_as_gsm8k_writes_them(monkeypatch):
+    model = Scripted("Q: ", ["She sold <<48/2=", "24 clips.\n<answer>24</answer>"])
+    out = run(monkeypatch, model)
+    assert out.texts == ["She sold <<48/2=24>>24 clips.\n<answer>24</answer>"]
+
+
+def test_the_budget_counts_the_models_tokens_and_cuts_a_later_round(monkeypatch):
+    model = Scripted("Q: ", ["48 / 2 =", " and then a long tail of words that never stops"])
+    out = run(monkeypatch, model, max_new=20)
+    assert out.tokens == [20] and out.stopped == [False] and out.inserts == [1]
+    assert out.texts == ["48 / 2 = 24 and then a "]  # 8 tokens, the value, 12 more
+
+
+def test_a_row_that_keeps_writing_equations_ends_after_max_inserts(monkeypatch):
+    model = Scripted("Q: ", ["1 + 1 ="] * (calculator.MAX_INSERTS + 5))
+    out = run(monkeypatch, model, max_new=10_000)
+    assert out.inserts == [calculator.MAX_INSERTS] and out.stopped == [False]
+
+
+@pytest.mark.slow
+def test_on_the_real_model_every_equation_it_writes_is_right(gemma270m):
+    """Gemma 3 270M continuing a list of sums it makes up: with the calculator none is wrong (plain
+    greedy's are printed beside, for a reader: a 270M model's multi-digit products often are)."""
+    prompt = "23 * 47 = 1081\n358 + 467 = 825\n64 * 29 = 1856\n"
+    settings = sampler.SampleSettings(max_new_tokens=48)
+    plain = sampler.generate(gemma270m, [prompt], settings, batch_size=1).texts[0]
+    calc = calculator.generate(gemma270m, [prompt], settings, row_seeds=[0], batch_size=1)
+    assert calc.inserts[0] >= 2 and arithmetic.equations(calc.texts[0])
+    assert arithmetic.wrong(calc.texts[0]) == [], calc.texts[0]
+    assert calc.tokens[0] <= 48
+    print("plain:", plain, "calc:", calc.texts[0], sep="\n")
