@@ -93,3 +93,7 @@ def check_eta(finished: list[dict]):
     assert first_eval["stage"].startswith("evaluate base")
     assert first_eval["eta_seconds"] == pytest.approx(5 * first_eval["seconds"], rel=0.02, abs=0.5)
     assert finished[-1]["eta_seconds"] == 0.0
+    # Memory is released after every stage that ran (showwork.memory.release: its resident set
+    # before and after on the stage's line), not after one skipped by its marker.
+    assert "rss_before_gb" not in finished[0]
+    assert all(f["rss_before_gb"] > 0 and f["rss_after_gb"] > 0 for f in finished[1:]), finished
