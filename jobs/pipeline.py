@@ -51,7 +51,7 @@ def submit_main(argv: list[str], cluster=None) -> None:
     log.configure()
     logger = log.get("submit", overlay=args.submit)
     with cli.ending():
-        others, order = submit.render(args.submit)
+        others, order = submit.render(args.submit, logger)
         if args.emit:
             for path in submit.emit(others, order, pathlib.Path(args.emit)):
                 print(path)

@@ -35,7 +35,7 @@ def test_the_demo_overlay_carries_the_demo_recipes_short_deadlines_not_the_bases
     want = deadlines.seconds(config.load(RECIPES / "demo.yaml", REPO / "k8s/components/cpu/tier.yaml").deadlines)
     assert deadlines.current(docs) == want and want["sft"] == 4 * 3600
     assert deadlines.current(render("hybrid-cpu"))["sft"] == 72 * 3600
-    assert not [d for d in docs if d["metadata"]["name"] == deadlines.CONFIGMAP], "kustomize keeps it to itself"
+    assert not [d for d in docs if d["metadata"]["name"].startswith(deadlines.CONFIGMAP)], "kustomize keeps it"
 
 
 @needs_kubectl
@@ -48,8 +48,39 @@ def test_check_names_each_job_whose_rendered_deadline_is_not_its_recipes():
 
 
 @needs_kubectl
+def test_a_kueue_limit_below_the_sum_of_the_deadlines_is_named():
+    docs = render("demo-cpu")
+    submit.jobset(docs)["metadata"].setdefault("labels", {})[deadlines.KUEUE_MAX_EXEC] = "36000"
+    assert deadlines.check(docs) == [f"{deadlines.KUEUE_MAX_EXEC} 36000 is below the sum of the Jobs' "
+                                     f"deadlines, {3600 + 3 * 14400 + 3600}"]
+
+
+@needs_kubectl
+def test_the_printed_block_composes_over_an_overlay_that_carries_one(tmp_path, capsys):
+    """A user's overlay over demo-cpu (which carries a block) pastes what `python -m showwork.deadlines`
+    prints for it: its ConfigMap is named after the overlay, so the two do not clash."""
+    import os
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    base = {"resources": [os.path.relpath(REPO / "k8s" / "overlays" / "demo-cpu", mine)],
+            "configMapGenerator": [{"name": "showwork-run", "behavior": "merge",
+                                    "literals": ["SHOWWORK_RECIPE=hybrid"]}]}
+    (mine / "kustomization.yaml").write_text(yaml.safe_dump(base))
+    deadlines.main([str(mine)])
+    block = yaml.safe_load(capsys.readouterr().out)
+    assert block["configMapGenerator"][0]["name"] == "showwork-deadlines-mine"
+    base["configMapGenerator"] += block["configMapGenerator"]
+    (mine / "kustomization.yaml").write_text(yaml.safe_dump({**base, "replacements": block["replacements"]}))
+    out = subprocess.run([KUBECTL, "kustomize", str(mine)], capture_output=True, text=True, check=True).stdout
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    assert deadlines.check(docs) == [] and deadlines.current(docs)["sft"] == 72 * 3600  # hybrid's defaults
+
+
+@needs_kubectl
 def test_the_block_addresses_each_job_by_name_whatever_their_order(tmp_path):
-    """A user's overlay may order or drop jobs: the replacements follow names, not list positions."""
+    """A user's overlay may reorder jobs or drop some (the block then names only those it has): the
+    replacements follow names, not list positions."""
     js = submit.jobset(render("hybrid-cpu"))
     js["spec"]["replicatedJobs"].reverse()
     del js["spec"]["replicatedJobs"][1]  # eval gone
@@ -89,10 +120,17 @@ def test_submit_gives_each_stage_its_recipes_deadline_whatever_the_overlay_rende
     for rj in submit.jobset(docs)["spec"]["replicatedJobs"]:
         rj["template"]["spec"]["activeDeadlineSeconds"] = 1  # an overlay patched out of step with the recipe
     (tmp_path / "rendered.yaml").write_text(yaml.safe_dump_all(docs))
-    _, stages = submit.render(str(tmp_path / "rendered.yaml"))
+    warnings = []
+
+    class Log:
+        def warning(self, event, **kw):
+            warnings.append((event, kw["stage"], kw["recipe_seconds"]))
+
+    _, stages = submit.render(str(tmp_path / "rendered.yaml"), Log())
     got = {st.name: st.manifest["spec"]["replicatedJobs"][0]["template"]["spec"]["activeDeadlineSeconds"]
            for st in stages}
     assert got == {"data-prep": 3600, "sft": 14400, "grpo": 14400, "eval": 14400, "report": 3600}
+    assert warnings == [("deadline from the recipe", job, s) for job, s in got.items()]  # each override said
 
 
 @pytest.mark.parametrize("value, message", [(0, "must be positive"), (-1, "must be positive"),

@@ -10,7 +10,11 @@ three ways, all through this module:
   order of its jobs;
 * `apply`: `jobs.pipeline --submit` sets them on the JobSets it submits, from the recipe the
   rendered overlay's pods load;
-* `check`: tests hold every shipped overlay's rendered deadlines to its recipe.
+* `check`: tests hold every shipped overlay's rendered deadlines to its recipe (and a Kueue
+  `max-exec-time-seconds` label to at least their sum).
+
+The block names only Jobs the overlay has: kustomize refuses a replacement whose Job is missing
+(`unable to find field`), which is what a composed overlay that drops a Job should see.
 
 `python -m showwork.deadlines k8s/overlays/<overlay>` prints the block for an overlay's recipe.
 """
@@ -29,7 +33,7 @@ CONFIGMAP = "showwork-deadlines"
 
 def seconds(section: config.DeadlinesConfig) -> dict[str, int]:
     """Replicated job name -> activeDeadlineSeconds."""
-    return {job: round(hours * 3600) for job, hours in section.by_job().items()}
+    return {job: max(1, round(hours * 3600)) for job, hours in section.by_job().items()}  # 0 is refused
 
 
 def _jobset(docs: list[dict]) -> dict:
@@ -75,18 +79,33 @@ def wanted(docs: list[dict]) -> dict[str, int]:
     return {job: table[job] for job in current(docs) if job in table}
 
 
+KUEUE_MAX_EXEC = "kueue.x-k8s.io/max-exec-time-seconds"
+
+
 def check(docs: list[dict]) -> list[str]:
-    """Each replicated job whose rendered deadline is not its recipe's, as a sentence."""
-    have = current(docs)
-    return [f"{job}: activeDeadlineSeconds {have[job]}, the recipe says {want}"
-            for job, want in wanted(docs).items() if have[job] != want]
+    """Each replicated job whose rendered deadline is not its recipe's, and a Kueue limit on the
+    JobSet's admitted time below the sum of its Jobs' deadlines (Kueue would end a run whose every
+    Job kept to its deadline), as sentences."""
+    have, want = current(docs), wanted(docs)
+    found = [f"{job}: activeDeadlineSeconds {have[job]}, the recipe says {s}" for job, s in want.items()
+             if have[job] != s]
+    limit = _jobset(docs)["metadata"].get("labels", {}).get(KUEUE_MAX_EXEC)
+    total = sum(want.get(job, have[job] or 0) for job in have)
+    if limit is not None and int(limit) < total:
+        found.append(f"{KUEUE_MAX_EXEC} {limit} is below the sum of the Jobs' deadlines, {total}")
+    return found
 
 
-def apply(js: dict, table: dict[str, int]) -> None:
-    """Set each named replicated job's activeDeadlineSeconds in a JobSet (in place)."""
+def apply(js: dict, table: dict[str, int]) -> list[tuple[str, int | None, int]]:
+    """Set each named replicated job's activeDeadlineSeconds in a JobSet (in place); returns
+    (job, rendered, set) for each one that changed."""
+    changed = []
     for rj in js["spec"]["replicatedJobs"]:
-        if rj["name"] in table:
-            rj["template"]["spec"]["activeDeadlineSeconds"] = table[rj["name"]]
+        spec = rj["template"]["spec"]
+        if rj["name"] in table and spec.get("activeDeadlineSeconds") != table[rj["name"]]:
+            changed.append((rj["name"], spec.get("activeDeadlineSeconds"), table[rj["name"]]))
+            spec["activeDeadlineSeconds"] = table[rj["name"]]
+    return changed
 
 
 def kustomization(table: dict[str, int], name: str = CONFIGMAP) -> dict:
@@ -103,9 +122,9 @@ def kustomization(table: dict[str, int], name: str = CONFIGMAP) -> dict:
     return {"configMapGenerator": [cm], "replacements": replacements}
 
 
-def kustomization_yaml(table: dict[str, int]) -> str:
+def kustomization_yaml(table: dict[str, int], name: str = CONFIGMAP) -> str:
     """`kustomization` as the YAML to paste into an overlay's kustomization.yaml."""
-    return yaml.safe_dump(kustomization(table), sort_keys=False, default_flow_style=None, width=1000)
+    return yaml.safe_dump(kustomization(table, name), sort_keys=False, default_flow_style=None, width=1000)
 
 
 def render(overlay: str) -> list[dict]:
@@ -126,9 +145,11 @@ def main(argv=None) -> int:
     p.add_argument("overlay", help="a kustomize overlay directory (its SHOWWORK_RECIPE names the recipe)")
     args = p.parse_args(argv)
     docs = render(args.overlay)
-    print(f"# merge into {args.overlay}/kustomization.yaml (the recipe's deadlines; now: "
-          f"{', '.join(check(docs)) or 'already as the recipe says'})")
-    print(kustomization_yaml(wanted(docs)), end="")
+    # Named after the overlay: one that includes another carrying a block gets no clash.
+    name = f"{CONFIGMAP}-{Path(args.overlay).resolve().name}"
+    print(f"# merge into {args.overlay}/kustomization.yaml: the recipe's deadlines for the Jobs this overlay "
+          f"has (now: {'; '.join(check(docs)) or 'already as the recipe says'})")
+    print(kustomization_yaml(wanted(docs), name), end="")
     return 0
 
 

@@ -252,7 +252,7 @@ class KubeCluster:
                                                                  "jobsets", name))
 
 
-def render(overlay: str) -> tuple[list[dict], list[Stage]]:
+def render(overlay: str, log=None) -> tuple[list[dict], list[Stage]]:
     """`kubectl kustomize` of an overlay directory (or a rendered YAML file) split as `split` does."""
     import pathlib
     import subprocess
@@ -275,7 +275,9 @@ def render(overlay: str) -> tuple[list[dict], list[Stage]]:
     try:
         docs = [d for d in yaml.safe_load_all(text) if d]
         # The recipe is the home of each stage's deadline: what the overlay rendered is overridden.
-        deadlines.apply(jobset(docs), deadlines.wanted(docs))
+        for job, rendered, recipe in deadlines.apply(jobset(docs), deadlines.wanted(docs)):
+            if log:
+                log.warning("deadline from the recipe", stage=job, rendered_seconds=rendered, recipe_seconds=recipe)
         return split(docs)
     except (ValueError, KeyError) as err:
         raise UsageError(f"{overlay}: {err}") from None

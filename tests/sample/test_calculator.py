@@ -15,8 +15,9 @@ class Scripted:
     """A model that writes `segments` in turn, one per "=" already in its completion, and writes its
     own (wrong) value after a "=" nobody filled. One character is one token."""
 
-    def __init__(self, prompt: str, segments: list[str], own_value: str = " 23"):
+    def __init__(self, prompt: str, segments: list[str], own_value: str = " 23", merge: str = ""):
         self.prompt, self.segments, self.own_value, self.rounds = prompt, segments, own_value, 0
+        self.merge = merge  # characters the last token of a "=" stop carries after the "="
 
     class Tokenizer:
         @staticmethod
@@ -38,7 +39,8 @@ class Scripted:
             text = self.continuation(prompt[len(self.prompt):])
             stops = [text.index(s) + len(s) for s in stop_strings if s in text]
             cut = min(stops) if stops else len(text)
-            text = text[:cut][:settings.max_new_tokens]
+            merged = self.merge if stops and text[:cut].endswith("=") else ""
+            text = (text[:cut] + merged)[:settings.max_new_tokens]
             ids = [ord(c) for c in text]
             out.texts.append(text)
             out.tokens.append(ids)
@@ -65,14 +67,6 @@ def test_each_value_the_model_asks_for_is_the_calculators(monkeypatch):
     assert model.rounds == 3
 
 
-def test_without_the_calculator_the_scripted_model_gets_its_sums_wrong(monkeypatch):
-    """The same model sampled plainly: what the calculator is measured against."""
-    model = Scripted("Q: ", ["Half of 48 is 48 / 2 =", ". Then 24 + 5 =", " clips.\n<answer>29</answer>"])
-    monkeypatch.setattr(sampler, "generate", model.generate)
-    plain = model.continuation("48 / 2 =")
-    assert plain.startswith(" 23") and arithmetic.wrong("48 / 2 =" + plain) == ["48 / 2 = 23"]
-
-
 def test_an_equals_that_closes_no_expression_is_left_to_the_model(monkeypatch):
     model = Scripted("Q: ", ["Let x =", ", so 2 + 3 =", ".\n<answer>5</answer>"], own_value=" the count")
     out = run(monkeypatch, model)
@@ -92,10 +86,25 @@ def test_the_budget_counts_the_models_tokens_and_cuts_a_later_round(monkeypatch)
     assert out.texts == ["48 / 2 = 24 and then a "]  # 8 tokens, the value, 12 more
 
 
-def test_a_row_that_keeps_writing_equations_ends_after_max_inserts(monkeypatch):
-    model = Scripted("Q: ", ["1 + 1 ="] * (calculator.MAX_INSERTS + 5))
+def test_a_row_that_keeps_writing_equations_ends_after_max_stops(monkeypatch):
+    model = Scripted("Q: ", ["\n1 + 1 ="] * (calculator.MAX_STOPS + 5))
     out = run(monkeypatch, model, max_new=10_000)
-    assert out.inserts == [calculator.MAX_INSERTS] and out.stopped == [False]
+    assert out.inserts == [calculator.MAX_STOPS] and out.stopped == [False] and model.rounds == calculator.MAX_STOPS
+
+
+def test_a_row_that_keeps_writing_equals_signs_that_close_nothing_ends_after_max_stops(monkeypatch):
+    """Every "=" costs a round, filled or not: rounds are bounded by stops, not only by the budget."""
+    model = Scripted("Q: ", ["so x ="] * (calculator.MAX_STOPS + 5), own_value="")
+    out = run(monkeypatch, model, max_new=10_000)
+    assert out.inserts == [0] and model.rounds == calculator.MAX_STOPS
+
+
+def test_an_equals_merged_with_what_follows_has_that_tail_replaced_by_the_value(monkeypatch):
+    """SentencePiece may spell "=" together with the model's next characters ("=2"): the row stopped
+    there, the model's "2" is dropped and the calculator's value written instead."""
+    model = Scripted("Q: ", ["48 / 2 =", ". Done.\n<answer>24</answer>"], merge=" 2")
+    out = run(monkeypatch, model)
+    assert out.texts == ["48 / 2 = 24. Done.\n<answer>24</answer>"] and out.inserts == [1]
 
 
 @pytest.mark.slow

@@ -68,6 +68,17 @@ def test_non_text_has_no_equations():
     ("999999999999999 * 999999999999999 =", None),  # too large to write
     ("48 / 2 = 24", None),  # closed already
     ("48 / 2 = 24. Then 24 + 5 =", " 29"),  # only the last, open one
+    ("1 / 8 =", " 0.13"),  # the exact value rounded half away from zero, not a float's 0.12
+    ("-3 / 8 =", " -0.38"),
+    ("<< 3*4=", "12>>"),
+    ("Step 1: 2 + 2 =", " 4"),
+    # The tail of a longer expression is not the expression: nothing is written.
+    ("(2 + 3) * 4 + 1 =", None),
+    ("2^3 * 5 =", None),
+    ("1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 =", None),  # nine operators: one more than the grammar reads
+    ("x3 + 4 =", None),
 ])
 def test_the_calculator_completes_an_open_equation_and_nothing_else(text, written):
     assert arithmetic.calculate(text) == written
+    if written is not None and not written.endswith(">>"):  # what it writes, the checker accepts
+        assert arithmetic.wrong(text + written) == []

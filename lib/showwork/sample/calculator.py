@@ -24,7 +24,7 @@ from showwork.sample import sampler
 from showwork.task.arithmetic import calculate
 
 EQUALS = "="
-MAX_INSERTS = 32  # per row: a row that keeps writing equations ends its rounds here
+MAX_STOPS = 32  # per row: a row that keeps stopping at "=" (filled or not) ends its rounds here
 
 
 @dataclass
@@ -52,7 +52,7 @@ def generate(loaded, prompts: list[str], settings: sampler.SampleSettings, *, ro
              batch_size: int = 8, stop_strings: tuple[str, ...] = ()) -> CalcSamples:
     """Complete each prompt with the calculator writing every value the model asks for."""
     n = len(prompts)
-    texts, inserts, used = [""] * n, [0] * n, [0] * n
+    texts, inserts, used, stops = [""] * n, [0] * n, [0] * n, [0] * n
     stopped, active, rounds = [False] * n, list(range(n)), 0
     while active:
         out = sampler.generate(loaded, [prompts[i] + texts[i] for i in active], settings, batch_size=batch_size,
@@ -76,7 +76,8 @@ def generate(loaded, prompts: list[str], settings: sampler.SampleSettings, *, ro
             value = calculate(texts[i] + text[:end])
             texts[i] += text if value is None else text[:end] + value  # "x =": the model's own text
             inserts[i] += value is not None
-            if used[i] < settings.max_new_tokens and inserts[i] < MAX_INSERTS:
+            stops[i] += 1
+            if used[i] < settings.max_new_tokens and stops[i] < MAX_STOPS:
                 still.append(i)
         active = still
     return CalcSamples(texts, inserts, used, stopped)

@@ -36,7 +36,8 @@ class Equation:
     def correct(self) -> bool:
         """Equal, or the stated value is the exact one rounded to the decimals it shows."""
         places = len(self.text.rsplit("=", 1)[1].strip().partition(".")[2])
-        return abs(self.value - self.stated) < Fraction(1, 2 * 10 ** places) if places else self.value == self.stated
+        # <=: a value exactly half-way (1/8 = 0.125) is right rounded either way (0.12 or 0.13).
+        return abs(self.value - self.stated) <= Fraction(1, 2 * 10 ** places) if places else self.value == self.stated
 
 
 def _number(token: str) -> Fraction:
@@ -91,25 +92,38 @@ def wrong(text: str) -> list[str]:
 
 # What a calculator completes: a text that ends in an expression and "=", written out
 # ("48 / 2 =") or as a GSM8K annotation ("<<48/2="); the last 200 characters are enough.
-_OPEN = re.compile(rf"(<<)?(?<![\d.,])(-?{_NUM}(?:[ \t]*{_OP}[ \t]*{_NUM}){{1,8}})[ \t]*=[ \t]*$")
+_OPEN = re.compile(rf"(<<[ \t]*)?(?<![\d.,])(-?{_NUM}(?:[ \t]*{_OP}[ \t]*{_NUM}){{1,8}})[ \t]*=[ \t]*$")
+# An expression that is the tail of a longer one is not completed: "(2 + 3) * 4 + 1 =", "2^3 * 5 =",
+# nine operators (one more than the grammar reads), "x3 + 4 =".
+_GLUED = re.compile(r"[A-Za-z0-9)\]^%$]\Z")
+_AFTER_OPERATOR = re.compile(rf"(?:{_OP}|[()\[\]^%])[ \t]*\Z")
 CALC_TAIL = 200
 CALC_LIMIT = Fraction(10) ** 15  # no larger result is written (nor is one with more digits read)
 
 
 def written(value: Fraction) -> str:
-    """A value as a worked solution writes it: 24, 12.5, 0.33 (two decimals at most), -3."""
+    """A value as a worked solution writes it: 24, 12.5, 0.33, 0.13 (two decimals at most, the
+    exact value rounded half away from zero), -3."""
     if value.denominator == 1:
         return str(value.numerator)
-    text = f"{round(float(value), 2):.2f}".rstrip("0").rstrip(".")
-    return "0" if text == "-0" else text
+    cents = int(abs(value) * 100 + Fraction(1, 2))  # floor of |value| x 100 + 1/2
+    if cents == 0:
+        return "0"
+    whole, part = divmod(cents, 100)
+    text = f"{whole}.{part:02d}".rstrip("0").rstrip(".")
+    return f"-{text}" if value < 0 else text
 
 
 def calculate(text: str) -> str | None:
     """What a calculator writes after `text`, when it ends in an open equation ("48 / 2 =" or
     "<<48/2="): " 24" or, in GSM8K's annotation, "24>>"; None when it does not end in one (an
     "x =", a "=" after words), the value is undefined (division by zero) or too large."""
-    match = _OPEN.search(text[-CALC_TAIL:])
+    tail = text[-CALC_TAIL:]
+    match = _OPEN.search(tail)
     if match is None:
+        return None
+    before = tail[:match.start()]
+    if not match.group(1) and (_GLUED.search(before) or _AFTER_OPERATOR.search(before)):
         return None
     try:
         value = evaluate(match.group(2))
