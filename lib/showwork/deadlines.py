@@ -27,6 +27,7 @@ from pathlib import Path
 import yaml
 
 from showwork import config
+from showwork.submit import jobset
 
 CONFIGMAP = "showwork-deadlines"
 
@@ -36,18 +37,11 @@ def seconds(section: config.DeadlinesConfig) -> dict[str, int]:
     return {job: max(1, round(hours * 3600)) for job, hours in section.by_job().items()}  # 0 is refused
 
 
-def _jobset(docs: list[dict]) -> dict:
-    found = [d for d in docs if d.get("kind") == "JobSet"]
-    if len(found) != 1:
-        raise ValueError(f"the rendered overlay has {len(found)} JobSets; a pipeline overlay has one")
-    return found[0]
-
-
 def recipe_config(docs: list[dict]) -> config.Config:
     """The config the rendered overlay's pods load: the recipe its run ConfigMap names and its tier.yaml,
     both from the recipes ConfigMap the pods mount at /config."""
     cms = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d.get("kind") == "ConfigMap"}
-    spec = _jobset(docs)["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
+    spec = jobset(docs)["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
     env = {}
     for src in spec["containers"][0].get("envFrom", []):
         env.update(cms.get(src.get("configMapRef", {}).get("name"), {}))
@@ -69,7 +63,7 @@ def recipe_config(docs: list[dict]) -> config.Config:
 def current(docs: list[dict]) -> dict[str, int | None]:
     """Replicated job name -> its activeDeadlineSeconds as rendered."""
     return {rj["name"]: rj["template"]["spec"].get("activeDeadlineSeconds")
-            for rj in _jobset(docs)["spec"]["replicatedJobs"]}
+            for rj in jobset(docs)["spec"]["replicatedJobs"]}
 
 
 def wanted(docs: list[dict]) -> dict[str, int]:
@@ -89,7 +83,7 @@ def check(docs: list[dict]) -> list[str]:
     have, want = current(docs), wanted(docs)
     found = [f"{job}: activeDeadlineSeconds {have[job]}, the recipe says {s}" for job, s in want.items()
              if have[job] != s]
-    limit = _jobset(docs)["metadata"].get("labels", {}).get(KUEUE_MAX_EXEC)
+    limit = jobset(docs)["metadata"].get("labels", {}).get(KUEUE_MAX_EXEC)
     total = sum(want.get(job, have[job] or 0) for job in have)
     if limit is not None and int(limit) < total:
         found.append(f"{KUEUE_MAX_EXEC} {limit} is below the sum of the Jobs' deadlines, {total}")
@@ -127,24 +121,16 @@ def kustomization_yaml(table: dict[str, int], name: str = CONFIGMAP) -> str:
     return yaml.safe_dump(kustomization(table, name), sort_keys=False, default_flow_style=None, width=1000)
 
 
-def render(overlay: str) -> list[dict]:
-    """`kubectl kustomize` of an overlay directory, as documents."""
-    import subprocess
-
-    done = subprocess.run(["kubectl", "kustomize", overlay], capture_output=True, text=True)
-    if done.returncode:
-        raise ValueError(f"kubectl kustomize {overlay}: {done.stderr.strip()}")
-    return [d for d in yaml.safe_load_all(done.stdout) if d]
-
-
 def main(argv=None) -> int:
     """python -m showwork.deadlines OVERLAY: the block that gives OVERLAY its recipe's deadlines."""
     import argparse
 
+    from showwork.submit import rendered
+
     p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument("overlay", help="a kustomize overlay directory (its SHOWWORK_RECIPE names the recipe)")
     args = p.parse_args(argv)
-    docs = render(args.overlay)
+    docs = rendered(args.overlay)
     # Named after the overlay: one that includes another carrying a block gets no clash.
     name = f"{CONFIGMAP}-{Path(args.overlay).resolve().name}"
     print(f"# merge into {args.overlay}/kustomization.yaml: the recipe's deadlines for the Jobs this overlay "

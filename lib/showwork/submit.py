@@ -252,14 +252,13 @@ class KubeCluster:
                                                                  "jobsets", name))
 
 
-def render(overlay: str, log=None) -> tuple[list[dict], list[Stage]]:
-    """`kubectl kustomize` of an overlay directory (or a rendered YAML file) split as `split` does."""
+def rendered(overlay: str) -> list[dict]:
+    """The documents of `kubectl kustomize` of an overlay directory, or of a rendered YAML file."""
     import pathlib
     import subprocess
 
     import yaml
 
-    from showwork import deadlines
     from showwork.errors import UsageError
 
     path = pathlib.Path(overlay)
@@ -272,12 +271,20 @@ def render(overlay: str, log=None) -> tuple[list[dict], list[Stage]]:
         text = path.read_text()
     else:
         raise UsageError(f"{overlay}: neither an overlay directory nor a rendered YAML file")
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def render(overlay: str, log=None) -> tuple[list[dict], list[Stage]]:
+    """`rendered(overlay)` split as `split` does, each stage's deadline its recipe's."""
+    from showwork import deadlines
+    from showwork.errors import UsageError
+
+    docs = rendered(overlay)
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d]
         # The recipe is the home of each stage's deadline: what the overlay rendered is overridden.
-        for job, rendered, recipe in deadlines.apply(jobset(docs), deadlines.wanted(docs)):
+        for job, was, recipe in deadlines.apply(jobset(docs), deadlines.wanted(docs)):
             if log:
-                log.warning("deadline from the recipe", stage=job, rendered_seconds=rendered, recipe_seconds=recipe)
+                log.warning("deadline from the recipe", stage=job, rendered_seconds=was, recipe_seconds=recipe)
         return split(docs)
     except (ValueError, KeyError) as err:
         raise UsageError(f"{overlay}: {err}") from None
