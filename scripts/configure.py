@@ -30,7 +30,7 @@ from pathlib import Path
 
 import yaml
 
-from showwork import deadlines, submit
+from showwork import deadlines, manifests
 from showwork.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,7 +135,7 @@ def main(argv=None) -> int:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "kustomization.yaml").write_text(site_overlay(overlay, out, args))
         try:  # the site's recipe files as the pods will load them, then its deadlines written in
-            table = deadlines.wanted(submit.rendered(str(folder)))
+            table = deadlines.wanted(manifests.rendered(str(folder)))
         except (ValueError, UsageError) as err:
             raise SystemExit(f"configure: {folder}: {err}")
         (folder / "kustomization.yaml").write_text(site_overlay(overlay, out, args, table))

@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 
 from showwork import config
-from showwork.submit import jobset
+from showwork.manifests import jobset
 
 CONFIGMAP = "showwork-deadlines"
 
@@ -125,7 +125,7 @@ def main(argv=None) -> int:
     """python -m showwork.deadlines OVERLAY: the block that gives OVERLAY its recipe's deadlines."""
     import argparse
 
-    from showwork.submit import rendered
+    from showwork.manifests import rendered
 
     p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument("overlay", help="a kustomize overlay directory (its SHOWWORK_RECIPE names the recipe)")

@@ -24,18 +24,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
+from showwork.manifests import jobset, rendered
+
 JOBSET_GROUP, JOBSET_VERSION = "jobset.x-k8s.io", "v1alpha2"
 PIPELINE_LABEL, STAGE_LABEL = "showwork.dev/pipeline", "showwork.dev/stage"
 # Stage JobSets' states, from the JobSet's status conditions.
 COMPLETED, FAILED, RUNNING = "Completed", "Failed", "running"
-
-
-def jobset(docs: list[dict]) -> dict:
-    """The one JobSet among a rendered overlay's documents."""
-    found = [d for d in docs if d.get("kind") == "JobSet"]
-    if len(found) != 1:
-        raise ValueError(f"the rendered overlay has {len(found)} JobSets; a pipeline overlay has one")
-    return found[0]
 
 
 def in_order(js: dict) -> list[dict]:
@@ -250,28 +244,6 @@ class KubeCluster:
     def jobset_state(self, name: str) -> tuple[str, str]:
         return state_of(self.custom.get_namespaced_custom_object(JOBSET_GROUP, JOBSET_VERSION, self.namespace,
                                                                  "jobsets", name))
-
-
-def rendered(overlay: str) -> list[dict]:
-    """The documents of `kubectl kustomize` of an overlay directory, or of a rendered YAML file."""
-    import pathlib
-    import subprocess
-
-    import yaml
-
-    from showwork.errors import UsageError
-
-    path = pathlib.Path(overlay)
-    if path.is_dir():
-        done = subprocess.run(["kubectl", "kustomize", str(path)], capture_output=True, text=True)
-        if done.returncode:
-            raise UsageError(f"kubectl kustomize {overlay}: {done.stderr.strip()}")
-        text = done.stdout
-    elif path.is_file():
-        text = path.read_text()
-    else:
-        raise UsageError(f"{overlay}: neither an overlay directory nor a rendered YAML file")
-    return [d for d in yaml.safe_load_all(text) if d]
 
 
 def render(overlay: str, log=None) -> tuple[list[dict], list[Stage]]:
