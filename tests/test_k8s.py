@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -623,34 +624,132 @@ def test_the_flavor_model_follows_kueues_documented_rules():
     assert assign_flavor(*cpu_pod, [cpu], {}, covered - {"ephemeral-storage"}, keys) is None  # not covered
 
 
-def json_patches() -> dict[str, list[dict]]:
-    """Every JSON patch we ship: component patch files and overlays' inline patches."""
-    out = {}
-    for path in sorted((REPO / "k8s" / "components").glob("*/patch.yaml")):
-        out[str(path.relative_to(REPO))] = yaml.safe_load(path.read_text())
-    for kfile in sorted((REPO / "k8s" / "overlays").glob("*/kustomization.yaml")):
-        for n, patch in enumerate(yaml.safe_load(kfile.read_text()).get("patches", [])):
-            if "patch" in patch:
-                out[f"{kfile.relative_to(REPO)}#{n}"] = yaml.safe_load(patch["patch"])
-    return out
+def shipped_kustomize_files() -> list[Path]:
+    return sorted(p for p in (REPO / "k8s").rglob("*.yaml") if p.parent.name != "recipes")
 
 
-@pytest.mark.parametrize("name, ops", sorted(json_patches().items()))
-def test_every_patch_names_the_replicated_job_it_changes(name, ops):
-    """A patch addresses a replicated job by position only after testing that position's name, so an
-    overlay a user composes (a job removed, reordered) fails to build instead of patching the wrong job."""
-    checked: set[int] = set()
-    for op in ops:
-        match = re.match(r"/spec/replicatedJobs/(\d+)(/.*)?$", op["path"])
-        if not match:
+@pytest.mark.parametrize("path", shipped_kustomize_files(), ids=lambda p: str(p.relative_to(REPO)))
+def test_no_shipped_patch_addresses_a_replicated_job_by_list_position(path):
+    """`/spec/replicatedJobs/1` patches whatever job an overlay a user composes put second: every
+    component and overlay names the job (`[name=sft]` in a replacement, a merge key in a patch)."""
+    text = path.read_text()
+    assert not re.search(r"replicatedJobs(/|\.)(\d|-)", text), f"{path}: a replicated job addressed by position"
+
+
+def rel(target: Path, directory: Path) -> str:
+    """`target` as a kustomization in `directory` names it (kustomize takes relative paths)."""
+    return os.path.relpath(target, directory)
+
+
+def user_overlay(root: Path, name: str, kustomization: dict) -> Path:
+    d = root / name
+    d.mkdir()
+    (d / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    return d
+
+
+def build(path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([KUBECTL, "kustomize", str(path)], capture_output=True, text=True, timeout=120)
+
+
+def with_inserted_job(tmp_path) -> Path:
+    """A user's pipeline: base plus a `distill` job between grpo and eval (eval now waits for it)."""
+    base = jobset(render_dir(REPO / "k8s" / "base"))
+    distill = copy.deepcopy(next(rj for rj in base["spec"]["replicatedJobs"] if rj["name"] == "report"))
+    distill["name"] = "distill"
+    distill["dependsOn"] = [{"name": "grpo", "status": "Complete"}]
+    return user_overlay(tmp_path, "mine", {
+        "resources": [rel(REPO / "k8s" / "base", tmp_path / "mine")],
+        "patches": [{"target": {"kind": "JobSet"}, "patch": yaml.safe_dump([
+            {"op": "add", "path": "/spec/replicatedJobs/3", "value": distill},
+            {"op": "replace", "path": "/spec/replicatedJobs/4/dependsOn/0/name", "value": "distill"}])}]})
+
+
+def render_dir(path: Path) -> list[dict]:
+    out = build(path)
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+@needs_kubectl
+def test_components_patch_each_job_by_name_in_a_pipeline_with_a_job_inserted(tmp_path):
+    """Over a user's pipeline with an extra job in the middle, the tier and feature components change
+    sft, grpo and eval (found by name), leave the inserted job alone and keep the order (JobSet
+    requires each dependsOn to name an earlier job)."""
+    mine = with_inserted_job(tmp_path)
+    composed_dir = tmp_path / "composed"
+    composed = user_overlay(tmp_path, "composed", {
+        "resources": ["../mine"],
+        "components": [rel(REPO / "k8s" / "components" / c, composed_dir) for c in ("v5e-8", "gcsfuse", "spot")]})
+    js = jobset(render_dir(composed))
+    assert [rj["name"] for rj in js["spec"]["replicatedJobs"]] == ["data-prep", "sft", "grpo", "distill", "eval", "report"]
+    specs = dict(pod_specs(js))
+    for name in ("sft", "grpo", "eval"):
+        assert specs[name]["nodeSelector"]["cloud.google.com/gke-tpu-topology"] == "2x4", name
+        assert {t["key"] for t in specs[name]["tolerations"]} == {"google.com/tpu", "cloud.google.com/gke-spot"}, name
+        (c,) = specs[name]["containers"]
+        assert c["resources"]["limits"]["google.com/tpu"] == "8" and "cpu" not in c["resources"]["limits"], name
+        assert {"name": "models", "mountPath": "/models", "readOnly": True} in c["volumeMounts"], name
+        assert "affinity" in specs[name], name
+    for name in ("data-prep", "distill", "report"):
+        assert "nodeSelector" not in specs[name] and "tolerations" not in specs[name] and "affinity" not in specs[name]
+        assert all(v["name"] != "models" for v in specs[name]["volumes"]), name
+    eval_job = next(rj for rj in js["spec"]["replicatedJobs"] if rj["name"] == "eval")
+    assert eval_job["template"]["spec"]["completions"] == 4 and eval_job["dependsOn"][0]["name"] == "distill"
+
+
+@needs_kubectl
+@pytest.mark.parametrize("under, component", [("quickstart-cpu", "spot"), ("quickstart-cpu", "gcsfuse"),
+                                              ("base+skip-sft", "v5e-8"), ("base+skip-sft", "v5e-16"),
+                                              ("base+skip-sft", "cpu"), ("base+skip-sft", "v5e-4")])
+def test_a_component_over_a_pipeline_without_its_job_fails_naming_the_job(tmp_path, under, component):
+    """A component never invents a job: over a pipeline without sft, one that patches sft stops the
+    build naming `[name=sft]` instead of creating a half-empty replicated job."""
+    if under == "base+skip-sft":
+        below = user_overlay(tmp_path, "below", {
+            "resources": [rel(REPO / "k8s" / "base", tmp_path / "below")],
+            "components": [rel(REPO / "k8s" / "components" / "skip-sft", tmp_path / "below")]})
+    else:
+        below = REPO / "k8s" / "overlays" / under
+    composed = user_overlay(tmp_path, "composed", {
+        "resources": [rel(below, tmp_path / "composed")],
+        "components": [rel(REPO / "k8s" / "components" / component, tmp_path / "composed")]})
+    out = build(composed)
+    assert out.returncode != 0 and "[name=sft]" in out.stderr, out.stderr[-500:]
+
+
+@needs_kubectl
+def test_a_second_tier_component_is_refused(tmp_path):
+    """Every tier's values are the resource PatchValues/tier: a tier over an overlay that has one (v5e-4
+    over hybrid-v5e-8) fails to build instead of mixing two tiers' placements."""
+    composed = user_overlay(tmp_path, "composed", {
+        "resources": [rel(REPO / "k8s" / "overlays" / "hybrid-v5e-8", tmp_path / "composed")],
+        "components": [rel(REPO / "k8s" / "components" / "v5e-4", tmp_path / "composed")]})
+    out = build(composed)
+    assert out.returncode != 0 and "PatchValues.v1alpha1.showwork.dev/tier" in out.stderr, out.stderr[-500:]
+
+
+@needs_kubectl
+def test_skip_components_drop_jobs_by_name_and_rewire_the_next_stage(tmp_path):
+    """skip-sft and skip-training remove jobs by name (the merge key in k8s/base/jobset-merge-keys.json)
+    and make the next stage wait for data-prep, in a pipeline with a job inserted as well."""
+    mine = with_inserted_job(tmp_path)
+    for skip, jobs, rewired in [("skip-sft", ["data-prep", "grpo", "distill", "eval", "report"], "grpo"),
+                                ("skip-training", ["data-prep", "distill", "eval", "report"], None)]:
+        d = user_overlay(tmp_path, skip, {
+            "resources": ["../mine"],
+            "components": [rel(REPO / "k8s" / "components" / skip, tmp_path / skip)]})
+        out = build(d)
+        if skip == "skip-training":  # eval waits for distill here, not grpo: the rewiring refuses to guess
+            assert out.returncode != 0 and "[name=grpo]" in out.stderr, out.stderr[-500:]
             continue
-        index, rest = int(match.group(1)), match.group(2)
-        if op["op"] == "test" and rest == "/name":
-            checked.add(index)
-            continue
-        assert index in checked, f"{name}: {op['op']} {op['path']} without a test of its name first"
-        if op["op"] == "remove" and rest is None:
-            checked = {i for i in checked if i < index}  # later positions shift: test them again
+        js = jobset(render_dir(d))
+        assert [rj["name"] for rj in js["spec"]["replicatedJobs"]] == jobs
+        deps = {rj["name"]: rj.get("dependsOn", [{}])[0].get("name") for rj in js["spec"]["replicatedJobs"]}
+        assert deps[rewired] == "data-prep" and deps["distill"] == "grpo"
+    js = jobset(render("eval-only-cpu"))
+    assert [(rj["name"], rj.get("dependsOn", [{}])[0].get("name")) for rj in js["spec"]["replicatedJobs"]] == \
+        [("data-prep", None), ("eval", "data-prep"), ("report", "eval")]
 
 
 @needs_kubectl
