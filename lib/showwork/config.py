@@ -227,6 +227,10 @@ class RolloutConfig:
     temperature: float = 0.9
     top_k: Optional[int] = 50
     top_p: Optional[float] = 1.0
+    # A calculator in the loop (showwork.sample.calculator, as eval's greedy+calc): when a completion
+    # writes "48 / 2 =" the value is written for it; rewards grade the text with the values in it and
+    # the loss leaves the calculator's tokens out. max_tokens_to_generate counts the model's tokens.
+    calculator: bool = False
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,17 @@ class Scripted:
 
     def __init__(self, prompt: str, segments: list[str], own_value: str = " 23", merge: str = ""):
         self.prompt, self.segments, self.own_value, self.rounds = prompt, segments, own_value, 0
+        self.calls = []
         self.merge = merge  # characters the last token of a "=" stop carries after the "="
 
     class Tokenizer:
         @staticmethod
         def decode(ids):
             return "".join(map(chr, ids))
+
+        @staticmethod
+        def encode(text, bos=False):
+            return [1] * bos + [ord(c) for c in text]
 
     tokenizer = Tokenizer()
 
@@ -32,10 +37,13 @@ class Scripted:
             return self.own_value + self.segments[k] if k < len(self.segments) else self.own_value
         return "".join(self.segments[k:]) if k < len(self.segments) else ""
 
-    def generate(self, loaded, prompts, settings, *, batch_size, stop_strings, row_seeds):
+    def generate(self, loaded, prompts, settings, *, batch_size, stop_strings, row_seeds, prompt_ids, group,
+                 prompt_len):
         self.rounds += 1
+        self.calls.append({"prompt_ids": prompt_ids, "group": group, "prompt_len": prompt_len})
         out = sampler.Samples([], [], [], [], [])
-        for prompt in prompts:
+        for prompt, given in zip(prompts, prompt_ids):
+            assert given == self.tokenizer.encode(prompt, bos=True)  # the row's ids, not its text encoded again
             text = self.continuation(prompt[len(self.prompt):])
             stops = [text.index(s) + len(s) for s in stop_strings if s in text]
             cut = min(stops) if stops else len(text)
@@ -120,3 +128,48 @@ def test_on_the_real_model_every_equation_it_writes_is_right(gemma270m):
     assert calc.tokens[0] <= 48
     assert arithmetic.wrong(plain), plain  # on this CPU plain greedy writes 120 * 18 = 1848
     print("plain:", plain, "calc:", calc.texts[0], sep="\n")
+
+
+def mask_string(out, row=0) -> str:
+    """The row's completion with the calculator's characters shown as '#' (scripted: one char, one id)."""
+    return "".join(chr(i) if m else "#" for i, m in zip(out.completion_ids[row], out.sampled[row]))
+
+
+def test_rows_go_on_from_their_ids_and_the_calculators_ids_are_marked_not_sampled(monkeypatch):
+    """What a trainer scores: the completion's ids are the ones the rows conditioned on, round after
+    round, and `sampled` is 0 exactly on what the calculator wrote (GRPO masks those out of its loss)."""
+    model = Scripted("Q: 48 clips. ", ["Half is 48 / 2 =", ". Then 24 + 5 =", " clips.\n<answer>29</answer>"])
+    monkeypatch.setattr(sampler, "generate", model.generate)
+    out = calculator.generate(model, [model.prompt] * 2, sampler.SampleSettings(max_new_tokens=256),
+                              row_seeds=[0, 1], stop_strings=STOP, group=2, prompt_len=64)
+    assert mask_string(out) == "Half is 48 / 2 =###. Then 24 + 5 =### clips.\n<answer>29</answer>"
+    assert model.Tokenizer.decode(out.completion_ids[1]) == out.texts[1]
+    assert out.prompt_tokens[0] == model.Tokenizer.encode(model.prompt, bos=True)
+    # The first round shares the group's prefill at the fixed length; later rows differ.
+    assert [(c["group"], c["prompt_len"]) for c in model.calls] == [(2, 64), (1, None), (1, None)]
+    assert model.calls[1]["prompt_ids"][0] == out.prompt_tokens[0] + out.completion_ids[0][:len("Half is 48 / 2 = 24")]
+
+
+def test_a_merged_tail_is_not_the_models_the_equals_spelled_again_is_the_calculators(monkeypatch):
+    model = Scripted("Q: ", ["48 / 2 =", ". Done.\n<answer>24</answer>"], merge=" 2")
+    out = run(monkeypatch, model)
+    assert mask_string(out) == "48 / 2 =###. Done.\n<answer>24</answer>"
+    assert out.tokens == [len("48 / 2 = 2") + len(". Done.\n<answer>24</answer>")]  # the model wrote " 2" too
+
+
+def test_a_token_holding_the_equals_and_more_is_spelled_again_up_to_the_equals():
+    """SentencePiece's "=2" as one token: the model's "=" inside it is written again as "=" (the
+    calculator's, as the value is), the rest of the model's ids kept as sampled."""
+    pieces = {1: "48 / 2 ", 2: "=2", 3: "=", 4: " 24"}
+
+    class Tok:
+        @staticmethod
+        def decode(ids):
+            return "".join(pieces[i] for i in ids)
+
+        @staticmethod
+        def encode(text, bos=False):
+            return {"=": [3], " 24": [4]}[text]
+
+    ids, sampled = calculator._filled(Tok, [1, 2], "48 / 2 =2", len("48 / 2 ="), " 24")
+    assert ids == [1, 3, 4] and sampled == [1, 0, 0]

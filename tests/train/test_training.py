@@ -601,3 +601,57 @@ def test_a_grpo_session_in_micro_batches_trains_the_weights_of_one_pass(tmp_path
     assert metrics[None][-1]["kl"] > 0
     for a, b in zip(adapters[2], adapters[None]):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+def test_grpo_rollouts_with_the_calculator_grade_its_values_and_train_on_the_models_tokens_only(tmp_path, monkeypatch):
+    """rollout.calculator: a scripted policy writes "Half: 48 / 2 =", the calculator " 24", the policy
+    the answer (right on even rows, wrong on odd ones). Rewards grade the text with the value in it;
+    the update scores exactly the ids the rows went on from, with the calculator's masked out."""
+    from showwork import log
+    from showwork.config import GrpoConfig, RolloutConfig
+    from showwork.sample import sampler
+
+    loaded = tiny_model.load(seed=5)
+    tok = loaded.tokenizer
+    first, value = tok.encode("Half: 48 / 2 ="), tok.encode(" 24")
+    endings = {0: tok.encode(". So <answer>24</answer>"), 1: tok.encode(". So <answer>7</answer>")}
+
+    def scripted(model, prompts, settings, *, prompt_ids, row_seeds, **kw):
+        out = sampler.Samples([], [], [], [], [])
+        for text, ids, seed in zip(prompts, prompt_ids, row_seeds):
+            gen = endings[(seed - 7919) % 2] if text.endswith(" 24") else first
+            out.texts.append(tok.decode(gen))
+            out.tokens.append(gen)
+            out.completion_ids.append(gen + [tok.end_of_turn_id] if text.endswith(" 24") else gen)
+            out.prompt_tokens.append(ids)
+            out.stopped.append(True)
+        return out
+
+    monkeypatch.setattr(sampler, "generate", scripted)
+    seen = []
+    real_gradient = grpo.gradient
+
+    def recording(grad_fn, trainable, frozen, batch, *args):
+        seen.append([np.asarray(x) for x in batch])
+        return real_gradient(grad_fn, trainable, frozen, batch, *args)
+
+    monkeypatch.setattr(grpo, "gradient", recording)
+    rows = [{"prompt": f"Question {i}: what is half of 48?", "answer": "24"} for i in range(4)]
+    cfg = GrpoConfig(batch_size=2, num_generations=4, beta=0.0, prompts_per_session=4, steps_per_session=1,
+                     rewards={"correct": 1.0}, num_completions_to_print=2,
+                     rollout=RolloutConfig(max_prompt_length=64, max_tokens_to_generate=32, calculator=True),
+                     optimizer=OptimizerConfig(learning_rate=1e-3))
+    bus = Bus(str(tmp_path))
+    grpo.train_session(bus, loaded, rows, 0, cfg, 2, "t", log.get("t"))
+
+    (metrics,), records = bus.read_jsonl("grpo/s-0/metrics.jsonl"), bus.read_jsonl("grpo/s-0/samples.jsonl")
+    assert metrics["reward"] == pytest.approx(0.5) and metrics["calculator_tokens"] == len(value)
+    texts = [c["text"] for r in records for c in r["completions"]]
+    assert texts and all(t.startswith("Half: 48 / 2 = 24. So <answer>") for t in texts)
+    (_, completion, mask), = seen
+    for row in range(completion.shape[0]):
+        n = int((completion[row] != forward.PAD_ID).sum())
+        ending = completion[row, len(first) + len(value):n - 1].tolist()
+        assert completion[row, :len(first) + len(value)].tolist() == first + value and ending in endings.values()
+        want = [1.0] * len(first) + [0.0] * len(value) + [1.0] * (len(ending) + 1)
+        assert mask[row, :n].tolist() == want and not mask[row, n:].any()

@@ -52,6 +52,14 @@ def pack(prompts: list[list[int]], completions: list[list[int]], prompt_bucket: 
     return prompt, completion, mask
 
 
+def pack_mask(rows: list[list[int]], width: int) -> np.ndarray:
+    """Per-token 0/1 flags of right-padded completions as a [B, width] float mask (padding is 0)."""
+    mask = np.zeros((len(rows), width), np.float32)
+    for i, row in enumerate(rows):
+        mask[i, :len(row)] = row
+    return mask
+
+
 def final_hidden(graphdef, state, tokens, positions, cache, mask):
     """Run the model, returning final-norm hidden states instead of logits.
 

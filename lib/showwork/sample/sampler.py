@@ -279,8 +279,12 @@ def _generate(model, prompt_ids, prompt_valid, row_keys, *, max_new, temperature
 def generate(loaded: Loaded, prompts: list[str], settings: SampleSettings, *, seed: int = 0,
              batch_size: int = 8, stop_ids: tuple[int, ...] | None = None,
              prompt_len: int | None = None, row_seeds: list[int] | None = None,
-             stop_strings: tuple[str, ...] = (), group: int = 1) -> Samples:
+             stop_strings: tuple[str, ...] = (), group: int = 1,
+             prompt_ids: list[list[int]] | None = None) -> Samples:
     """Complete each prompt (BOS is prepended); rows are processed in batches.
+
+    `prompt_ids`: the prompts' ids as given (BOS included), not encoded from `prompts` (a row
+    that goes on from tokens it sampled: showwork.sample.calculator).
 
     `prompt_len` fixes the padded prompt length (one compiled program for
     every batch); by default it is the batch's longest prompt, bucketed.
@@ -302,7 +306,9 @@ def generate(loaded: Loaded, prompts: list[str], settings: SampleSettings, *, se
     tok = loaded.tokenizer
     stop_ids = tuple(stop_ids or (EOS_ID, tok.end_of_turn_id))
     sequences = stop_sequences(tok, tuple(stop_strings))
-    encoded = [tok.encode(p, bos=True) for p in prompts]
+    if prompt_ids is not None and len(prompt_ids) != len(prompts):
+        raise ValueError("prompt_ids must have one row per prompt")
+    encoded = [list(ids) for ids in prompt_ids] if prompt_ids is not None else [tok.encode(p, bos=True) for p in prompts]
     result = Samples([], [], [], [], [])
     for start in range(0, len(encoded), batch_size):
         chunk = encoded[start:start + batch_size]

@@ -27,7 +27,7 @@ from showwork import memory, stages
 from showwork.bus import Bus, StageResult, run_once
 from showwork.config import GrpoConfig
 from showwork.model import export, loader, lora, meshes
-from showwork.sample import forward, sampler
+from showwork.sample import calculator, forward, sampler
 from showwork.sample.logprobs import completion_logps
 from showwork.task import rewards as rewards_lib
 from showwork.train import loop, objective, step as step_lib
@@ -135,6 +135,10 @@ class Round:
     totals: np.ndarray  # what each completion is trained on: the weighted rewards plus overlong shaping
     per_reward: dict[str, np.ndarray]
     graded: np.ndarray  # the weighted rewards alone: dynamic sampling keeps groups where these differ
+    # With rollout.calculator: per completion id, 1 where the policy sampled it, 0 where the calculator
+    # wrote it (out of the loss); None without the calculator (every id is the policy's).
+    sampled: list[list[int]] | None = None
+    model_tokens: list[int] | None = None  # tokens the policy generated per completion (the budget's count)
 
 
 def round_seed(seed: int, index: int, attempt: int) -> int:
@@ -169,18 +173,26 @@ class Rollouts:
         settings = sampler.SampleSettings(roll.max_tokens_to_generate, roll.temperature, roll.top_k, roll.top_p)
         prompts = [r["prompt"] for r in picked for _ in range(g)]
         gold = [r["answer"] for r in picked for _ in range(g)]
-        samples = sampler.generate(policy, prompts, settings, seed=round_seed(grpo.seed, index, attempt),
-                                   batch_size=len(prompts), prompt_len=self.prompt_len, group=g)
+        seed = round_seed(grpo.seed, index, attempt)
+        sampled = model_tokens = None
+        if roll.calculator:
+            calc = calculator.generate(policy, prompts, settings, row_seeds=[seed * 1_000_003 + i for i in range(len(prompts))],
+                                       batch_size=len(prompts), group=g, prompt_len=self.prompt_len)
+            samples = sampler.Samples(calc.texts, [], calc.completion_ids, calc.prompt_tokens, calc.stopped)
+            sampled, model_tokens = calc.sampled, calc.tokens
+        else:
+            samples = sampler.generate(policy, prompts, settings, seed=seed, batch_size=len(prompts),
+                                       prompt_len=self.prompt_len, group=g)
         tests = [r.get("tests") for r in picked for _ in range(g)]
         totals, per_reward = rewards_lib.combined(grpo.rewards, prompts, samples.texts, gold, tests)
         graded, per_reward = np.asarray(totals, np.float64), {k: np.asarray(v, np.float64) for k, v in per_reward.items()}
         totals = graded
         if grpo.overlong_buffer_length:
             per_reward["overlong"] = objective.overlong_penalty(
-                [len(c) for c in samples.completion_ids], roll.max_tokens_to_generate, grpo.overlong_buffer_length,
-                grpo.overlong_buffer_penalty)
+                model_tokens or [len(c) for c in samples.completion_ids], roll.max_tokens_to_generate,
+                grpo.overlong_buffer_length, grpo.overlong_buffer_penalty)
             totals = graded + per_reward["overlong"]
-        return Round(picked, prompts, gold, samples, totals, per_reward, graded)
+        return Round(picked, prompts, gold, samples, totals, per_reward, graded, sampled, model_tokens)
 
     def __call__(self, policy, index: int) -> tuple[list[Round], list[tuple[int, int]]]:
         """The step's sampling rounds and its `batch` groups as (round, group) pairs."""
@@ -215,9 +227,14 @@ def make_step(loaded, rollouts: Rollouts, parts: tuple, base: nnx.Module | None)
             picked = [(rounds[r], k * g + j) for r, k in chosen for j in range(g)]
             totals = np.asarray([rnd.totals[i] for rnd, i in picked])
             completions = [rnd.samples.completion_ids[i] for rnd, i in picked]
+            # The calculator's values lengthen a completion past the model's budget: its batches are
+            # bucketed (a few programs) instead of fixed at max_tokens_to_generate (one).
             prompt, completion, mask = forward.pack([rnd.samples.prompt_tokens[i] for rnd, i in picked], completions,
                                                     prompt_len=rollouts.prompt_len,
-                                                    completion_len=grpo.rollout.max_tokens_to_generate)
+                                                    completion_len=None if grpo.rollout.calculator
+                                                    else grpo.rollout.max_tokens_to_generate)
+            if grpo.rollout.calculator:
+                mask = mask * forward.pack_mask([rnd.sampled[i] for rnd, i in picked], mask.shape[1])
             if grpo.mask_truncated_completions:
                 mask = objective.drop_truncated(mask, [rnd.samples.stopped[i] for rnd, i in picked])
             batch, passes = (prompt, completion, mask), micro_batches(len(completions), grpo.micro_batch)
@@ -233,6 +250,8 @@ def make_step(loaded, rollouts: Rollouts, parts: tuple, base: nnx.Module | None)
                    # Read after the update: the rate this step applied (optax records it there).
                    "learning_rate": step_lib.current_lr(opt_state), "grad_norm": float(grad_norm),
                    "completion_tokens": float(np.mean([len(c) for c in completions])),
+                   **({"calculator_tokens": float(np.mean([len(r.sampled[i]) - sum(r.sampled[i]) for r, i in picked]))}
+                      if grpo.rollout.calculator else {}),
                    "informative_groups": float(objective.informative([r.graded[i] for r, i in picked], g).sum()),
                    "step_seconds": timer.seconds, "sample_seconds": sampled.seconds}
         if grpo.log_completions and grpo.num_completions_to_print:
