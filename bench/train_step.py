@@ -10,12 +10,18 @@ with the same settings:
   top-k 50), the `hybrid` reward from lib/showwork/task/rewards.py on both sides,
   beta 0.08, one optimizer step per rollout, LoRA rank 16; prompts/min and
   peak RSS.
-Each measurement runs in its own process (so peak RSS is its own); the
-first step compiles (JAX) or warms up (torch) and is left out. Ours runs the
-product's own loops (`sft.train`, `grpo.train_session`) and reads the step
-times they log to metrics.jsonl.
+Each measurement runs in its own process (so peak RSS is its own) and
+reports what a user pays: the time to the first result (the process's
+imports, loading the model, compiling (JAX) or warming up (torch), and the
+first step), the steady rate over the steps after the first, and the whole
+process's seconds. `--repeats` runs the sides interleaved (ours, TRL, ours,
+TRL, ...), so drift of this shared machine falls on both alike; rows give the
+min and median over repeats. Ours runs the product's own loops (`sft.train`,
+`grpo.train_session`) and reads the step times they log to metrics.jsonl.
+Ours runs with the persistent compilation cache off (a cold first step, as a
+first run pays; bench/compile_cache.py measures the warm one).
 
-    .venv/bin/python bench/train_step.py --trl-python bench/.venv-torch/bin/python
+    .venv/bin/python bench/train_step.py --trl-python bench/.venv-torch/bin/python --repeats 3
     .venv/bin/python bench/train_step.py --model tiny --steps 2 --completion-tokens 8   # smoke
 """
 
@@ -24,12 +30,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
+STARTED = time.perf_counter()  # what a user's process pays starts here: every import is after it
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "lib"))
 
@@ -91,8 +101,8 @@ grpo:
 """
 
 
-def ours_worker(job: dict) -> dict:
-    """One measurement of our step, in this process."""
+def ours_worker(job: dict, started: float) -> dict:
+    """One measurement of our step, in this process (`started`: when the process began, perf_counter)."""
     from showwork import config, log
     from showwork.bus import Bus
     from showwork.model import loader, lora
@@ -109,18 +119,22 @@ def ours_worker(job: dict) -> dict:
     if cfg.model.lora:
         base = loaded.model  # as grpo.run does: rollouts sample with the adapters folded into it
         loaded.model = lora.add(base, cfg.model.lora, 0)
+    ready = time.perf_counter()  # imports, model loaded, adapters added: the loop starts
     if job["stage"] == "sft":
         s = cfg.sft
         settings = dataclasses.replace(s, seed=0, gradient_accumulation=1, epochs=1, keep_checkpoints=1)
         sft.train(bus, loaded, job["rows"], settings, batch=s.batch_size, stage="sft", digest="bench", log=quiet)
-        timed = bus.read_jsonl("sft/metrics.jsonl")[1:]
-        seconds = [job["tokens_per_step"] / r["tokens_per_second"] for r in timed]
+        logged = bus.read_jsonl("sft/metrics.jsonl")
+        every = [job["tokens_per_step"] / r["tokens_per_second"] for r in logged]
     else:
         grpo.train_session(bus, loaded, job["rows"], session=0, grpo=dataclasses.replace(cfg.grpo, seed=0),
                            batch=job["prompts"], digest="bench", log=quiet, base=base)
-        timed = bus.read_jsonl("grpo/s-0/metrics.jsonl")[1:]
-        seconds = [r["step_seconds"] for r in timed]
-    out = {"step_seconds": seconds, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        logged = bus.read_jsonl("grpo/s-0/metrics.jsonl")
+        every = [r["step_seconds"] for r in logged]
+    timed = logged[1:]
+    out = {"step_seconds": every[1:], "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+           # The first step's own time includes its compilation; the setup before it, imports and loading.
+           "first_result_seconds": ready - started + every[0], "total_seconds": time.perf_counter() - started}
     if job["stage"] == "grpo":
         out["completion_tokens"] = sum(r["completion_tokens"] for r in timed) / len(timed)
         out["sample_seconds"] = [r["sample_seconds"] for r in timed]  # the rollout's share of each step
@@ -128,15 +142,20 @@ def ours_worker(job: dict) -> dict:
 
 
 def measure(python: str, script: Path, job: dict) -> dict:
-    done = subprocess.run([python, str(script), "--worker"], input=json.dumps(job), capture_output=True, text=True)
+    # No persistent compilation cache for ours: every measurement compiles cold, as a first run does.
+    env = {**os.environ, "JAX_ENABLE_COMPILATION_CACHE": "false"}
+    done = subprocess.run([python, str(script), "--worker"], input=json.dumps(job), capture_output=True, text=True,
+                          env=env)
     if done.returncode != 0:
         raise RuntimeError(f"{script.name} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def summarize(stage: str, job: dict, result: dict) -> dict:
+    """One measurement's numbers: steady rate (steps after the first), time to first result, total, peak RSS."""
     seconds = sum(result["step_seconds"]) / len(result["step_seconds"])
-    row = {"seconds_per_step": seconds, "peak_rss_mib": result["peak_rss_mib"]}
+    row = {"seconds_per_step": seconds, "peak_rss_mib": result["peak_rss_mib"],
+           "first_result_seconds": result["first_result_seconds"], "total_seconds": result["total_seconds"]}
     if stage == "sft":
         row["tokens_per_second"] = job["tokens_per_step"] / seconds
     else:
@@ -145,6 +164,12 @@ def summarize(stage: str, job: dict, result: dict) -> dict:
         if "sample_seconds" in result:
             row["sample_seconds_per_step"] = sum(result["sample_seconds"]) / len(result["sample_seconds"])
     return row
+
+
+def over_repeats(runs: list[dict]) -> dict:
+    """min and median of every number the runs share (one side's repeats of one row)."""
+    keys = [k for k, v in runs[0].items() if isinstance(v, (int, float)) and all(r.get(k) is not None for r in runs)]
+    return {k: {"min": min(r[k] for r in runs), "median": statistics.median(r[k] for r in runs)} for k in keys}
 
 
 def main(argv=None):
@@ -161,10 +186,11 @@ def main(argv=None):
     p.add_argument("--modes", nargs="+", default=["lora-16", "full", "full-remat"],
                    choices=["lora-16", "full", "full-remat"], help="SFT modes to measure (GRPO runs lora-16)")
     p.add_argument("--trl-python", help="python of a venv with torch + TRL (bench/README.md)")
+    p.add_argument("--repeats", type=int, default=1, help="measurements per side, interleaved ours/TRL")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
     if args.worker:
-        print(json.dumps(ours_worker(json.loads(sys.stdin.read()))))
+        print(json.dumps(ours_worker(json.loads(sys.stdin.read()), STARTED)))
         return None
 
     sys.path.insert(0, str(ROOT / "bench"))
@@ -200,17 +226,26 @@ def main(argv=None):
                 job["tokens_per_step"] = args.batch * sum(lengths) / len(lengths)
             else:
                 job["rows"] = grpo_rows(args.prompts * (args.steps + 1))
-            row = {"stage": stage, "mode": name, **{f"ours_{k}": v for k, v in
-                                                    summarize(stage, job, measure(sys.executable, Path(__file__), job)).items()}}
-            if hf_dir is not None:
-                theirs = measure(args.trl_python, Path(__file__).with_name("trl_step.py"), job)
-                row.update({f"trl_{k}": v for k, v in summarize(stage, job, theirs).items()})
+            runs = {"ours": [], "trl": []}
+            for _ in range(args.repeats):  # interleaved: the machine's drift falls on both sides alike
+                runs["ours"].append(summarize(stage, job, measure(sys.executable, Path(__file__), job)))
+                if hf_dir is not None:
+                    runs["trl"].append(summarize(stage, job, measure(args.trl_python, Path(__file__).with_name("trl_step.py"), job)))
+            row = {"stage": stage, "mode": name, "repeats": args.repeats}
+            for side in [s for s in runs if runs[s]]:
+                for key, stats in over_repeats(runs[side]).items():
+                    row[f"{side}_{key}"] = stats["median"]  # the headline: medians
+                    row[f"{side}_{key}_min"] = stats["min"]
+                row[f"{side}_runs"] = runs[side]
+            if runs["trl"]:
                 key = "tokens_per_second" if stage == "sft" else "prompts_per_minute"
                 row["ratio"] = row[f"ours_{key}"] / row[f"trl_{key}"]
+                row["peak_rss_ratio"] = row["ours_peak_rss_mib"] / row["trl_peak_rss_mib"]
             results.append(row)
-            print(json.dumps(row), flush=True)
+            print(json.dumps({k: v for k, v in row.items() if not k.endswith("_runs")}), flush=True)
     summary = {"model": args.model, "seq_len": args.seq_len, "batch": args.batch, "prompts": args.prompts,
                "generations": args.generations, "completion_tokens": args.completion_tokens, "steps": args.steps,
+               "repeats": args.repeats,
                "lora_targets": LORA_TARGETS, "results": results}
     return write_summary(summary, args.json)
 

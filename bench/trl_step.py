@@ -3,18 +3,22 @@
 Reads a job as JSON on stdin (stage, model_dir, rows, batch, seq_len,
 lora_rank, steps, GRPO settings), trains with TRL's SFTTrainer or
 GRPOTrainer for steps + 1 optimizer steps, and prints one JSON line: the
-seconds of every step after the first, and this process's peak RSS. The
+seconds of every step after the first, the time from the process's start to
+the end of the first step and to its end, and this process's peak RSS. The
 reward for GRPO is showwork's own `hybrid` (pure Python, imported from lib/).
 """
 
-import json
-import resource
-import sys
-import tempfile
 import time
-from pathlib import Path
 
-import torch
+STARTED = time.perf_counter()  # what a user's process pays starts here: torch's import is after it
+
+import json  # noqa: E402
+import resource  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
 from datasets import Dataset
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -29,12 +33,15 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 class StepTimes(TrainerCallback):
     def __init__(self):
         self.seconds, self.completion_tokens, self.num_tokens, self._start = [], [], [], 0.0
+        self.first_done = None  # perf_counter when the first step ended: the first result
 
     def on_step_begin(self, args, state, control, **kw):
         self._start = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kw):
         self.seconds.append(time.perf_counter() - self._start)
+        if self.first_done is None:
+            self.first_done = time.perf_counter()
 
     def on_log(self, args, state, control, logs=None, **kw):
         if logs and "completions/mean_length" in logs:
@@ -82,7 +89,8 @@ def main():
                               peft_config=peft, callbacks=[timer])
     trainer.train()
     result = {"step_seconds": timer.seconds[1:],
-              "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+              "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+              "first_result_seconds": timer.first_done - STARTED, "total_seconds": time.perf_counter() - STARTED}
     if len(timer.num_tokens) > 1:  # tokens of the timed steps (every step after the first)
         result["timed_tokens"] = timer.num_tokens[-1] - timer.num_tokens[0]
         result["attention"] = str(getattr(model.config, "_attn_implementation", "?"))

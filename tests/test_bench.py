@@ -40,10 +40,25 @@ def test_training_step_benchmark_runs_on_tiny(tmp_path):
         ("sft", "lora-16"), ("sft", "full"), ("sft", "full-remat"), ("grpo", "lora-16")]
     for row in summary["results"]:
         assert row["ours_seconds_per_step"] > 0 and row["ours_peak_rss_mib"] > 100
+        # What a user pays: imports, loading, compiling and the first step come before the first result.
+        assert row["ours_seconds_per_step"] < row["ours_first_result_seconds"] < row["ours_total_seconds"]
     *sfts, grpo = summary["results"]
     assert all(row["ours_tokens_per_second"] > 0 for row in sfts)
     assert grpo["ours_prompts_per_minute"] > 0 and 0 < grpo["ours_completion_tokens"] <= 8
     assert 0 < grpo["ours_sample_seconds_per_step"] < grpo["ours_seconds_per_step"]
+
+
+def test_training_step_benchmark_repeats_give_min_and_median_of_separate_processes(tmp_path):
+    out = tmp_path / "train_step.json"
+    done = bench("train_step.py", "--model", "tiny", "--steps", "1", "--stages", "sft", "--modes", "lora-16",
+                 "--repeats", "2", "--json", str(out), timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (row,) = json.loads(out.read_text())["results"]
+    runs = row["ours_runs"]
+    assert row["repeats"] == 2 and len(runs) == 2
+    for key in ("tokens_per_second", "first_result_seconds", "total_seconds", "peak_rss_mib"):
+        values = sorted(r[key] for r in runs)
+        assert row[f"ours_{key}_min"] == values[0] and row[f"ours_{key}"] == pytest.approx(sum(values) / 2)
 
 
 def test_step_profile_runs_on_tiny_and_accounts_for_the_step(tmp_path):
