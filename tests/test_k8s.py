@@ -719,6 +719,54 @@ def test_a_component_over_a_pipeline_without_its_job_fails_naming_the_job(tmp_pa
 
 
 @needs_kubectl
+def test_a_component_over_a_job_whose_container_is_renamed_fails_instead_of_adding_a_container(tmp_path):
+    """Values go to the container named as its job: a pipeline whose sft container has another name
+    stops the build (an image-less container would be created otherwise)."""
+    user_overlay(tmp_path, "mine", {  # the base, its sft container renamed (a test op checks the position)
+        "resources": [rel(REPO / "k8s" / "base", tmp_path / "mine")],
+        "patches": [{"target": {"kind": "JobSet"}, "patch": yaml.safe_dump([
+            {"op": "test", "path": "/spec/replicatedJobs/1/template/spec/template/spec/containers/0/name", "value": "sft"},
+            {"op": "replace", "path": "/spec/replicatedJobs/1/template/spec/template/spec/containers/0/name",
+             "value": "trainer"}])}]})
+    for component in ("cpu", "v5e-8", "gcsfuse", "spot"):
+        composed = user_overlay(tmp_path, component, {
+            "resources": ["../mine"], "components": [rel(REPO / "k8s" / "components" / component, tmp_path / component)]})
+        out = build(composed)
+        assert out.returncode != 0 and "containers.[name=sft]" in out.stderr, (component, out.stderr[-500:])
+
+
+def test_the_kustomize_schema_is_what_its_script_generates():
+    """k8s/base/kustomize-schema.json comes from scripts/kustomize_schema.py (Kubernetes' definitions as
+    kubernetes-validate ships them, plus JobSet's merge key)."""
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "kustomize_schema.py"), "--check"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+@needs_kubectl
+def test_built_in_kinds_keep_their_merge_keys_in_a_build_over_the_base(tmp_path):
+    """The base's schema replaces kustomize's built-in one for the whole build: a user's strategic-merge
+    patch of a Deployment beside the pipeline still merges containers by name (a schema of JobSet alone
+    would replace the list, losing a container and an image)."""
+    deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "sidecar"},
+                  "spec": {"selector": {"matchLabels": {"app": "s"}}, "template": {
+                      "metadata": {"labels": {"app": "s"}},
+                      "spec": {"containers": [{"name": "a", "image": "a:1"}, {"name": "b", "image": "b:1"}]}}}}
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "deployment.yaml").write_text(yaml.safe_dump(deployment))
+    patch = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "sidecar"},
+             "spec": {"template": {"spec": {"containers": [{"name": "b", "env": [{"name": "X", "value": "1"}]}]}}}}
+    (mine / "kustomization.yaml").write_text(yaml.safe_dump({
+        "resources": [rel(REPO / "k8s" / "overlays" / "hybrid-cpu", mine), "deployment.yaml"],
+        "patches": [{"patch": yaml.safe_dump(patch)}]}))
+    (got,) = [d for d in render_dir(mine) if d["kind"] == "Deployment"]
+    containers = {c["name"]: c for c in got["spec"]["template"]["spec"]["containers"]}
+    assert set(containers) == {"a", "b"} and containers["b"]["image"] == "b:1"
+    assert containers["b"]["env"] == [{"name": "X", "value": "1"}]
+
+
+@needs_kubectl
 def test_a_second_tier_component_is_refused(tmp_path):
     """Every tier's values are the resource PatchValues/tier: a tier over an overlay that has one (v5e-4
     over hybrid-v5e-8) fails to build instead of mixing two tiers' placements."""
@@ -731,7 +779,7 @@ def test_a_second_tier_component_is_refused(tmp_path):
 
 @needs_kubectl
 def test_skip_components_drop_jobs_by_name_and_rewire_the_next_stage(tmp_path):
-    """skip-sft and skip-training remove jobs by name (the merge key in k8s/base/jobset-merge-keys.json)
+    """skip-sft and skip-training remove jobs by name (the merge key in k8s/base/kustomize-schema.json)
     and make the next stage wait for data-prep, in a pipeline with a job inserted as well."""
     with_inserted_job(tmp_path)  # tmp_path/mine
     built = {}

@@ -230,7 +230,7 @@ class RolloutConfig:
     # A calculator in the loop (showwork.sample.calculator, as eval's greedy+calc): when a completion
     # writes "48 / 2 =" the value is written for it; rewards grade the text with the values in it and
     # the loss leaves the calculator's tokens out. max_tokens_to_generate counts the model's tokens.
-    calculator: bool = False
+    calculator: bool = field(default=False, metadata=ADDED)
 
 
 @dataclass(frozen=True)
