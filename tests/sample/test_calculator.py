@@ -3,12 +3,15 @@ the value written in, the model's budget kept; on a scripted model and on the re
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from showwork.sample import calculator, sampler
 from showwork.task import arithmetic
 
 STOP = ("</answer>",)
+MERGED = 0x10000
 
 
 class Scripted:
@@ -21,13 +24,16 @@ class Scripted:
         self.merge = merge  # characters the last token of a "=" stop carries after the "="
 
     class Tokenizer:
+        """One id a character, but encoding merges "ab" into one id (MERGED), as SentencePiece merges:
+        a row whose text were encoded again would show MERGED where the model wrote "a", "b"."""
+
         @staticmethod
         def decode(ids):
-            return "".join(map(chr, ids))
+            return "".join("ab" if i == MERGED else chr(i) for i in ids)
 
         @staticmethod
         def encode(text, bos=False):
-            return [1] * bos + [ord(c) for c in text]
+            return [1] * bos + [MERGED if part == "ab" else ord(part) for part in re.findall(r"ab|.", text, re.S)]
 
     tokenizer = Tokenizer()
 
@@ -43,7 +49,9 @@ class Scripted:
         self.calls.append({"prompt_ids": prompt_ids, "group": group, "prompt_len": prompt_len})
         out = sampler.Samples([], [], [], [], [])
         for prompt, given in zip(prompts, prompt_ids):
-            assert given == self.tokenizer.encode(prompt, bos=True)  # the row's ids, not its text encoded again
+            start = self.tokenizer.encode(self.prompt, bos=True)
+            assert given[:len(start)] == start and MERGED not in given[len(start):]  # ids, not the text encoded again
+            assert self.tokenizer.decode(given) == self.tokenizer.decode(start) + prompt[len(self.prompt):]
             text = self.continuation(prompt[len(self.prompt):])
             stops = [text.index(s) + len(s) for s in stop_strings if s in text]
             cut = min(stops) if stops else len(text)
@@ -138,16 +146,16 @@ def mask_string(out, row=0) -> str:
 def test_rows_go_on_from_their_ids_and_the_calculators_ids_are_marked_not_sampled(monkeypatch):
     """What a trainer scores: the completion's ids are the ones the rows conditioned on, round after
     round, and `sampled` is 0 exactly on what the calculator wrote (GRPO masks those out of its loss)."""
-    model = Scripted("Q: 48 clips. ", ["Half is 48 / 2 =", ". Then 24 + 5 =", " clips.\n<answer>29</answer>"])
+    model = Scripted("Q: 48 clips. ", ["Half is about 48 / 2 =", ". Then 24 + 5 =", " clips.\n<answer>29</answer>"])
     monkeypatch.setattr(sampler, "generate", model.generate)
     out = calculator.generate(model, [model.prompt] * 2, sampler.SampleSettings(max_new_tokens=256),
                               row_seeds=[0, 1], stop_strings=STOP, group=2, prompt_len=64)
-    assert mask_string(out) == "Half is 48 / 2 =###. Then 24 + 5 =### clips.\n<answer>29</answer>"
+    assert mask_string(out) == "Half is about 48 / 2 =###. Then 24 + 5 =### clips.\n<answer>29</answer>"
     assert model.Tokenizer.decode(out.completion_ids[1]) == out.texts[1]
     assert out.prompt_tokens[0] == model.Tokenizer.encode(model.prompt, bos=True)
     # The first round shares the group's prefill at the fixed length; later rows differ.
     assert [(c["group"], c["prompt_len"]) for c in model.calls] == [(2, 64), (1, None), (1, None)]
-    assert model.calls[1]["prompt_ids"][0] == out.prompt_tokens[0] + out.completion_ids[0][:len("Half is 48 / 2 = 24")]
+    assert model.calls[1]["prompt_ids"][0] == out.prompt_tokens[0] + out.completion_ids[0][:len("Half is about 48 / 2 = 24")]
 
 
 def test_a_merged_tail_is_not_the_models_the_equals_spelled_again_is_the_calculators(monkeypatch):
