@@ -178,7 +178,8 @@ class Rollouts:
         if roll.calculator:
             calc = calculator.generate(policy, prompts, settings, row_seeds=[seed * 1_000_003 + i for i in range(len(prompts))],
                                        batch_size=len(prompts), group=g, prompt_len=self.prompt_len)
-            samples = sampler.Samples(calc.texts, [], calc.completion_ids, calc.prompt_tokens, calc.stopped)
+            policy_ids = [[t for t, own in zip(ids, mask) if own] for ids, mask in zip(calc.completion_ids, calc.sampled)]
+            samples = sampler.Samples(calc.texts, policy_ids, calc.completion_ids, calc.prompt_tokens, calc.stopped)
             sampled, model_tokens = calc.sampled, calc.tokens
         else:
             samples = sampler.generate(policy, prompts, settings, seed=seed, batch_size=len(prompts),
@@ -228,7 +229,7 @@ def make_step(loaded, rollouts: Rollouts, parts: tuple, base: nnx.Module | None)
             totals = np.asarray([rnd.totals[i] for rnd, i in picked])
             completions = [rnd.samples.completion_ids[i] for rnd, i in picked]
             # The calculator's values lengthen a completion past the model's budget: its batches are
-            # bucketed (a few programs) instead of fixed at max_tokens_to_generate (one).
+            # bucketed (one program per 32-token width) instead of fixed at max_tokens_to_generate.
             prompt, completion, mask = forward.pack([rnd.samples.prompt_tokens[i] for rnd, i in picked], completions,
                                                     prompt_len=rollouts.prompt_len,
                                                     completion_len=None if grpo.rollout.calculator
