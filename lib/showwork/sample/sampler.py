@@ -276,6 +276,19 @@ def _generate(model, prompt_ids, prompt_valid, row_keys, *, max_new, temperature
     return out, done
 
 
+def _check_rows(prompts: list[str], row_seeds: list[int], prompt_ids, group: int, batch_size: int) -> None:
+    """One seed (and, when given, one id list) per prompt; groups of `group` identical prompts."""
+    if len(row_seeds) != len(prompts):
+        raise ValueError("row_seeds must have one seed per prompt")
+    if prompt_ids is not None and len(prompt_ids) != len(prompts):
+        raise ValueError("prompt_ids must have one row per prompt")
+    if group < 1 or batch_size % group or len(prompts) % group:
+        raise ValueError(f"group={group} must divide batch_size ({batch_size}) and the number of prompts ({len(prompts)})")
+    for start in range(0, len(prompts), group):
+        if any(p != prompts[start] for p in prompts[start:start + group]):
+            raise ValueError(f"group={group}: prompts {start}..{start + group - 1} are not one prompt repeated")
+
+
 def generate(loaded: Loaded, prompts: list[str], settings: SampleSettings, *, seed: int = 0,
              batch_size: int = 8, stop_ids: tuple[int, ...] | None = None,
              prompt_len: int | None = None, row_seeds: list[int] | None = None,
@@ -296,18 +309,10 @@ def generate(loaded: Loaded, prompts: list[str], settings: SampleSettings, *, se
     """
     if row_seeds is None:
         row_seeds = [seed * 1_000_003 + i for i in range(len(prompts))]
-    if len(row_seeds) != len(prompts):
-        raise ValueError("row_seeds must have one seed per prompt")
-    if group < 1 or batch_size % group or len(prompts) % group:
-        raise ValueError(f"group={group} must divide batch_size ({batch_size}) and the number of prompts ({len(prompts)})")
-    for start in range(0, len(prompts), group):
-        if any(p != prompts[start] for p in prompts[start:start + group]):
-            raise ValueError(f"group={group}: prompts {start}..{start + group - 1} are not one prompt repeated")
+    _check_rows(prompts, row_seeds, prompt_ids, group, batch_size)
     tok = loaded.tokenizer
     stop_ids = tuple(stop_ids or (EOS_ID, tok.end_of_turn_id))
     sequences = stop_sequences(tok, tuple(stop_strings))
-    if prompt_ids is not None and len(prompt_ids) != len(prompts):
-        raise ValueError("prompt_ids must have one row per prompt")
     encoded = [list(ids) for ids in prompt_ids] if prompt_ids is not None else [tok.encode(p, bos=True) for p in prompts]
     result = Samples([], [], [], [], [])
     for start in range(0, len(encoded), batch_size):
