@@ -276,6 +276,11 @@ def _generate(model, prompt_ids, prompt_valid, row_keys, *, max_new, temperature
     return out, done
 
 
+def default_row_seeds(seed: int, n: int) -> list[int]:
+    """Row i's seed when a call gives one seed for all its rows."""
+    return [seed * 1_000_003 + i for i in range(n)]
+
+
 def _check_rows(prompts: list[str], row_seeds: list[int], prompt_ids, group: int, batch_size: int) -> None:
     """One seed (and, when given, one id list) per prompt; groups of `group` identical prompts."""
     if len(row_seeds) != len(prompts):
@@ -308,7 +313,7 @@ def generate(loaded: Loaded, prompts: list[str], settings: SampleSettings, *, se
     KV cache shared by the run's rows (G times less prefill).
     """
     if row_seeds is None:
-        row_seeds = [seed * 1_000_003 + i for i in range(len(prompts))]
+        row_seeds = default_row_seeds(seed, len(prompts))
     _check_rows(prompts, row_seeds, prompt_ids, group, batch_size)
     tok = loaded.tokenizer
     stop_ids = tuple(stop_ids or (EOS_ID, tok.end_of_turn_id))

@@ -176,7 +176,7 @@ class Rollouts:
         seed = round_seed(grpo.seed, index, attempt)
         sampled = model_tokens = None
         if roll.calculator:
-            calc = calculator.generate(policy, prompts, settings, row_seeds=[seed * 1_000_003 + i for i in range(len(prompts))],
+            calc = calculator.generate(policy, prompts, settings, row_seeds=sampler.default_row_seeds(seed, len(prompts)),
                                        batch_size=len(prompts), group=g, prompt_len=self.prompt_len)
             policy_ids = [[t for t, own in zip(ids, mask) if own] for ids, mask in zip(calc.completion_ids, calc.sampled)]
             samples = sampler.Samples(calc.texts, policy_ids, calc.completion_ids, calc.prompt_tokens, calc.stopped)
