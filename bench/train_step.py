@@ -44,6 +44,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "lib"))
 
 LORA_TARGETS = "attention and MLP projections (q, k, v, o, gate, up, down)"
+# (name, LoRA rank (0: full fine-tuning), remat): remat recomputes each block's
+# activations in the backward pass, on both sides (ours: tier.remat; TRL:
+# gradient checkpointing, which its configs turn on by default).
+MODES = [("lora-16", 16, False), ("lora-16-remat", 16, True), ("full", 0, False), ("full-remat", 0, True)]
 
 
 def sft_rows(count: int, target_words: int) -> list[dict]:
@@ -80,12 +84,13 @@ def grpo_rows(count: int) -> list[dict]:
 def recipe_text(job: dict) -> str:
     lora = f"lora: {{rank: {job['lora_rank']}, alpha: {2 * job['lora_rank']}}}" if job["lora_rank"] else ""
     model = f"model: {{name: {job['model']}{', ' + lora if lora else ''}}}"
+    micro = job.get("micro_batch") or (job["batch"] if job["stage"] == "sft" else None)
     if job["stage"] == "sft":
         return f"""recipe: bench
 {model}
 data: {{source: reasoning-gym}}
-sft: {{batch_size: {job['batch']}, max_steps: {job['steps'] + 1}, max_seq_len: {job['seq_len']},
-      checkpoint_every: 1000000, optimizer: {{learning_rate: 1.0e-5}}}}
+sft: {{batch_size: {micro}, gradient_accumulation: {job['batch'] // micro}, max_steps: {job['steps'] + 1},
+      max_seq_len: {job['seq_len']}, checkpoint_every: 1000000, optimizer: {{learning_rate: 1.0e-5}}}}
 """
     return f"""recipe: bench
 {model}
@@ -96,6 +101,7 @@ grpo:
   prompts_per_session: {job['prompts'] * (job['steps'] + 1)}
   steps_per_session: {job['steps'] + 1}
   checkpoint_every: 1000000
+  micro_batch: {micro or 'null'}
   rollout: {{max_prompt_length: 256, max_tokens_to_generate: {job['completion_tokens']}, temperature: 1.0, top_k: 50}}
   rewards: {{hybrid: 1.0}}
 """
@@ -122,7 +128,7 @@ def ours_worker(job: dict, started: float) -> dict:
     ready = time.perf_counter()  # imports, model loaded, adapters added: the loop starts
     if job["stage"] == "sft":
         s = cfg.sft
-        settings = dataclasses.replace(s, seed=0, gradient_accumulation=1, epochs=1, keep_checkpoints=1)
+        settings = dataclasses.replace(s, seed=0, epochs=1, keep_checkpoints=1)
         sft.train(bus, loaded, job["rows"], settings, batch=s.batch_size, stage="sft", digest="bench", log=quiet)
         logged = bus.read_jsonl("sft/metrics.jsonl")
         every = [job["tokens_per_step"] / r["tokens_per_second"] for r in logged]
@@ -183,12 +189,17 @@ def main(argv=None):
     p.add_argument("--prompts", type=int, default=2, help="GRPO prompts per step")
     p.add_argument("--generations", type=int, default=4)
     p.add_argument("--completion-tokens", type=int, default=128)
-    p.add_argument("--modes", nargs="+", default=["lora-16", "full", "full-remat"],
-                   choices=["lora-16", "full", "full-remat"], help="SFT modes to measure (GRPO runs lora-16)")
+    p.add_argument("--modes", nargs="+", default=["lora-16", "full", "full-remat"], choices=[m[0] for m in MODES],
+                   help="SFT modes to measure (GRPO runs the LoRA ones among them, or lora-16)")
+    p.add_argument("--micro-batch", type=int,
+                   help="ours only: SFT sequences (GRPO completions) per forward/backward pass; a step sums "
+                        "the passes' gradients into the same update (sft.gradient_accumulation, grpo.micro_batch)")
     p.add_argument("--trl-python", help="python of a venv with torch + TRL (bench/README.md)")
     p.add_argument("--repeats", type=int, default=1, help="measurements per side, interleaved ours/TRL")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
+    if args.micro_batch and args.batch % args.micro_batch:
+        p.error(f"--micro-batch {args.micro_batch} does not divide --batch {args.batch}")
     if args.worker:
         print(json.dumps(ours_worker(json.loads(sys.stdin.read()), STARTED)))
         return None
@@ -206,17 +217,13 @@ def main(argv=None):
         export.export_hf(loaded, hf_dir)
     results = []
     for stage in args.stages:
-        # (name, LoRA rank, remat): remat recomputes activations in the
-        # backward pass on both sides (ours: tier.remat; TRL: gradient
-        # checkpointing, which TRL turns on by default). We remat full
-        # fine-tuning only (see config.Config.problems).
-        modes = [m for m in [("lora-16", 16, False), ("full", 0, False), ("full-remat", 0, True)]
-                 if m[0] in args.modes] if stage == "sft" else [("lora-16", 16, False)]
+        modes = [m for m in MODES if m[0] in args.modes and (stage == "sft" or m[1])] or [MODES[0]]
         for name, rank, remat in modes:
             job = {"stage": stage, "model": args.model, "lora_rank": rank, "remat": remat, "steps": args.steps,
                    "seq_len": args.seq_len, "batch": args.batch, "prompts": args.prompts,
                    "generations": args.generations, "completion_tokens": args.completion_tokens,
-                   "lora_alpha": 2 * rank, "model_dir": str(hf_dir) if hf_dir else None}
+                   "lora_alpha": 2 * rank, "model_dir": str(hf_dir) if hf_dir else None,
+                   "micro_batch": args.micro_batch}
             if stage == "sft":
                 job["rows"] = sft_rows(args.batch * (args.steps + 1), args.seq_len)
                 seqs = sft.tokenize(job["rows"], loaded.tokenizer, args.seq_len)
@@ -231,7 +238,7 @@ def main(argv=None):
                 runs["ours"].append(summarize(stage, job, measure(sys.executable, Path(__file__), job)))
                 if hf_dir is not None:
                     runs["trl"].append(summarize(stage, job, measure(args.trl_python, Path(__file__).with_name("trl_step.py"), job)))
-            row = {"stage": stage, "mode": name, "repeats": args.repeats}
+            row = {"stage": stage, "mode": name, "repeats": args.repeats, "ours_micro_batch": args.micro_batch}
             for side in [s for s in runs if runs[s]]:
                 for key, stats in over_repeats(runs[side]).items():
                     row[f"{side}_{key}"] = stats["median"]  # the headline: medians

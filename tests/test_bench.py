@@ -61,6 +61,29 @@ def test_training_step_benchmark_repeats_give_min_and_median_of_separate_process
         assert row[f"ours_{key}_min"] == values[0] and row[f"ours_{key}"] == pytest.approx(sum(values) / 2)
 
 
+@pytest.mark.parametrize("stage, micro, passes", [("sft", None, (4, 1)), ("sft", 2, (2, 2)), ("sft", 1, (1, 4)),
+                                                   ("grpo", None, None), ("grpo", 2, 2)])
+def test_training_step_benchmark_micro_batch_splits_ours_into_passes_not_the_update(tmp_path, stage, micro, passes):
+    sys.path.insert(0, str(REPO / "bench"))
+    import train_step
+    from showwork import config
+
+    job = {"stage": stage, "model": "tiny", "lora_rank": 16, "steps": 3, "seq_len": 512, "batch": 4, "prompts": 2,
+           "generations": 4, "completion_tokens": 128, "micro_batch": micro}
+    (tmp_path / "recipe.yaml").write_text(train_step.recipe_text(job))
+    (tmp_path / "tier.yaml").write_text("tier: {name: bench, train_batch: 4}\n")
+    cfg = config.load(tmp_path / "recipe.yaml", tmp_path / "tier.yaml")
+    if stage == "sft":  # the same 4 sequences an update (TRL's batch), in passes of `micro`
+        assert (cfg.sft.batch_size, cfg.sft.gradient_accumulation) == passes
+    else:  # the same 2 prompts x 4 completions an update, `micro` completions a pass
+        assert (cfg.grpo.batch_size, cfg.grpo.num_generations, cfg.grpo.micro_batch) == (2, 4, passes)
+
+
+def test_training_step_benchmark_refuses_a_micro_batch_that_does_not_divide_the_batch():
+    done = bench("train_step.py", "--model", "tiny", "--batch", "4", "--micro-batch", "3")
+    assert done.returncode == 2 and "--micro-batch 3 does not divide --batch 4" in done.stderr
+
+
 def test_step_profile_runs_on_tiny_and_accounts_for_the_step(tmp_path):
     out = tmp_path / "profile.json"
     done = bench("profile_step.py", "--model", "tiny", "--batch", "2", "--json", str(out))

@@ -420,8 +420,10 @@ class TierConfig:
     # Training recomputes each attention/MLP block's activations in the
     # backward pass instead of storing them: more compute, less activation
     # memory; worth it where activations set the peak (long sequences, big
-    # batches). The trade-off is measured in docs/BENCHMARKS.md. Full
-    # fine-tuning only.
+    # batches). With LoRA or full fine-tuning. On CPU it saves little (XLA:CPU
+    # merges the recomputation back into the forward pass; measured in
+    # docs/BENCHMARKS.md): there, smaller passes (sft.gradient_accumulation,
+    # grpo.micro_batch) are the memory lever.
     remat: bool = False
     # A training step whose gradient is not finite is refused (weights and
     # optimizer state untouched); this many refusals in a row stop the job
@@ -506,9 +508,6 @@ class Config:
         if "code" in self.data.sources() and (self.sft or self.self_teach):
             yield "data.source", ("code rows have a reference solution but no worked reasoning to imitate (MBPP "
                                   "and HumanEval ship none): train on them with GRPO, not SFT or self-teaching")
-        if self.tier.remat and self.model.lora and (self.sft or self.grpo or self.self_teach):
-            yield "tier.remat", ("works with full fine-tuning only: qwix creates LoRA adapters while the model "
-                                 "runs, which nnx.remat's trace does not allow; drop model.lora or tier.remat")
         replicas = self.tier.mesh.shape[0]
         if self.grpo is not None:
             batch = self.grpo.batch_size or self.tier.train_batch

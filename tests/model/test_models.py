@@ -233,6 +233,19 @@ def test_a_name_of_another_family_loads_the_weights_family_with_a_warning(tmp_pa
     assert len(warnings) == 1 and warnings[0]["family"] == "gemma3_text" and warnings[0]["level"] == "warning"
 
 
+def test_remat_on_cpu_warns_that_it_saves_little_and_names_the_settings_that_do(capsys):
+    from showwork import log
+
+    log.configure(json_lines=True)
+    capsys.readouterr()
+    loader.load("tiny", remat=False)
+    assert "tier.remat" not in capsys.readouterr().err
+    loader.load("tiny", remat=True)
+    (warning,) = [json.loads(line) for line in capsys.readouterr().err.splitlines() if "tier.remat" in line]
+    assert warning["level"] == "warning"
+    assert "sft.gradient_accumulation" in warning["event"] and "grpo.micro_batch" in warning["event"]
+
+
 @pytest.mark.slow
 def test_a_gguf_loads_under_any_gemma3_name():
     from showwork.model import gguf

@@ -38,8 +38,6 @@ data: {source: reasoning-gym, train_size: 4, eval_size: 2}
     (BASE + "eval: {sampels: 4}\n", "", "eval.sampels", "unknown key"),
     (BASE + "eval: {samples: four}\n", "", "eval.samples", "expected an integer"),
     (BASE, "hosts: 2\nmesh: {shape: [8, 1]}", "tier.eval_mesh", "single-host eval pod"),
-    (BASE.replace("{name: tiny}", "{name: tiny, lora: {rank: 4, alpha: 8}}") + "sft: {}\n", "remat: true", "tier.remat",
-     "full fine-tuning only"),
 ])
 def test_impossible_configs_name_the_key_and_the_file(tmp_path, recipe, tier, key, says):
     r = tmp_path / "recipe.yaml"

@@ -1,9 +1,12 @@
 """logprobs.token_logps: chunked log-probs equal the plain log_softmax, values and gradients."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from showwork.config import LoraConfig
 from showwork.model import loader, lora
@@ -87,9 +90,11 @@ def test_completion_logps_of_the_tiny_model_match_its_full_logits():
 
 
 
-def sft_grad(remat: bool):
+def sft_grad(remat: bool, rank: int = 0):
+    """Loss, gradients of what trains and the step's XLA temp bytes: full fine-tuning, or LoRA of `rank`."""
     loaded = loader.load("tiny", seed=0, remat=remat)
-    graphdef, trainable, frozen = step_lib.split(loaded.model)
+    model = lora.add(loaded.model, LoraConfig(rank, 2.0 * rank, lora.DEFAULT_TARGETS), seed=0) if rank else loaded.model
+    graphdef, trainable, frozen = step_lib.split(model)
     prompt, completion, mask = forward.pack([[5, 6, 7, 8]] * 2, [list(range(10, 60)), list(range(20, 45))])
 
     def loss(t):
@@ -97,22 +102,30 @@ def sft_grad(remat: bool):
 
     step = jax.jit(jax.value_and_grad(loss))
     temp = step.lower(trainable).compile().memory_analysis().temp_size_in_bytes
-    return step(trainable), temp
+    remats = len(re.findall(r"= remat\w*\[", str(jax.make_jaxpr(loss)(trainable))))  # jax.checkpoint's primitive
+    return step(trainable), temp, remats
 
 
-def test_remat_gives_the_same_gradients_with_less_activation_memory():
-    (loss, grads), temp = sft_grad(False)
-    (loss_r, grads_r), temp_r = sft_grad(True)
+@pytest.mark.parametrize("rank", [0, 4], ids=["full", "lora-4"])
+def test_remat_gives_the_same_gradients_with_less_activation_memory(rank):
+    (loss, grads), temp, plain = sft_grad(False, rank)
+    (loss_r, grads_r), temp_r, remats = sft_grad(True, rank)
+    assert plain == 0 and remats == 2 * loader.load("tiny").config.num_layers  # attention and MLP of each layer
+    assert len(jax.tree.leaves(grads)) == len(jax.tree.leaves(grads_r)) > 0
     np.testing.assert_allclose(loss_r, loss, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(grads_r), jax.tree.leaves(grads)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     assert temp_r < temp, (temp_r, temp)
 
 
-def test_lora_on_a_remat_model_is_refused_with_the_reason():
+def test_lora_on_a_remat_model_trains_only_the_adapters_and_keeps_remat():
     loaded = loader.load("tiny", seed=0, remat=True)
-    with pytest.raises(ValueError, match="full fine-tuning"):
-        lora.add(loaded.model, LoraConfig(4, 8.0, lora.DEFAULT_TARGETS))
+    adapted = lora.add(loaded.model, LoraConfig(4, 8.0, lora.DEFAULT_TARGETS))
+    _, trainable, _ = step_lib.split(adapted)
+    assert all(isinstance(v, nnx.LoRAParam) for v in jax.tree.leaves(trainable, is_leaf=lambda x: isinstance(x, nnx.Variable)))
+    for model in (adapted, loaded.model):  # the base, folded for rollouts, keeps it too
+        assert all(m.remat_config.name == "BLOCK" for _, m in nnx.iter_modules(model) if "remat_config" in vars(m))
+        assert all(m.config.remat_config.name == "BLOCK" for _, m in nnx.iter_modules(model) if "config" in vars(m))
 
 
 @pytest.mark.parametrize("n, chunk, shape", [

@@ -37,6 +37,8 @@ def load(name: str, path: str | None = None, dtype: str = "float32", mesh=None, 
     """
     if name not in MODEL_NAMES:
         raise UsageError(f"unknown model {name!r}; known: {', '.join(MODEL_NAMES)}")
+    if remat:
+        _warn_remat_on_cpu()
     if name == "tiny" and path is None:
         return tiny.load(dtype=dtype, seed=seed, mesh=mesh, remat=remat)
     if path is None and name == "gemma3-270m":
@@ -53,6 +55,18 @@ def load(name: str, path: str | None = None, dtype: str = "float32", mesh=None, 
                                     family=families.for_config(loaded.config).model_type)
     loaded.name = name
     return loaded
+
+
+def _warn_remat_on_cpu():
+    """XLA:CPU drops the optimization barriers remat places around each block's recomputation, so the
+    recomputation merges back into the forward pass and its activations stay alive: little memory
+    saved for more time (docs/BENCHMARKS.md). Say so where the user asked for it."""
+    import jax
+
+    if jax.default_backend() == "cpu":
+        log.get("showwork").warning(
+            "tier.remat saves little memory on CPU: XLA:CPU merges remat's recomputation back into the forward "
+            "pass; sft.gradient_accumulation or grpo.micro_batch split a step into smaller passes instead")
 
 
 def _load_path(path: str, jdtype, mesh, remat: bool) -> Loaded:

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from showwork.config import LoraConfig
+from showwork.model.loaded import remat_of, set_remat
 
 # The attention and MLP projections: the recipe's default (config.LoraConfig).
 DEFAULT_TARGETS = LoraConfig.targets
@@ -118,12 +119,22 @@ def _lora_scale(module, base: str) -> float:
 
 
 def add(model: nnx.Module, lora: LoraConfig, seed: int = 0) -> nnx.Module:
-    """`apply` with the recipe's LoRA section, recording alpha/rank on each adapted module for the merge."""
-    remat = getattr(getattr(model, "config", None), "remat_config", None)
-    if remat is not None and remat.name != "NONE":
-        raise ValueError("LoRA on a model loaded with remat=True: qwix creates the adapters while the model runs, "
-                         "which nnx.remat's trace does not allow (remat works with full fine-tuning)")
-    model = apply(model, rank=lora.rank, alpha=lora.alpha, targets=lora.targets, quantize=lora.quantize, seed=seed)
+    """`apply` with the recipe's LoRA section, recording alpha/rank on each adapted module for the merge.
+
+    A model loaded with remat keeps it: qwix creates the adapters during one
+    example forward pass, and creating variables inside nnx.remat's trace is
+    not allowed, so that pass runs with remat off and remat is switched back
+    on for training (the adapters then exist and are only read).
+    """
+    remat = remat_of(model)
+    remats = remat is not None and remat.name != "NONE"
+    if remats:
+        set_remat(model, type(remat).NONE)
+    adapted = apply(model, rank=lora.rank, alpha=lora.alpha, targets=lora.targets, quantize=lora.quantize, seed=seed)
+    if remats:
+        set_remat(model, remat)
+        set_remat(adapted, remat)
+    model = adapted
     for _, module in model.iter_modules():
         for name in list(vars(module)):
             if name.endswith("_lora_a"):

@@ -68,6 +68,12 @@ def final_hidden(graphdef, state, tokens, positions, cache, mask):
     rebuilt from (graphdef, state) so this can run inside loops and grads.
     """
     model = nnx.merge(graphdef, state)
-    _, cache = model(tokens, positions, cache, mask, output_hidden_states=True)
+    # Nothing the forward pass does is written back to `state` (the cache is
+    # returned), so nnx transforms inside it (tunix's remat) need not propagate
+    # updates to the outer module; propagating them fails for qwix's LoRA
+    # variables under remat inside jit and grad ("cannot mutate Param from a
+    # different trace level").
+    with nnx.set_graph_updates(False):
+        _, cache = model(tokens, positions, cache, mask, output_hidden_states=True)
     hidden = nnx.pop(model, nnx.Intermediate)["all_hidden_states"].value[0]
     return hidden, cache
