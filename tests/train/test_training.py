@@ -571,9 +571,10 @@ def test_micro_batches_must_divide_the_steps_completions_and_the_replicas(tmp_pa
             config.load(recipe(tmp_path, grpo_text + f"  micro_batch: {size}\n"), tier)
 
 
-def test_a_grpo_session_in_micro_batches_trains_the_weights_of_one_pass(tmp_path, monkeypatch):
-    """Two steps of 2 prompts x 4 completions with β > 0, once in one gradient pass and once in passes
-    of 2 completions (grpo.micro_batch): the same losses, KL and adapters, to float32 rounding."""
+def test_a_grpo_session_in_micro_batches_or_with_remat_trains_the_weights_of_one_pass(tmp_path, monkeypatch):
+    """Two steps of 2 prompts x 4 completions with β > 0, once in one gradient pass, once in passes
+    of 2 completions (grpo.micro_batch) and once with LoRA on a remat model (tier.remat): the same
+    losses, KL and adapters, to float32 rounding."""
     import jax
     from flax import nnx
 
@@ -583,24 +584,26 @@ def test_a_grpo_session_in_micro_batches_trains_the_weights_of_one_pass(tmp_path
     monkeypatch.setitem(rewards_lib.REWARDS, "flat_or_spread", flat_or_spread)
     rows = [{"prompt": f"Question {i}: what is {i} plus {i}?", "answer": "spread"} for i in range(8)]
     metrics, adapters = {}, {}
-    for size in (None, 2):
+    for size, remat in ((None, False), (2, False), (None, True)):
         cfg = GrpoConfig(batch_size=2, num_generations=4, beta=0.04, prompts_per_session=4, steps_per_session=2,
                          micro_batch=size, rewards={"flat_or_spread": 1.0},
                          rollout=RolloutConfig(max_prompt_length=64, max_tokens_to_generate=8, temperature=1.0,
                                                top_k=None),
                          optimizer=OptimizerConfig(learning_rate=0.01, max_grad_norm=10.0))
-        loaded = tiny_model.load(seed=4)
+        loaded = tiny_model.load(seed=4, remat=remat)
         loaded.model = lora.add(loaded.model, LoraConfig(4, 8.0, lora.DEFAULT_TARGETS))
-        bus = Bus(str(tmp_path / str(size)))
+        bus = Bus(str(tmp_path / f"{size}-{remat}"))
         grpo.train_session(bus, loaded, rows, 0, cfg, 2, "t", log.get("t"))
-        metrics[size] = bus.read_jsonl("grpo/s-0/metrics.jsonl")
-        adapters[size] = jax.tree.leaves(nnx.state(loaded.model, nnx.LoRAParam))
-    for whole, parts in zip(metrics[None], metrics[2]):
-        for k in ("loss", "kl", "grad_norm", "reward"):
-            assert parts[k] == pytest.approx(whole[k], rel=1e-4, abs=1e-7), k
-    assert metrics[None][-1]["kl"] > 0
-    for a, b in zip(adapters[2], adapters[None]):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+        metrics[size, remat] = bus.read_jsonl("grpo/s-0/metrics.jsonl")
+        adapters[size, remat] = jax.tree.leaves(nnx.state(loaded.model, nnx.LoRAParam))
+    whole = (None, False)
+    assert metrics[whole][-1]["kl"] > 0 and len(metrics[whole]) == 2
+    for other in ((2, False), (None, True)):
+        for a, b in zip(metrics[whole], metrics[other]):
+            for k in ("loss", "kl", "grad_norm", "reward"):
+                assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-7), (other, k)
+        for a, b in zip(adapters[other], adapters[whole]):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
 
 
 def test_grpo_rollouts_with_the_calculator_grade_its_values_and_train_on_the_models_tokens_only(tmp_path, monkeypatch):
