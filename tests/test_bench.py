@@ -84,6 +84,20 @@ def test_training_step_benchmark_refuses_a_micro_batch_that_does_not_divide_the_
     assert done.returncode == 2 and "--micro-batch 3 does not divide --batch 4" in done.stderr
 
 
+def test_step_memory_benchmark_runs_on_tiny_and_sees_remats_barriers(tmp_path):
+    out = tmp_path / "step_memory.json"
+    done = bench("step_memory.py", "--model", "tiny", "--passes", "1", "2", "--json", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["remat"], r["pass_sequences"]) for r in rows] == [(False, 1), (False, 2), (True, 1), (True, 2)]
+    for remat in (False, True):
+        one, two = [r for r in rows if r["remat"] is remat]
+        assert 0 < one["temp_gib"] < two["temp_gib"] and two["tokens"] == 2 * one["tokens"]
+    # One barrier around each recomputed attention and MLP block of the tiny model's 2 layers, none without remat.
+    assert {r["barriers_before"] for r in rows if r["remat"]} == {4}
+    assert {r["barriers_before"] for r in rows if not r["remat"]} == {0}
+
+
 def test_step_profile_runs_on_tiny_and_accounts_for_the_step(tmp_path):
     out = tmp_path / "profile.json"
     done = bench("profile_step.py", "--model", "tiny", "--batch", "2", "--json", str(out))
