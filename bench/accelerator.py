@@ -284,7 +284,7 @@ def sampling_step(w: Work, model):
         temperature=0.0, top_k=None, top_p=None)
 
     def run():
-        out, _ = sampler._generate(model, ids, valid, keys, max_new=w.completion, stop_ids=(-1,), **settings)
+        out, _, _ = sampler._generate(model, ids, valid, keys, max_new=w.completion, stop_ids=(-1,), **settings)
         jax.block_until_ready(out)
 
     return run, {}

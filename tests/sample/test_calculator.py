@@ -44,11 +44,11 @@ class Scripted:
         return "".join(self.segments[k:]) if k < len(self.segments) else ""
 
     def generate(self, loaded, prompts, settings, *, batch_size, stop_strings, row_seeds, prompt_ids, group,
-                 prompt_len):
+                 prompt_len, budgets):
         self.rounds += 1
-        self.calls.append({"prompt_ids": prompt_ids, "group": group, "prompt_len": prompt_len})
+        self.calls.append({"prompt_ids": prompt_ids, "group": group, "prompt_len": prompt_len, "budgets": budgets})
         out = sampler.Samples([], [], [], [], [])
-        for prompt, given in zip(prompts, prompt_ids):
+        for prompt, given, budget in zip(prompts, prompt_ids, budgets):
             start = self.tokenizer.encode(self.prompt, bos=True)
             assert given[:len(start)] == start and MERGED not in given[len(start):]  # ids, not the text encoded again
             assert self.tokenizer.decode(given) == self.tokenizer.decode(start) + prompt[len(self.prompt):]
@@ -56,13 +56,14 @@ class Scripted:
             stops = [text.index(s) + len(s) for s in stop_strings if s in text]
             cut = min(stops) if stops else len(text)
             merged = self.merge if stops and text[:cut].endswith("=") else ""
-            text = (text[:cut] + merged)[:settings.max_new_tokens]
+            text = (text[:cut] + merged)[:budget]  # as the sampler: a row stops at its own budget
             ids = [ord(c) for c in text]
             out.texts.append(text)
             out.tokens.append(ids)
             out.completion_ids.append(ids)
             out.prompt_tokens.append([])
-            out.stopped.append(bool(stops) and cut <= settings.max_new_tokens)
+            out.stopped.append(bool(stops) and cut <= budget)
+            out.decode_steps = max(out.decode_steps, len(ids))
         return out
 
 
@@ -100,6 +101,8 @@ def test_the_budget_counts_the_models_tokens_and_cuts_a_later_round(monkeypatch)
     out = run(monkeypatch, model, max_new=20)
     assert out.tokens == [20] and out.stopped == [False] and out.inserts == [1]
     assert out.texts == ["48 / 2 = 24 and then a "]  # 8 tokens, the value, 12 more
+    assert [c["budgets"] for c in model.calls] == [[20], [12]]  # the second round decodes only what is left
+    assert out.decode_steps == 20
 
 
 def test_a_row_that_keeps_writing_equations_ends_after_max_stops(monkeypatch):

@@ -79,6 +79,29 @@ def test_choose_respects_top_k():
     assert seen <= {97, 98, 99} and len(seen) >= 2
 
 
+def test_each_row_stops_at_its_own_budget_and_the_loop_ends_with_the_last_one(tiny):
+    settings = sampler.SampleSettings(max_new_tokens=12)
+    free = sampler.generate(tiny, PROMPTS, settings, batch_size=4, stop_ids=(-1,))  # nothing stops a row
+    assert [len(t) for t in free.tokens] == [12] * 4 and free.decode_steps == 12
+    budgets = [3, 0, 7, 5]
+    cut = sampler.generate(tiny, PROMPTS, settings, batch_size=4, stop_ids=(-1,), budgets=budgets)
+    assert cut.tokens == [row[:b] for row, b in zip(free.tokens, budgets)] and not any(cut.stopped)
+    assert cut.decode_steps == 7  # not the 12 a shared budget would run
+    # A last, partial batch: the rows that fill it have no budget, so they do not keep the loop going.
+    one = sampler.generate(tiny, PROMPTS[:1], settings, batch_size=4, stop_ids=(-1,))
+    assert one.tokens == free.tokens[:1] and one.decode_steps == 12
+    short = sampler.generate(tiny, PROMPTS[:1], settings, batch_size=4, stop_ids=(-1,), budgets=[4])
+    assert short.tokens == [free.tokens[0][:4]] and short.decode_steps == 4
+
+
+@pytest.mark.parametrize("budgets, match", [([13, 1, 1, 1], "between 0 and max_new_tokens"),
+                                            ([-1, 1, 1, 1], "between 0 and max_new_tokens"),
+                                            ([1, 1], "one entry per prompt")])
+def test_budgets_outside_the_settings_are_refused(tiny, budgets, match):
+    with pytest.raises(ValueError, match=match):
+        sampler.generate(tiny, PROMPTS, sampler.SampleSettings(max_new_tokens=12), batch_size=4, budgets=budgets)
+
+
 def test_stop_token_ends_a_row(tiny):
     out = sampler.generate(tiny, PROMPTS, sampler.SampleSettings(max_new_tokens=6), batch_size=4,
                             stop_ids=tuple(range(tiny.tokenizer.vocab_size)))  # every token stops

@@ -12,7 +12,8 @@ closes no expression ("x =") is left to the model.
 What the calculator wrote is never the model's: evaluation reports it as its own method
 (`greedy+calc`), never mixed into plain greedy accuracy, and each sample records how many
 values were inserted; GRPO rollouts (`rollout.calculator`) grade the text with the values in it
-and leave the calculator's ids out of the loss (`sampled`). The token budget counts the model's tokens only. Greedy rows give the
+and leave the calculator's ids out of the loss (`sampled`). The token budget counts the model's tokens only, and a later round decodes
+no further than the row's budget left (the sampler's per-row `budgets`). Greedy rows give the
 same text whatever batch they run in; sampled rows draw each round with a seed of their own
 (row seed and round).
 """
@@ -37,6 +38,7 @@ class CalcSamples:
     completion_ids: list[list[int]]  # what the rows condition on after the prompt: the model's and the calculator's ids
     sampled: list[list[int]]  # per completion id: 1 where the model sampled it, 0 where the calculator wrote it
     prompt_tokens: list[list[int]]  # BOS + prompt ids
+    decode_steps: int = 0  # decode-loop steps over every round and batch (what the rounds cost)
 
 
 def _stopped_at_equals(out: sampler.Samples, j: int, stop_strings: tuple[str, ...]) -> int | None:
@@ -80,24 +82,19 @@ def generate(loaded, prompts: list[str], settings: sampler.SampleSettings, *, ro
     prompt_ids = [tok.encode(p, bos=True) for p in prompts]
     texts, inserts, used, stops = [""] * n, [0] * n, [0] * n, [0] * n
     ids, sampled = [[] for _ in range(n)], [[] for _ in range(n)]
-    stopped, active, rounds = [False] * n, list(range(n)), 0
+    stopped, active, rounds, steps = [False] * n, list(range(n)), 0, 0
     while active:
         out = sampler.generate(loaded, [prompts[i] + texts[i] for i in active], settings, batch_size=batch_size,
                                stop_strings=tuple(stop_strings) + (EQUALS,),
                                row_seeds=[(row_seeds[i] + 7919 * rounds) % 2**32 for i in active],
                                prompt_ids=[prompt_ids[i] + ids[i] for i in active],
-                               group=group if rounds == 0 else 1, prompt_len=prompt_len if rounds == 0 else None)
+                               group=group if rounds == 0 else 1, prompt_len=prompt_len if rounds == 0 else None,
+                               budgets=[settings.max_new_tokens - used[i] for i in active])
         rounds += 1
+        steps += out.decode_steps
         still = []
         for j, i in enumerate(active):
             text, count = out.texts[j], len(out.tokens[j])
-            if used[i] + count > settings.max_new_tokens:  # a later round ran past the row's budget
-                count = settings.max_new_tokens - used[i]
-                texts[i] += tok.decode(out.tokens[j][:count])
-                ids[i] += out.tokens[j][:count]
-                sampled[i] += [1] * count
-                used[i] += count
-                continue
             used[i] += count
             end = _stopped_at_equals(out, j, tuple(stop_strings))
             if end is None:  # a stop token, a stop string or the budget: the row is done
@@ -121,4 +118,4 @@ def generate(loaded, prompts: list[str], settings: sampler.SampleSettings, *, ro
             if used[i] < settings.max_new_tokens and stops[i] < MAX_STOPS:
                 still.append(i)
         active = still
-    return CalcSamples(texts, inserts, used, stopped, ids, sampled, prompt_ids)
+    return CalcSamples(texts, inserts, used, stopped, ids, sampled, prompt_ids, steps)

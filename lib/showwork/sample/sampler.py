@@ -57,6 +57,7 @@ class Samples:
     completion_ids: list[list[int]]  # generated ids including the stop token (what training scores)
     prompt_tokens: list[list[int]]  # BOS + prompt ids, unpadded
     stopped: list[bool]  # ended with a stop token (not cut by max_new_tokens)
+    decode_steps: int = 0  # decode-loop steps the call ran, summed over its batches (what it cost)
 
 
 def _choose(slices, keys, temperature: float, top_k: int | None, top_p: float | None):
@@ -223,15 +224,18 @@ def _decoder_path(model, weights: dict, rows: int, size: int):
 
 
 @partial(nnx.jit, static_argnames=("max_new", "temperature", "top_k", "top_p", "stop_ids", "sequences"))
-def _generate(model, prompt_ids, prompt_valid, row_keys, *, max_new, temperature, top_k, top_p, stop_ids,
-              sequences=()):
+def _generate(model, prompt_ids, prompt_valid, row_keys, budgets=None, *, max_new, temperature, top_k, top_p,
+              stop_ids, sequences=()):
     # prompt_ids holds one row per group of identical prompts; row_keys one
     # per output row. Each group's prompt is prefilled once, then its cache
-    # and first logits are repeated for the group's rows.
+    # and first logits are repeated for the group's rows. budgets (one per
+    # output row, at most max_new) are data, not shapes: a row's own budget
+    # costs no new program, and the loop ends when every row is done or spent.
     unique, plen = prompt_ids.shape
     batch = row_keys.shape[0]
     group = batch // unique
     size = plen + max_new
+    budgets = jnp.full((batch,), max_new, jnp.int32) if budgets is None else budgets
     weights = decoder.weights(model)
     if weights is None:
         run, cache, repeat = _module_path(model, unique, size)
@@ -254,7 +258,7 @@ def _generate(model, prompt_ids, prompt_valid, row_keys, *, max_new, temperature
         step, logits, cache, valid, out, done = state
         keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(row_keys)
         token = _choose(logits, keys, temperature, top_k, top_p)
-        token = jnp.where(done, PAD_ID, token)
+        token = jnp.where(done | (step >= budgets), PAD_ID, token)
         out = out.at[:, step].set(token)
         done = done | jnp.isin(token, stops)
         for sequence in sequences:
@@ -267,13 +271,13 @@ def _generate(model, prompt_ids, prompt_valid, row_keys, *, max_new, temperature
 
     def cond(state):
         step, _, _, _, _, done = state
-        return (step < max_new) & ~jnp.all(done)
+        return (step < max_new) & ~jnp.all(done | (step >= budgets))
 
     out = jnp.full((batch, max_new), PAD_ID, jnp.int32)
     done = jnp.zeros((batch,), jnp.bool_)
     state = (jnp.int32(0), logits, cache, valid, out, done)
-    _, _, _, _, out, done = jax.lax.while_loop(cond, body, state)
-    return out, done
+    steps, _, _, _, out, done = jax.lax.while_loop(cond, body, state)
+    return out, done, steps
 
 
 def default_row_seeds(seed: int, n: int) -> list[int]:
@@ -281,10 +285,13 @@ def default_row_seeds(seed: int, n: int) -> list[int]:
     return [seed * 1_000_003 + i for i in range(n)]
 
 
-def _check_rows(prompts: list[str], row_seeds: list[int], prompt_ids, group: int, batch_size: int) -> None:
-    """One seed (and, when given, one id list) per prompt; groups of `group` identical prompts."""
-    if len(row_seeds) != len(prompts):
-        raise ValueError("row_seeds must have one seed per prompt")
+def _check_rows(prompts: list[str], row_seeds: list[int], prompt_ids, group: int, batch_size: int,
+                budgets: list[int], max_new: int) -> None:
+    """One seed, one budget (and, when given, one id list) per prompt; groups of `group` identical prompts."""
+    if len(row_seeds) != len(prompts) or len(budgets) != len(prompts):
+        raise ValueError("row_seeds and budgets must have one entry per prompt")
+    if any(not 0 <= b <= max_new for b in budgets):
+        raise ValueError(f"a row's budget must be between 0 and max_new_tokens ({max_new})")
     if prompt_ids is not None and len(prompt_ids) != len(prompts):
         raise ValueError("prompt_ids must have one row per prompt")
     if group < 1 or batch_size % group or len(prompts) % group:
@@ -294,11 +301,28 @@ def _check_rows(prompts: list[str], row_seeds: list[int], prompt_ids, group: int
             raise ValueError(f"group={group}: prompts {start}..{start + group - 1} are not one prompt repeated")
 
 
+def _left_padded(chunk: list[list[int]], batch_size: int, prompt_len: int | None):
+    """A batch's prompt ids left-padded to `prompt_len` (default: the longest, bucketed) and their
+    validity. The batch is filled to full size with empty rows, so the last partial batch
+    reuses the program."""
+    padded = chunk + [[PAD_ID]] * (batch_size - len(chunk))
+    longest = max(len(ids) for ids in padded)
+    if prompt_len is not None and longest > prompt_len:
+        raise ValueError(f"a prompt has {longest} tokens, more than prompt_len={prompt_len}")
+    plen = prompt_len or bucket(longest)
+    ids = np.full((batch_size, plen), PAD_ID, np.int32)
+    ok = np.zeros((batch_size, plen), bool)
+    for r, row in enumerate(padded):
+        ids[r, plen - len(row):] = row
+        ok[r, plen - len(row):] = row != [PAD_ID]
+    return ids, ok
+
+
 def generate(loaded: Loaded, prompts: list[str], settings: SampleSettings, *, seed: int = 0,
              batch_size: int = 8, stop_ids: tuple[int, ...] | None = None,
              prompt_len: int | None = None, row_seeds: list[int] | None = None,
              stop_strings: tuple[str, ...] = (), group: int = 1,
-             prompt_ids: list[list[int]] | None = None) -> Samples:
+             prompt_ids: list[list[int]] | None = None, budgets: list[int] | None = None) -> Samples:
     """Complete each prompt (BOS is prepended); rows are processed in batches.
 
     `prompt_ids`: the prompts' ids as given (BOS included), not encoded from `prompts` (a row
@@ -311,10 +335,14 @@ def generate(loaded: Loaded, prompts: list[str], settings: SampleSettings, *, se
     `group`: the prompts come in runs of `group` identical ones (GRPO's G
     completions of one prompt); each run's prompt is prefilled once and its
     KV cache shared by the run's rows (G times less prefill).
+    `budgets`: row i generates at most budgets[i] tokens (default: max_new_tokens); rows that
+    fill a batch to size have none, so a batch's loop ends when its real rows are done.
     """
     if row_seeds is None:
         row_seeds = default_row_seeds(seed, len(prompts))
-    _check_rows(prompts, row_seeds, prompt_ids, group, batch_size)
+    if budgets is None:
+        budgets = [settings.max_new_tokens] * len(prompts)
+    _check_rows(prompts, row_seeds, prompt_ids, group, batch_size, budgets, settings.max_new_tokens)
     tok = loaded.tokenizer
     stop_ids = tuple(stop_ids or (EOS_ID, tok.end_of_turn_id))
     sequences = stop_sequences(tok, tuple(stop_strings))
@@ -323,24 +351,16 @@ def generate(loaded: Loaded, prompts: list[str], settings: SampleSettings, *, se
     for start in range(0, len(encoded), batch_size):
         chunk = encoded[start:start + batch_size]
         rows = len(chunk)
-        # Pad the batch to full size too, so the last partial batch reuses the program.
-        padded = chunk + [[PAD_ID]] * (batch_size - rows)
-        longest = max(len(ids) for ids in padded)
-        if prompt_len is not None and longest > prompt_len:
-            raise ValueError(f"a prompt has {longest} tokens, more than prompt_len={prompt_len}")
-        plen = prompt_len or bucket(longest)
-        ids = np.full((batch_size, plen), PAD_ID, np.int32)
-        ok = np.zeros((batch_size, plen), bool)
-        for r, row in enumerate(padded):
-            ids[r, plen - len(row):] = row
-            ok[r, plen - len(row):] = row != [PAD_ID]
+        ids, ok = _left_padded(chunk, batch_size, prompt_len)
         seeds = row_seeds[start:start + batch_size] + [0] * (batch_size - rows)
         keys = jax.vmap(jax.random.key)(jnp.asarray(np.asarray([x % 2**32 for x in seeds], np.uint32)))
-        out, done = _generate(loaded.model, jnp.asarray(ids[::group]), jnp.asarray(ok[::group]), keys,
+        spend = jnp.asarray(budgets[start:start + batch_size] + [0] * (batch_size - rows), jnp.int32)
+        out, done, steps = _generate(loaded.model, jnp.asarray(ids[::group]), jnp.asarray(ok[::group]), keys, spend,
                               max_new=settings.max_new_tokens, temperature=float(settings.temperature),
                               top_k=settings.top_k, top_p=settings.top_p, stop_ids=stop_ids,
                               sequences=sequences)
         out, done = np.asarray(out), np.asarray(done)
+        result.decode_steps += int(steps)
         for r in range(rows):
             kept, gen = _cut([int(t) for t in out[r]], stop_ids, sequences)
             result.completion_ids.append(kept)

@@ -179,7 +179,8 @@ class Rollouts:
             calc = calculator.generate(policy, prompts, settings, row_seeds=sampler.default_row_seeds(seed, len(prompts)),
                                        batch_size=len(prompts), group=g, prompt_len=self.prompt_len)
             policy_ids = [[t for t, own in zip(ids, mask) if own] for ids, mask in zip(calc.completion_ids, calc.sampled)]
-            samples = sampler.Samples(calc.texts, policy_ids, calc.completion_ids, calc.prompt_tokens, calc.stopped)
+            samples = sampler.Samples(calc.texts, policy_ids, calc.completion_ids, calc.prompt_tokens, calc.stopped,
+                                      calc.decode_steps)
             sampled, model_tokens = calc.sampled, calc.tokens
         else:
             samples = sampler.generate(policy, prompts, settings, seed=seed, batch_size=len(prompts),
