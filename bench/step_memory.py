@@ -1,7 +1,9 @@
 """What one SFT gradient pass asks of memory, as XLA plans it: for each pass size (sequences per
 forward/backward pass) and with remat off and on, the compiled program's temporary buffers
 (`memory_analysis().temp_size_in_bytes`: everything alive at once beyond weights and inputs), and
-how many of remat's optimization barriers survive XLA's optimization.
+how many of remat's optimization barriers survive XLA's optimization, and what is alive at the
+peak of the compiled schedule, by array shape (`live_at_peak`: which activations the backward
+pass keeps).
 
 The pass is `sft.make_step_fns`'s gradient, LoRA 16 on the attention and MLP projections, over
 sequences of bench/train_step.py's SFT data cut to --seq-len tokens: the same program a training
@@ -15,6 +17,8 @@ step runs per pass. A step of B sequences in passes of b (`sft.batch_size` b wit
 from __future__ import annotations
 
 import argparse
+import collections
+import re
 import sys
 from pathlib import Path
 
@@ -25,6 +29,65 @@ sys.path[:0] = [str(ROOT / "lib"), str(ROOT / "bench")]
 def barriers(hlo_text: str) -> int:
     """Optimization barriers in an HLO module's text (remat places one around each recomputed block)."""
     return hlo_text.count(" opt-barrier(")
+
+
+BYTES = {"f32": 4, "s32": 4, "u32": 4, "bf16": 2, "f16": 2, "pred": 1, "s8": 1, "u8": 1}
+VIEWS = ("parameter", "bitcast", "get-tuple-element", "tuple", "while", "constant")
+INSTRUCTION = re.compile(r"(?:ROOT )?%(\S+) = (\(.*?\)|\S+) ([\w-]+)\((.*)")
+
+
+def array_bytes(shape: str) -> int:
+    """Bytes of an HLO shape ("f32[512,2048]{1,0}", or a tuple of them)."""
+    total = 0
+    for dtype, dims in re.findall(r"(\w+?)\[([\d,]*)\]", shape):
+        count = 1
+        for d in filter(None, dims.split(",")):
+            count *= int(d)
+        total += count * BYTES.get(dtype, 4)
+    return total
+
+
+def live_at_peak(hlo_text: str) -> dict:
+    """The arrays alive at the peak of a scheduled module's entry computation, by shape.
+
+    A value lives from its instruction to its last user in the schedule; bitcasts and tuple
+    elements are views of what they read (they keep it alive, they add no bytes); parameters,
+    constants and loop state are not counted, and a loop's own temporaries are not seen: an
+    approximation of XLA's buffer assignment that says *which* arrays make its peak."""
+    entry = hlo_text[hlo_text.index("\nENTRY"):]
+    lines = [line.strip() for line in entry.split("\n")[1:] if line.strip().startswith(("%", "ROOT"))]
+    born, last, size, shape_of, source = {}, {}, {}, {}, {}
+    for i, line in enumerate(lines):
+        m = INSTRUCTION.match(line)
+        if not m:
+            continue
+        name, shape, op, rest = m.groups()
+        born[name] = last[name] = i
+        operands = [o for o in re.findall(r"%([\w.\-]+)", rest) if o in born]
+        size[name], shape_of[name] = (0 if op in VIEWS else array_bytes(shape)), re.sub(r"\{[^}]*\}", "", shape)
+        if op in ("bitcast", "get-tuple-element") and operands:
+            source[name] = operands[0]
+        for o in operands:
+            while o in source:  # a view keeps what it views alive
+                last[o] = i
+                o = source[o]
+            last[o] = i
+    change = collections.Counter()
+    for name in born:
+        change[born[name]] += size[name]
+        change[last[name] + 1] -= size[name]
+    running, peak, at = 0, 0, 0
+    for i in range(len(lines)):
+        running += change[i]
+        if running > peak:
+            peak, at = running, i
+    by_shape = collections.defaultdict(lambda: [0, 0])
+    for name in born:
+        if size[name] and born[name] <= at <= last[name]:
+            by_shape[shape_of[name]][0] += 1
+            by_shape[shape_of[name]][1] += size[name]
+    ranked = sorted(by_shape.items(), key=lambda kv: -kv[1][1])
+    return {"peak_bytes": peak, "by_shape": [{"shape": k, "count": c, "bytes": b} for k, (c, b) in ranked]}
 
 
 def measure(model: str, rank: int, seq_len: int, passes: list[int], remat: bool) -> list[dict]:
@@ -55,8 +118,9 @@ def measure(model: str, rank: int, seq_len: int, passes: list[int], remat: bool)
                      "temp_gib": memory.temp_size_in_bytes / 2**30,
                      "arguments_gib": memory.argument_size_in_bytes / 2**30,
                      "barriers_before": barriers(lowered.as_text(dialect="hlo")),
-                     "barriers_after": barriers(compiled.as_text())})
-        print(rows[-1], flush=True)
+                     "barriers_after": barriers(compiled.as_text()),
+                     "live_at_peak": live_at_peak(compiled.as_text())})
+        print({k: v for k, v in rows[-1].items() if k != "live_at_peak"}, flush=True)
     return rows
 
 

@@ -96,6 +96,38 @@ def test_step_memory_benchmark_runs_on_tiny_and_sees_remats_barriers(tmp_path):
     # One barrier around each recomputed attention and MLP block of the tiny model's 2 layers, none without remat.
     assert {r["barriers_before"] for r in rows if r["remat"]} == {4}
     assert {r["barriers_before"] for r in rows if not r["remat"]} == {0}
+    # What is alive at the peak grows with the pass, and the MLP's activations are among it.
+    one, two = [r["live_at_peak"] for r in rows if not r["remat"]]
+    assert 0 < one["peak_bytes"] < two["peak_bytes"]
+    assert any(r["shape"].endswith(",128]") for r in two["by_shape"][:8])  # the tiny MLP is 128 wide
+
+
+SCHEDULED = """HloModule m, is_scheduled=true
+%f (x: f32[4]) -> f32[256] { ... }
+ENTRY %main (p: f32[4]) -> (f32[4], f32[8]) {
+  %p = f32[4]{0} parameter(0)
+  %a = f32[256]{0} fusion(%p), kind=kLoop, calls=%f
+  %b = f32[1024]{0} fusion(%a), kind=kLoop, calls=%g
+  %c = (f32[8]{0}, s32[2]{0}) fusion(%b), kind=kLoop, calls=%h
+  %e = f32[2048]{0} fusion(%p), kind=kLoop, calls=%k
+  %v = f32[8]{0} get-tuple-element(%c), index=0
+  %d = f32[4]{0} fusion(%a, %e), kind=kLoop, calls=%k
+  ROOT %t = (f32[4]{0}, f32[8]{0}) tuple(%d, %v)
+}
+"""
+
+
+def test_live_at_peak_follows_each_array_to_its_last_user_through_views():
+    sys.path.insert(0, str(REPO / "bench"))
+    from step_memory import array_bytes, live_at_peak
+
+    assert array_bytes("f32[512,2048]{1,0}") == 4 * 512 * 2048 and array_bytes("(f32[2]{0}, pred[3]{0})") == 11
+    # a lives until d reads it; b dies at c; c (a tuple, 40 bytes) lives through its element v until the
+    # root; e is born after b died: the peak is at d (a, c, e and d), not at c (a, b, c).
+    live = live_at_peak(SCHEDULED)
+    assert live["peak_bytes"] == 1024 + 40 + 8192 + 16
+    assert {r["shape"]: (r["count"], r["bytes"]) for r in live["by_shape"]} == {
+        "f32[2048]": (1, 8192), "f32[256]": (1, 1024), "(f32[8], s32[2])": (1, 40), "f32[4]": (1, 16)}
 
 
 def test_step_profile_runs_on_tiny_and_accounts_for_the_step(tmp_path):
