@@ -153,3 +153,45 @@ def test_a_grpo_update_in_micro_batches_on_a_bfloat16_mesh_is_the_one_pass_updat
     assert whole[1] > 0 and whole[2] > 0
     for got, want in zip(passes[:3], whole[:3]):
         assert got == pytest.approx(want, rel=2e-2)
+
+
+ADAPTERS_ON_A_MESH = """
+import jax, numpy as np, qwix
+from flax import nnx
+from showwork import xla_cache
+from showwork.model import lora, meshes, tiny
+xla_cache.enable()
+mesh = meshes.make_mesh((2, 2), ("fsdp", "tp"))
+for quantize in (None, "int8"):
+    kwargs = {"weight_qtype": quantize, "tile_size": None} if quantize else {}
+    provider = qwix.LoraProvider(module_path=lora.DEFAULT_TARGETS, rank=3, alpha=6.0, **kwargs)
+    model = tiny.load(dtype="bfloat16", mesh=mesh).model
+    before = xla_cache.counts().requested  # before qwix's eager pass compiles the same operations
+    ours = lora.apply(model, rank=3, alpha=6.0, quantize=quantize, seed=7)
+    programs = xla_cache.counts().requested - before
+    eager = qwix.apply_lora_to_model(tiny.load(dtype="bfloat16", mesh=mesh).model, provider, rngs=nnx.Rngs(7),
+                                     **lora._example_inputs(None))
+    want = dict(nnx.to_flat_state(nnx.state(eager, nnx.LoRAParam)))
+    got = dict(nnx.to_flat_state(nnx.state(ours, nnx.LoRAParam)))
+    assert want.keys() == got.keys() and len(got) > 8, (len(want), len(got))
+    for path in want:
+        a, b = want[path].get_value(), got[path].get_value()
+        np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32), err_msg=str(path))
+        assert b.sharding.is_equivalent_to(a.sharding, a.ndim) and b.sharding.spec == a.sharding.spec, (path, a.sharding, b.sharding)
+    print(quantize, programs, len(got))
+"""
+
+
+def test_adapters_are_created_in_one_program_equal_to_qwix_eager_ones_and_placed_as_annotated():
+    """lora.apply runs qwix's adapter-creating forward pass compiled (qwix runs it op by op: one XLA program
+    per operation). On a 2x2 mesh, plain LoRA and QLoRA: the same adapters as qwix's eager pass (same seed),
+    each placed with the same sharding spec as the eager ones (their annotation), so a train step sees one
+    layout before and after an update; and adding them asks XLA for at most a dozen programs (the pass, its
+    inputs, the seed), where qwix's eager pass asked for 141 (rank 3: shapes no other call compiled)."""
+    env = job_env(XLA_FLAGS=simulated_chips(4))
+    done = subprocess.run([sys.executable, "-c", ADAPTERS_ON_A_MESH], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for line in done.stdout.split("\n")[:2]:
+        quantize, programs, adapters = line.split()
+        assert int(programs) <= 12, line

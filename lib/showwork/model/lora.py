@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from showwork.config import LoraConfig
+from showwork.model import meshes
 from showwork.model.loaded import remat_of, set_remat
 
 # The attention and MLP projections: the recipe's default (config.LoraConfig).
@@ -26,7 +27,29 @@ def apply(model: nnx.Module, rank: int, alpha: float, targets: str = DEFAULT_TAR
         kwargs = {"weight_qtype": quantize, "tile_size": None}
     provider = qwix.LoraProvider(module_path=targets, rank=rank, alpha=alpha, **kwargs)
     example = _example_inputs(model)
-    return qwix.apply_lora_to_model(model, provider, rngs=nnx.Rngs(seed), **example)
+    rngs = nnx.Rngs(seed)
+    adapted = qwix.apply_lora_to_model(model, provider, rngs=rngs, skip_nnx_init=True, **example)
+    _create_adapters(adapted, rngs, example)
+    return adapted
+
+
+def _create_adapters(adapted: nnx.Module, rngs: nnx.Rngs, example: dict) -> None:
+    """qwix's first forward pass, which creates the adapters, as one compiled program.
+
+    qwix runs it eagerly: one small XLA program per operation of the model
+    (141 for the tiny model, 10-20 s of compiling on a CPU before
+    the first step, in every stage that adds adapters). Under nnx.jit the
+    pass is one program and the adapters it creates come back as state.
+    """
+    adapted.set_attributes(qwix_rngs=rngs, disable_quant_stats_update=True)
+    nnx.jit(lambda m, ex: m(**ex))(adapted, example)
+    adapted.set_attributes(qwix_rngs=None, disable_quant_stats_update=False)
+    # Eagerly created adapters take their sharding annotation's layout; the compiled pass returns them
+    # laid out as XLA chose. Placed as the annotation says, the train step sees the same layout before
+    # and after an update, and compiles once.
+    mesh = meshes.mesh_of(adapted)
+    if mesh is not None:
+        meshes.shard(adapted, mesh, nnx.LoRAParam)
 
 
 def _example_inputs(model) -> dict:

@@ -34,17 +34,26 @@ def tier_mesh(mesh_config) -> jax.sharding.Mesh:
     return make_mesh(tuple(mesh_config.shape), tuple(mesh_config.axes))
 
 
-def shard(model: nnx.Module, mesh: jax.sharding.Mesh) -> nnx.Module:
-    """Place every parameter as its tunix sharding annotation says (FSDP/TP).
+def shard(model: nnx.Module, mesh: jax.sharding.Mesh, *filters) -> nnx.Module:
+    """Place every parameter (of `filters`' kinds, when given) as its sharding annotation says (FSDP/TP).
 
     The safetensors loader already does this; a model built in memory (the
     tiny one) carries the annotations but is created replicated.
     """
-    state = nnx.state(model)
+    state = nnx.state(model, *filters)
     specs = nnx.get_partition_spec(state)
     placed = jax.tree.map(lambda x, spec: jax.device_put(x, jax.sharding.NamedSharding(mesh, spec)), state, specs)
     nnx.update(model, placed)
     return model
+
+
+def mesh_of(model: nnx.Module) -> jax.sharding.Mesh | None:
+    """The mesh `model`'s parameters are placed on, or None when they are not on one."""
+    found = {leaf.sharding.mesh for leaf in jax.tree.leaves(nnx.state(model, nnx.Param))
+             if isinstance(getattr(leaf, "sharding", None), jax.sharding.NamedSharding)}
+    if len(found) > 1:
+        raise ValueError(f"the model's parameters are spread over {len(found)} different meshes")
+    return found.pop() if found else None
 
 
 def sharded_params(model: nnx.Module) -> int:
