@@ -83,7 +83,7 @@ mesh = meshes.make_mesh((4, 1), ("fsdp", "tp"))
 ids = jnp.tile(jnp.arange(3, 19, dtype=jnp.int32), (4, 1))
 valid = jnp.ones((4, 16), bool)
 keys = jax.vmap(jax.random.key)(jnp.arange(4, dtype=jnp.uint32))
-args = dict(max_new=8, temperature=0.0, top_k=None, top_p=None, stop_ids=(-1,))
+args = dict(max_new=8, greedy=True, top_k=None, top_p=None, stop_ids=(-1,))
 alone = sampler._generate(tiny.load(dtype="bfloat16").model, ids, valid, keys, **args)[0]
 sharded = tiny.load(dtype="bfloat16", mesh=mesh)
 assert meshes.sharded_params(sharded.model) > 0

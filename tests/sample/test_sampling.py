@@ -195,3 +195,28 @@ def test_best_candidates_are_the_top_k_of_the_whole_row(parts, block, k):
     want_values, want_ids = jax.lax.top_k(jnp.asarray(logits), k)
     assert np.asarray(ids).tolist() == np.asarray(want_ids).tolist()
     np.testing.assert_array_equal(np.asarray(values), np.asarray(want_values))
+
+
+def test_every_sampling_temperature_shares_one_compiled_sampler(tiny):
+    """The temperature is data: after one sampled call, calls at other temperatures (consensus voting's
+    five, maj@k's) ask XLA for no new program, and the temperature still acts (near 0 the samples are the
+    greedy tokens; at 50 they are not). A budget of 11 tokens: a program no other test compiles."""
+    from showwork import xla_cache
+
+    xla_cache.enable()
+    prompts = ["12 plus 30 is", "The answer to 7 times 6"]
+
+    def run(temperature):
+        settings = sampler.SampleSettings(max_new_tokens=11, temperature=temperature, top_k=20)
+        before = xla_cache.counts().requested
+        tokens = sampler.generate(tiny, prompts, settings, seed=5, batch_size=2).tokens
+        return tokens, xla_cache.counts().requested - before
+
+    _, first = run(0.7)
+    assert first >= 1  # the sampled program was compiled (or loaded) once
+    for temperature in (0.2, 0.4, 1.0, 50.0):
+        assert run(temperature)[1] == 0, temperature
+    cold, _ = run(1e-4)
+    hot, _ = run(50.0)
+    greedy, _ = run(0.0)
+    assert cold == greedy and hot != greedy

@@ -60,14 +60,15 @@ class Samples:
     decode_steps: int = 0  # decode-loop steps the call ran, summed over its batches (what it cost)
 
 
-def _choose(slices, keys, temperature: float, top_k: int | None, top_p: float | None):
+def _choose(slices, keys, temperature, top_k: int | None, top_p: float | None):
     """One token per row from float32 logits given as vocabulary slices [C, B, V / C] (see `project`),
-    row b drawn with keys[b].
+    row b drawn with keys[b]; greedy when `temperature` is None or a number <= 0 (a traced temperature
+    samples).
 
     Per-row keys make a row's sample independent of which other rows share
     its batch, so results do not depend on batching or sharding.
     """
-    if temperature <= 0.0:
+    if temperature is None or (isinstance(temperature, (int, float)) and temperature <= 0.0):
         return _best(slices, 1)[1][:, 0].astype(jnp.int32)
     k = top_k or (TOP_P_CANDIDATES if top_p is not None and top_p < 1.0 else None)
     if k is None:  # the whole vocabulary
@@ -223,14 +224,16 @@ def _decoder_path(model, weights: dict, rows: int, size: int):
     return run, cache, repeat
 
 
-@partial(nnx.jit, static_argnames=("max_new", "temperature", "top_k", "top_p", "stop_ids", "sequences"))
-def _generate(model, prompt_ids, prompt_valid, row_keys, budgets=None, *, max_new, temperature, top_k, top_p,
-              stop_ids, sequences=()):
+@partial(nnx.jit, static_argnames=("max_new", "greedy", "top_k", "top_p", "stop_ids", "sequences"))
+def _generate(model, prompt_ids, prompt_valid, row_keys, budgets=None, temperature=1.0, *, max_new, greedy, top_k,
+              top_p, stop_ids, sequences=()):
     # prompt_ids holds one row per group of identical prompts; row_keys one
     # per output row. Each group's prompt is prefilled once, then its cache
     # and first logits are repeated for the group's rows. budgets (one per
     # output row, at most max_new) are data, not shapes: a row's own budget
     # costs no new program, and the loop ends when every row is done or spent.
+    # The temperature is data too (only greedy or not is a shape of the program): consensus voting's
+    # five temperatures and maj@k's share one compiled sampler instead of one each.
     unique, plen = prompt_ids.shape
     batch = row_keys.shape[0]
     group = batch // unique
@@ -257,7 +260,7 @@ def _generate(model, prompt_ids, prompt_valid, row_keys, budgets=None, *, max_ne
     def body(state):
         step, logits, cache, valid, out, done = state
         keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(row_keys)
-        token = _choose(logits, keys, temperature, top_k, top_p)
+        token = _choose(logits, keys, None if greedy else temperature, top_k, top_p)
         token = jnp.where(done | (step >= budgets), PAD_ID, token)
         out = out.at[:, step].set(token)
         done = done | jnp.isin(token, stops)
@@ -356,9 +359,9 @@ def generate(loaded: Loaded, prompts: list[str], settings: SampleSettings, *, se
         keys = jax.vmap(jax.random.key)(jnp.asarray(np.asarray([x % 2**32 for x in seeds], np.uint32)))
         spend = jnp.asarray(budgets[start:start + batch_size] + [0] * (batch_size - rows), jnp.int32)
         out, done, steps = _generate(loaded.model, jnp.asarray(ids[::group]), jnp.asarray(ok[::group]), keys, spend,
-                              max_new=settings.max_new_tokens, temperature=float(settings.temperature),
-                              top_k=settings.top_k, top_p=settings.top_p, stop_ids=stop_ids,
-                              sequences=sequences)
+                                     jnp.float32(max(settings.temperature, 0.0)), max_new=settings.max_new_tokens,
+                                     greedy=settings.temperature <= 0.0, top_k=settings.top_k, top_p=settings.top_p,
+                                     stop_ids=stop_ids, sequences=sequences)
         out, done = np.asarray(out), np.asarray(done)
         result.decode_steps += int(steps)
         for r in range(rows):
