@@ -146,6 +146,8 @@ def override(recipe: dict, tier: dict, model_path: str, data_files: dict[str, di
                                "eval_size": min(m.get("eval_size", 0), 1)} for m in data["mix"]]
     if "sft" in recipe:
         out["sft"] = {"max_steps": 2, "max_seq_len": 384, "batch_size": replicas}
+        if recipe["sft"].get("gradient_accumulation", 1) > 1:  # still several passes per update, fewer of them
+            out["sft"]["gradient_accumulation"] = 2
     if "grpo" in recipe:
         prompts = replicas // math.gcd(replicas, generations)
         out["grpo"] = {"prompts_per_session": prompts, "steps_per_session": 1, "batch_size": prompts,
