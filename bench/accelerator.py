@@ -280,8 +280,8 @@ def sampling_step(w: Work, model):
     ids = jax.random.randint(jax.random.key(0), (w.rows, w.prompt), 10, 4000, jnp.int32)
     valid = jnp.ones(ids.shape, jnp.bool_)
     keys = jax.vmap(jax.random.key)(jnp.arange(w.rows * w.group, dtype=jnp.uint32))
-    settings = dict(temperature=0.9, top_k=50, top_p=None) if w.kind == "rollout" else dict(
-        temperature=0.0, top_k=None, top_p=None)
+    settings = dict(temperature=jnp.float32(0.9), greedy=False, top_k=50, top_p=None) if w.kind == "rollout" \
+        else dict(greedy=True, top_k=None, top_p=None)
 
     def run():
         out, _, _ = sampler._generate(model, ids, valid, keys, max_new=w.completion, stop_ids=(-1,), **settings)
