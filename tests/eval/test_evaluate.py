@@ -439,3 +439,37 @@ def test_greedy_with_the_calculator_is_reported_as_its_own_method_beside_greedy(
     inserted = [r["methods"]["greedy+calc"]["samples"][0]["calculator_inserts"] for r in records]
     assert base["greedy+calc"]["mean_calculator_inserts"] == pytest.approx(sum(inserted) / len(inserted))
     assert "mean_calculator_inserts" not in base["greedy"]
+
+
+def test_samples_of_one_temperature_fill_batches_together_and_equal_samples_drawn_one_at_a_time(tiny, monkeypatch):
+    """maj@4 over 3 questions with batches of 8: the 12 samples take 2 sampler batches, not 4 of 3
+    real rows each, and every sample's text is the one its own sampler call draws alone (its seed is
+    its row's, method's and index's: batch-mates change nothing). Consensus' repeated temperature
+    shares a call; greedy+calc draws through the calculator the same way."""
+    from showwork.sample import calculator, sampler
+
+    rows = [{"id": f"q{i}", "question": q, "answer": a, "prompt": f"Q: {q}\nA:"}
+            for i, (q, a) in enumerate(GSM8K_STYLE[:3])]
+    plan = {"greedy": [0.0], "majority": [0.7] * 4, "consensus": [0.3, 1.0, 0.3], "greedy+calc": [0.0]}
+    batches = []
+    real = sampler._generate
+    monkeypatch.setattr(sampler, "_generate", lambda *a, **kw: batches.append(1) or real(*a, **kw))
+    records = evaluate.evaluate_rows(tiny, rows, plan, max_tokens=10, batch_size=8, seed=5, top_k=20,
+                                     prompt_len=128)
+    sampled = len(batches)
+    for method, temps in plan.items():
+        for t_index, temp in enumerate(temps):
+            settings = sampler.SampleSettings(10, temp, 20 if temp > 0 else None, None)
+            seeds = [evaluate.row_seed(5, r["id"], method, t_index) for r in rows]
+            prompts = [r["prompt"] for r in rows]
+            if method == "greedy+calc":
+                alone = calculator.generate(tiny, prompts, settings, row_seeds=seeds, batch_size=8).texts
+            else:
+                alone = sampler.generate(tiny, prompts, settings, batch_size=8, prompt_len=128, row_seeds=seeds).texts
+            assert [r["methods"][method]["samples"][t_index]["text"] for r in records] == alone, (method, t_index)
+            assert all(r["methods"][method]["samples"][t_index]["temperature"] == temp for r in records)
+    alone_batches = len(batches) - sampled
+    calc_batches = alone_batches - 1 - 4 - 3  # what greedy+calc's rounds took, drawn either way
+    # greedy 1 + majority 2 (12 rows) + consensus 2 (0.3 twice: 6 rows; 1.0: 3 rows), against 1 + 4 + 3.
+    assert sampled == 1 + 2 + 2 + calc_batches
+    assert {len(r["methods"]["majority"]["samples"]) for r in records} == {4}

@@ -98,35 +98,54 @@ def row_seed(seed: int, question_id: str, method: str, sample: int) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
+def sample_groups(temps: list[float]) -> list[list[int]]:
+    """A method's sample indices grouped by temperature, in order of first appearance: the samples of
+    one group are drawn in one sampler call, so they fill its batches together (maj@k over a shard of
+    3 questions is one batch of 12 rows, not k batches of 3 real rows and padding)."""
+    groups: dict[float, list[int]] = {}
+    for index, temp in enumerate(temps):
+        groups.setdefault(temp, []).append(index)
+    return list(groups.values())
+
+
 def evaluate_rows(loaded, rows: list[dict], plan: dict[str, list[float]], *, max_tokens: int, batch_size: int,
                   seed: int, top_k: int | None, prompt_len: int | None = None,
                   stop_strings: tuple[str, ...] = (), log=None) -> list[dict]:
     """Sample and score every method for every row; one record per row.
 
     `prompt_len` should be fixed for the whole eval split (not the shard),
-    so every shard runs the same shapes and gets the same numbers.
+    so every shard runs the same shapes and gets the same numbers. A
+    sample's tokens depend only on its row, method and index (its own seed),
+    not on which samples share its batch.
     """
     records = [{"id": r["id"], "question": r["question"], "gold": r["answer"], "source": r.get("source", ""),
                 "methods": {}} for r in rows]
     tests = [r.get("tests") for r in rows]
     for method, temps in plan.items():
-        for t_index, temp in enumerate(temps):
+        drawn: dict[int, list] = {}  # sample index -> (text, calculator inserts) per row
+        for indices in sample_groups(temps):
+            temp = temps[indices[0]]
             settings = sampler.SampleSettings(max_tokens, temp, top_k if temp > 0 else None, None)
-            # Each (method, sample) has its own seed: maj@k samples are independent draws.
             started = time.perf_counter()
-            seeds = [row_seed(seed, r["id"], method, t_index) for r in rows]
-            inserts = [None] * len(rows)
+            # Sample-major: the group's first sample for every row, then its second, ...
+            prompts = [r["prompt"] for _ in indices for r in rows]
+            seeds = [row_seed(seed, r["id"], method, t_index) for t_index in indices for r in rows]
+            inserts = [None] * len(prompts)
             if method == "greedy+calc":  # rounds of re-prefilled prompts: no one prompt length
-                out = calculator.generate(loaded, [r["prompt"] for r in rows], settings, row_seeds=seeds,
+                out = calculator.generate(loaded, prompts, settings, row_seeds=seeds,
                                           batch_size=batch_size, stop_strings=stop_strings)
                 inserts = out.inserts
             else:
-                out = sampler.generate(loaded, [r["prompt"] for r in rows], settings, batch_size=batch_size,
+                out = sampler.generate(loaded, prompts, settings, batch_size=batch_size,
                                        prompt_len=prompt_len, stop_strings=stop_strings, row_seeds=seeds)
+            for k, t_index in enumerate(indices):
+                part = slice(k * len(rows), (k + 1) * len(rows))
+                drawn[t_index] = list(zip(out.texts[part], inserts[part]))
             if log:
-                log.info("sampled", method=method, sample=t_index + 1, of=len(temps), questions=len(rows),
-                         questions_per_second=round(len(rows) / (time.perf_counter() - started), 3))
-            for record, text, test, inserted in zip(records, out.texts, tests, inserts):
+                log.info("sampled", method=method, samples=len(indices), done=len(drawn), of=len(temps),
+                         questions=len(rows), samples_per_second=round(len(prompts) / (time.perf_counter() - started), 3))
+        for t_index, temp in enumerate(temps):
+            for record, (text, inserted), test in zip(records, drawn[t_index], tests):
                 sample = {**score(text, record["gold"], test), "temperature": temp}
                 if inserted is not None:
                     sample["calculator_inserts"] = inserted
