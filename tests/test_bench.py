@@ -264,3 +264,15 @@ def test_memory_benchmark_runs_the_pipeline_on_tiny_and_accounts_every_stage_and
     for row in result["phases"]:
         assert 0 < row["first_before_gb"] <= row["peak_gb"] <= result["peak_gb"], row
     assert all(0 < s["peak_gb"] <= result["peak_gb"] for s in result["stages"])
+
+
+def test_lora_benchmark_adds_adapters_in_a_cold_process_and_counts_its_programs(tmp_path):
+    out = tmp_path / "lora.json"
+    done = bench("lora_add.py", "--model", "tiny", "--rank", "4", "--repeats", "1", "--json", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    (run,) = result["runs"]
+    # A cold cache: the pass and its scalar inputs are compiled, nothing loaded; the wall includes them.
+    assert 1 <= run["programs"] <= 16 and 0 < run["xla_seconds"] < run["seconds"]
+    assert result["summary"]["seconds"]["min"] == run["seconds"]
+    assert "lora.add on tiny, rank 4" in done.stdout

@@ -174,20 +174,33 @@ for quantize in (None, "int8"):
     want = dict(nnx.to_flat_state(nnx.state(eager, nnx.LoRAParam)))
     got = dict(nnx.to_flat_state(nnx.state(ours, nnx.LoRAParam)))
     assert want.keys() == got.keys() and len(got) > 8, (len(want), len(got))
+    drawn = lora.draw_a({p: (v.get_value().shape, v.get_value().dtype) for p, v in got.items()
+                         if str(p[-1]).endswith("_lora_a")}, 7)
+    assert len(drawn) == len(got) // 2
     for path in want:
         a, b = want[path].get_value(), got[path].get_value()
-        np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32), err_msg=str(path))
+        assert (a.shape, a.dtype) == (b.shape, b.dtype), path
         assert b.sharding.is_equivalent_to(a.sharding, a.ndim) and b.sharding.spec == a.sharding.spec, (path, a.sharding, b.sharding)
+        a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+        if path in drawn:  # A: the host draw, within the bound of qwix's He-uniform draw
+            np.testing.assert_array_equal(b, np.asarray(drawn[path], np.float32), err_msg=str(path))
+            bound = np.sqrt(6.0 / np.prod(a.shape[:-1]))
+            assert np.abs(a).max() <= bound * 1.01 and np.abs(b).max() <= bound * 1.01, path
+            assert np.abs(b).max() > bound * 0.5 and not np.array_equal(a, b), path
+        else:  # B: zeros, as qwix creates them
+            np.testing.assert_array_equal(a, b, err_msg=str(path))
+            assert not b.any(), path
     print(quantize, programs, len(got))
 """
 
 
-def test_adapters_are_created_in_one_program_equal_to_qwix_eager_ones_and_placed_as_annotated():
+def test_adapters_are_created_in_one_program_as_qwix_creates_them_and_placed_as_annotated():
     """lora.apply runs qwix's adapter-creating forward pass compiled (qwix runs it op by op: one XLA program
-    per operation). On a 2x2 mesh, plain LoRA and QLoRA: the same adapters as qwix's eager pass (same seed),
-    each placed with the same sharding spec as the eager ones (their annotation), so a train step sees one
-    layout before and after an update; and adding them asks XLA for at most a dozen programs (the pass, its
-    inputs, the seed), where qwix's eager pass asked for 141 (rank 3: shapes no other call compiled)."""
+    per operation) and draws each A on the host. On a 2x2 mesh, plain LoRA and QLoRA: the adapters qwix's
+    eager pass creates, with the same shapes, dtypes and sharding specs (their annotation), so a train step
+    sees one layout before and after an update; B zero as qwix makes it; A the host draw, within qwix's
+    He-uniform bound; and adding them asks XLA for at most a dozen programs (the pass, its inputs, the
+    seed), where qwix's eager pass asked for 141 (rank 3: shapes no other call compiled)."""
     env = job_env(XLA_FLAGS=simulated_chips(4))
     done = subprocess.run([sys.executable, "-c", ADAPTERS_ON_A_MESH], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=600)

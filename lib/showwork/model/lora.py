@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import zlib
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from showwork.config import LoraConfig
@@ -25,31 +29,87 @@ def apply(model: nnx.Module, rank: int, alpha: float, targets: str = DEFAULT_TAR
     kwargs = {}
     if quantize:
         kwargs = {"weight_qtype": quantize, "tile_size": None}
-    provider = qwix.LoraProvider(module_path=targets, rank=rank, alpha=alpha, **kwargs)
+    # A starts at zero here and is drawn in `_create_adapters` (why there: its docstring).
+    provider = qwix.LoraProvider(module_path=targets, rank=rank, alpha=alpha,
+                                 lora_a_initializer=jax.nn.initializers.zeros, **kwargs)
     example = _example_inputs(model)
     rngs = nnx.Rngs(seed)
     adapted = qwix.apply_lora_to_model(model, provider, rngs=rngs, skip_nnx_init=True, **example)
-    _create_adapters(adapted, rngs, example)
+    _create_adapters(adapted, rngs, example, seed)
     return adapted
 
 
-def _create_adapters(adapted: nnx.Module, rngs: nnx.Rngs, example: dict) -> None:
-    """qwix's first forward pass, which creates the adapters, as one compiled program.
+def _create_adapters(adapted: nnx.Module, rngs: nnx.Rngs, example: dict, seed: int) -> None:
+    """qwix's first forward pass, which creates the adapters, as one small compiled program; then A drawn.
 
-    qwix runs it eagerly: one small XLA program per operation of the model
-    (141 for the tiny model, 10-20 s of compiling on a CPU before
-    the first step, in every stage that adds adapters). Under nnx.jit the
-    pass is one program and the adapters it creates come back as state.
+    qwix runs the pass eagerly: one XLA program per operation of the model
+    (141 for the tiny model, about 10 s of compiling on a CPU, in every stage
+    that adds adapters). Compiled whole, it costs more than that on a deep
+    model: the forward (whose result nobody reads) and, worse, one threefry
+    draw per adapter, each a separate piece of code for XLA (the 270M's 126
+    adapters: about 20 s). So the pass returns nothing (XLA drops the forward),
+    qwix creates A as zeros (no draw to compile), and A is drawn on the host
+    (`draw_a`) and placed as its sharding annotation says.
     """
     adapted.set_attributes(qwix_rngs=rngs, disable_quant_stats_update=True)
-    nnx.jit(lambda m, ex: m(**ex))(adapted, example)
+    with _quiet_tracer_attribute_errors():
+        nnx.jit(lambda model, ex: model(**ex) and None)(adapted, example)
     adapted.set_attributes(qwix_rngs=None, disable_quant_stats_update=False)
     # Eagerly created adapters take their sharding annotation's layout; the compiled pass returns them
     # laid out as XLA chose. Placed as the annotation says, the train step sees the same layout before
     # and after an update, and compiles once.
     mesh = meshes.mesh_of(adapted)
+    state = nnx.state(adapted, nnx.LoRAParam)
+    specs = dict(nnx.to_flat_state(nnx.get_partition_spec(state)))
+    flat = [(path, var) for path, var in nnx.to_flat_state(state) if str(path[-1]).endswith("_lora_a")]
+    drawn = draw_a({path: (var.get_value().shape, var.get_value().dtype) for path, var in flat}, seed)
+    for path, var in flat:
+        value = drawn[path]
+        if mesh is None:
+            var.set_value(jnp.asarray(value))
+        else:  # each device takes its block of the host's draw: no program, and every host drew the same A
+            sharding = jax.sharding.NamedSharding(mesh, specs[path].get_value())
+            var.set_value(jax.make_array_from_callback(value.shape, sharding, lambda index, v=value: v[index]))
+    nnx.update(adapted, state)
     if mesh is not None:
-        meshes.shard(adapted, mesh, nnx.LoRAParam)
+        meshes.shard(adapted, mesh, nnx.LoRAParam)  # B, as the pass returned it
+
+
+@contextlib.contextmanager
+def _quiet_tracer_attribute_errors():
+    """Tracing the pass: qwix and flax ask each traced weight for `.sharding` with getattr(x, "sharding",
+    None). A tracer has none and raises AttributeError, and jax writes into that error's message where
+    the tracer came from by walking every equation traced so far; getattr then drops the error unread.
+    On the 270M that walk, repeated for each of its hundreds of variables, is most of the pass's cost
+    (it grows with the square of the model's depth). Within the pass the message says less; the error
+    is the same.
+    """
+    from jax._src.interpreters import partial_eval
+
+    tracer = getattr(partial_eval, "DynamicJaxprTracer", None)
+    original = getattr(tracer, "_origin_msg", None)
+    if original is None:  # another jax: nothing to quiet
+        yield
+        return
+    tracer._origin_msg = lambda self: ""
+    try:
+        yield
+    finally:
+        tracer._origin_msg = original
+
+
+def draw_a(shapes: dict[tuple, tuple], seed: int) -> dict[tuple, np.ndarray]:
+    """Each adapter's A (path -> (shape, dtype)) drawn as qwix's default initializer draws it, He uniform:
+    uniform in ±sqrt(6 / fan_in), fan_in the product of all but the last dimension (jax's
+    `he_uniform()` for these shapes). Each from its own generator, seeded by the recipe's seed and the
+    adapter's path: the same values on every host, mesh and run, independent across adapters.
+    """
+    out = {}
+    for path, (shape, dtype) in shapes.items():
+        generator = np.random.default_rng([seed, zlib.crc32("/".join(map(str, path)).encode())])
+        bound = np.sqrt(6.0 / np.prod(shape[:-1]))
+        out[path] = generator.uniform(-bound, bound, shape).astype(jnp.dtype(dtype))
+    return out
 
 
 def _example_inputs(model) -> dict:
