@@ -158,7 +158,7 @@ def test_adapter_a_is_he_uniform_from_its_own_seeded_generator(shape, dtype):
 @pytest.mark.slow
 def test_adding_adapters_to_the_real_270m_takes_seconds_not_half_a_minute():
     """qwix's eager pass on the 270M compiled 137 programs (about 12 s); compiled whole and naively, 20 s of
-    XLA for the forward and 126 threefry draws, plus 13 s tracing as jax described, for every getattr of a
+    XLA for the forward and 108 threefry draws, plus 13 s tracing as jax described, for every getattr of a
     traced weight's sharding, where the tracer came from. Now the pass is one small program (beside a few
     scalar ones: the seed, the RNG state) and A is drawn on the host."""
     import time

@@ -46,14 +46,17 @@ def _create_adapters(adapted: nnx.Module, rngs: nnx.Rngs, example: dict, seed: i
     (141 for the tiny model, about 10 s of compiling on a CPU, in every stage
     that adds adapters). Compiled whole, it costs more than that on a deep
     model: the forward (whose result nobody reads) and, worse, one threefry
-    draw per adapter, each a separate piece of code for XLA (the 270M's 126
+    draw per adapter, each a separate piece of code for XLA (the 270M's 108
     adapters: about 20 s). So the pass returns nothing (XLA drops the forward),
     qwix creates A as zeros (no draw to compile), and A is drawn on the host
     (`draw_a`) and placed as its sharding annotation says.
     """
+    def create(model, ex) -> None:  # returns nothing: XLA drops the forward, the adapters come back as state
+        model(**ex)
+
     adapted.set_attributes(qwix_rngs=rngs, disable_quant_stats_update=True)
     with _quiet_tracer_attribute_errors():
-        nnx.jit(lambda model, ex: model(**ex) and None)(adapted, example)
+        nnx.jit(create)(adapted, example)
     adapted.set_attributes(qwix_rngs=None, disable_quant_stats_update=False)
     # Eagerly created adapters take their sharding annotation's layout; the compiled pass returns them
     # laid out as XLA chose. Placed as the annotation says, the train step sees the same layout before
@@ -106,7 +109,7 @@ def draw_a(shapes: dict[tuple, tuple], seed: int) -> dict[tuple, np.ndarray]:
     """
     out = {}
     for path, (shape, dtype) in shapes.items():
-        generator = np.random.default_rng([seed, zlib.crc32("/".join(map(str, path)).encode())])
+        generator = np.random.default_rng([seed % 2**64, zlib.crc32("/".join(map(str, path)).encode())])
         bound = np.sqrt(6.0 / np.prod(shape[:-1]))
         out[path] = generator.uniform(-bound, bound, shape).astype(jnp.dtype(dtype))
     return out
