@@ -473,3 +473,5 @@ def test_samples_of_one_temperature_fill_batches_together_and_equal_samples_draw
     # greedy 1 + majority 2 (12 rows) + consensus 2 (0.3 twice: 6 rows; 1.0: 3 rows), against 1 + 4 + 3.
     assert sampled == 1 + 2 + 2 + calc_batches
     assert {len(r["methods"]["majority"]["samples"]) for r in records} == {4}
+    # The four draws differ: a sample put in another's place would fail the comparison above.
+    assert all(len({s["text"] for s in r["methods"]["majority"]["samples"]}) > 1 for r in records)

@@ -131,12 +131,20 @@ def test_lora_starts_equal_to_base_and_adds_few_params():
     assert any("q_einsum" in p for p in paths) and any("down_proj" in p for p in paths)
     after = forward(loader.Loaded("tiny", lora_model, base.tokenizer, base.config), ids)
     np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5)
+    # Equal because B is zero; A is the host draw (off a mesh too), or no gradient would ever reach B.
+    flat = dict(nnx.to_flat_state(lora_state))
+    a_paths = {p: (v.get_value().shape, v.get_value().dtype) for p, v in flat.items() if str(p[-1]).endswith("_lora_a")}
+    drawn = lora.draw_a(a_paths, 0)
+    assert len(a_paths) == len(flat) // 2
+    for path in a_paths:
+        np.testing.assert_array_equal(np.asarray(flat[path].get_value()), drawn[path])
+        assert np.asarray(drawn[path]).any()
 
 
 @pytest.mark.parametrize("shape, dtype", [((640, 8), "float32"), ((8, 1024), "bfloat16"), ((2304, 4, 16), "float32"),
                                           ((64, 3), "bfloat16")])
 def test_adapter_a_is_he_uniform_from_its_own_seeded_generator(shape, dtype):
-    """draw_a draws A as qwix's default initializer does (jax's he_uniform: uniform in ±sqrt(6 / fan_in),
+    """draw_a draws A as qwix's default initializer does (He uniform: uniform in ±sqrt(6 / fan_in),
     fan_in all but the last dimension), identically on every call with the seed, independently per path."""
     shapes = {("layers", 0, "attn", "q_einsum", "w_lora_a"): (shape, dtype),
               ("layers", 1, "attn", "q_einsum", "w_lora_a"): (shape, dtype)}
@@ -147,8 +155,11 @@ def test_adapter_a_is_he_uniform_from_its_own_seeded_generator(shape, dtype):
         np.testing.assert_array_equal(first[path], again[path])
         assert not np.array_equal(first[path], other[path])
     assert not np.array_equal(a, b)
+    import qwix
+
     bound = np.sqrt(6.0 / np.prod(shape[:-1]))
-    theirs = np.asarray(jax.nn.initializers.he_uniform()(jax.random.key(0), shape, jnp.float32))
+    qwix_default = qwix.LoraRule.__dataclass_fields__["lora_a_initializer"].default
+    theirs = np.asarray(qwix_default(jax.random.key(0), shape, jnp.float32))
     ours = np.asarray(a, np.float32)
     assert np.abs(ours).max() <= bound * 1.01 and np.abs(theirs).max() <= bound * 1.01
     assert np.abs(ours).max() > bound * 0.9 and np.abs(theirs).max() > bound * 0.9

@@ -114,9 +114,10 @@ def evaluate_rows(loaded, rows: list[dict], plan: dict[str, list[float]], *, max
     """Sample and score every method for every row; one record per row.
 
     `prompt_len` should be fixed for the whole eval split (not the shard),
-    so every shard runs the same shapes and gets the same numbers. A
-    sample's tokens depend only on its row, method and index (its own seed),
-    not on which samples share its batch.
+    so every shard runs the same shapes and gets the same numbers. With it
+    fixed, a sample's tokens depend only on its row, method and index (its
+    own seed), not on which samples share its batch (without it, a batch is
+    padded to its own longest prompt).
     """
     records = [{"id": r["id"], "question": r["question"], "gold": r["answer"], "source": r.get("source", ""),
                 "methods": {}} for r in rows]
@@ -140,12 +141,12 @@ def evaluate_rows(loaded, rows: list[dict], plan: dict[str, list[float]], *, max
                                        prompt_len=prompt_len, stop_strings=stop_strings, row_seeds=seeds)
             for k, t_index in enumerate(indices):
                 part = slice(k * len(rows), (k + 1) * len(rows))
-                drawn[t_index] = list(zip(out.texts[part], inserts[part]))
+                drawn[t_index] = list(zip(out.texts[part], inserts[part], strict=True))
             if log:
                 log.info("sampled", method=method, samples=len(indices), done=len(drawn), of=len(temps),
                          questions=len(rows), samples_per_second=round(len(prompts) / (time.perf_counter() - started), 3))
         for t_index, temp in enumerate(temps):
-            for record, (text, inserted), test in zip(records, drawn[t_index], tests):
+            for record, (text, inserted), test in zip(records, drawn[t_index], tests, strict=True):
                 sample = {**score(text, record["gold"], test), "temperature": temp}
                 if inserted is not None:
                     sample["calculator_inserts"] = inserted

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import zlib
+import hashlib
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -90,15 +91,19 @@ def _quiet_tracer_attribute_errors():
     from jax._src.interpreters import partial_eval
 
     tracer = getattr(partial_eval, "DynamicJaxprTracer", None)
-    original = getattr(tracer, "_origin_msg", None)
-    if original is None:  # another jax: nothing to quiet
-        yield
-        return
-    tracer._origin_msg = lambda self: ""
-    try:
-        yield
-    finally:
-        tracer._origin_msg = original
+    with _QUIET:  # one pass at a time: each restores what it found
+        original = getattr(tracer, "_origin_msg", None)
+        if original is None:  # another jax: nothing to quiet
+            yield
+            return
+        tracer._origin_msg = lambda self: ""
+        try:
+            yield
+        finally:
+            tracer._origin_msg = original
+
+
+_QUIET = threading.Lock()
 
 
 def draw_a(shapes: dict[tuple, tuple], seed: int) -> dict[tuple, np.ndarray]:
@@ -109,7 +114,8 @@ def draw_a(shapes: dict[tuple, tuple], seed: int) -> dict[tuple, np.ndarray]:
     """
     out = {}
     for path, (shape, dtype) in shapes.items():
-        generator = np.random.default_rng([seed % 2**64, zlib.crc32("/".join(map(str, path)).encode())])
+        digest = hashlib.sha256("/".join(map(str, path)).encode()).digest()
+        generator = np.random.default_rng([seed % 2**64, *np.frombuffer(digest, np.uint32).tolist()])
         bound = np.sqrt(6.0 / np.prod(shape[:-1]))
         out[path] = generator.uniform(-bound, bound, shape).astype(jnp.dtype(dtype))
     return out
