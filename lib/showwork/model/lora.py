@@ -67,13 +67,9 @@ def _create_adapters(adapted: nnx.Module, rngs: nnx.Rngs, example: dict, seed: i
     specs = dict(nnx.to_flat_state(nnx.get_partition_spec(state)))
     flat = [(path, var) for path, var in nnx.to_flat_state(state) if str(path[-1]).endswith("_lora_a")]
     drawn = draw_a({path: (var.get_value().shape, var.get_value().dtype) for path, var in flat}, seed)
-    for path, var in flat:
-        value = drawn[path]
-        if mesh is None:
-            var.set_value(jnp.asarray(value))
-        else:  # each device takes its block of the host's draw: no program, and every host drew the same A
-            sharding = jax.sharding.NamedSharding(mesh, specs[path].get_value())
-            var.set_value(jax.make_array_from_callback(value.shape, sharding, lambda index, v=value: v[index]))
+    for path, var in flat:  # every host drew the same A: each places its own devices' blocks
+        sharding = None if mesh is None else jax.sharding.NamedSharding(mesh, specs[path].get_value())
+        var.set_value(meshes.from_host(drawn[path], sharding))
     nnx.update(adapted, state)
     if mesh is not None:
         meshes.shard(adapted, mesh, nnx.LoRAParam)  # B, as the pass returned it

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -60,6 +61,15 @@ def sharded_params(model: nnx.Module) -> int:
     """How many parameter arrays are split across devices (not replicated)."""
     leaves = jax.tree.leaves(nnx.state(model, nnx.Param))
     return sum(1 for x in leaves if hasattr(x, "sharding") and not x.sharding.is_fully_replicated)
+
+
+def from_host(host: np.ndarray, sharding: jax.sharding.Sharding | None) -> jax.Array:
+    """A host array placed with `sharding` (on the default device when None): each device takes its
+    block, no program runs, and on a slice of several hosts each supplies its own devices' blocks (every
+    host must hold the same values)."""
+    if sharding is None:
+        return jnp.asarray(host)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 def host_array(x) -> np.ndarray:

@@ -10,12 +10,11 @@ import tempfile
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from showwork.errors import RunError, UsageError
 from showwork.bus import Bus
-from showwork.model.meshes import host_array
+from showwork.model.meshes import from_host, host_array
 
 
 class DamagedCheckpoint(ValueError):
@@ -217,7 +216,4 @@ def _summary(arrays) -> str:
 
 def _placed(host: np.ndarray, like):
     """`host` on the devices and sharding of `like` (each process supplies its own shards)."""
-    sharding = getattr(like, "sharding", None)
-    if sharding is None:
-        return jnp.asarray(host)
-    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+    return from_host(host, getattr(like, "sharding", None))
