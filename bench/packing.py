@@ -15,10 +15,12 @@ With --trl-python, TRL's SFTTrainer packs the same rows too (`packing=True`,
 its default best-fit-decreasing strategy, `max_length` = --seq-len, the same
 batch, LoRA 16 on the same projections, float32, the model exported to a
 Hugging Face directory): its real tokens/s are the tokens it logs as trained
-(`num_tokens`) over the timed steps' seconds. TRL's padding-free packing keeps
-attention inside each example only with flash-attention; on CPU its model
-runs `sdpa`/eager attention, so its packed examples attend across each other
-(recorded as `attention`), which is less work per token than ours.
+(`num_tokens`) over the timed steps' seconds. TRL's padding-free packing joins
+a batch's rows into one row with position ids restarting at each example;
+transformers 5 finds the examples from those ids and masks attention
+block-diagonally (`masking_utils.find_packed_sequence_indices`), so with
+`sdpa` on CPU (recorded as `attention`) its examples attend only to
+themselves, as ours do.
 """
 
 from __future__ import annotations

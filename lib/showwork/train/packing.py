@@ -2,9 +2,10 @@
 
 Padding every example to its bucket spends a step's FLOPs on pad tokens;
 packing fills each sequence of `max_seq_len` tokens with whole examples.
-Unlike TRL's default on CPU (`padding_free` needs flash-attention, so its
-packed rows attend across examples), every token here sees only its own
-example: a block-diagonal causal mask from segment ids. Positions are the
+As in TRL 1.16 with transformers 5 (its `padding_free` rows carry restarting
+position ids, from which transformers builds a block-diagonal mask even for
+`sdpa` on CPU), every token sees only its own example: here a block-diagonal
+causal mask from segment ids. Positions are the
 row's own indices rather than restarting per example: Gemma's only position
 signal is RoPE, which depends on the distance between query and key, so an
 example's attention is the same wherever it sits; and tunix's Gemma 2 cuts
