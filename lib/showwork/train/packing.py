@@ -5,8 +5,8 @@ packing fills each sequence of `max_seq_len` tokens with whole examples.
 As in TRL 1.16 with transformers 5 (its `padding_free` rows carry restarting
 position ids, from which transformers builds a block-diagonal mask even for
 `sdpa` on CPU), every token sees only its own example: here a block-diagonal
-causal mask from segment ids. Positions are the
-row's own indices rather than restarting per example: Gemma's only position
+causal mask from segment ids. Positions are the row's own indices rather
+than restarting per example: Gemma's only position
 signal is RoPE, which depends on the distance between query and key, so an
 example's attention is the same wherever it sits; and tunix's Gemma 2 cuts
 its sliding window by comparing query positions with key indices, which
