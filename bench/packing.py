@@ -9,12 +9,15 @@ each). The first step of each run compiles and is left out; tokens/s is
 what `sft.train` logs (real tokens only). Each run is its own process.
 
     .venv/bin/python bench/packing.py --trl-python bench/.venv-torch/bin/python   # with TRL's packing
+    .venv/bin/python bench/packing.py --trl-python bench/.venv-torch/bin/python --micro-batch 2 --repeats 3
     .venv/bin/python bench/packing.py --model tiny --steps 2 --examples 16   # smoke (tests/test_bench.py)
 
-With --trl-python, TRL's SFTTrainer packs the same rows too (`packing=True`,
-its default best-fit-decreasing strategy, `max_length` = --seq-len, the same
-batch, LoRA 16 on the same projections, float32, the model exported to a
-Hugging Face directory): its real tokens/s are the tokens it logs as trained
+With --trl-python, TRL's SFTTrainer trains the same rows twice more:
+padded (`packing=False`: each batch padded to its longest example) and
+packed (`packing=True`, its default best-fit-decreasing strategy), both
+with `max_length` = --seq-len, the same batch in one pass (its defaults),
+LoRA 16 on the same projections, float32, the model exported to a Hugging
+Face directory. Its real tokens/s are the tokens it logs as trained
 (`num_tokens`) over the timed steps' seconds. TRL's padding-free packing joins
 a batch's rows into one row with position ids restarting at each example;
 transformers 5 finds the examples from those ids and masks attention
@@ -59,9 +62,11 @@ def worker(job: dict) -> dict:
     loaded = loader.load(job["model"])
     loaded.model = lora.add(loaded.model, LoraConfig(rank=16, alpha=32), 0)
     settings = SftConfig(max_steps=job["steps"] + 1, max_seq_len=job["seq_len"], packing=job["packed"],
-                         checkpoint_every=10 ** 6, optimizer=OptimizerConfig(learning_rate=1e-5))
+                         gradient_accumulation=job["batch"] // job["micro_batch"], checkpoint_every=10 ** 6,
+                         optimizer=OptimizerConfig(learning_rate=1e-5))
     bus = Bus(tempfile.mkdtemp(prefix="showwork-pack-"))
-    final = sft.train(bus, loaded, rows(job["examples"]), settings, job["batch"], "sft", "bench", log.get("bench"))
+    final = sft.train(bus, loaded, rows(job["examples"]), settings, job["micro_batch"], "sft", "bench",
+                      log.get("bench"))
     timed = bus.read_jsonl("sft/metrics.jsonl")[1:]
     rates = [r["tokens_per_second"] for r in timed]
     return {"tokens_per_second": statistics.median(rates), "rows": final.get("packed_sequences", final["sequences"]),
@@ -75,13 +80,14 @@ def trl_setup(args) -> dict:
     hf_dir = Path(tempfile.mkdtemp(prefix="showwork-pack-hf-"))
     export.export_hf(loader.load(args.model), hf_dir)
     return {"stage": "sft", "model_dir": str(hf_dir), "rows": rows(args.examples), "batch": args.batch,
-            "seq_len": args.seq_len, "lora_rank": 16, "lora_alpha": 32, "steps": args.steps, "packing": True}
+            "seq_len": args.seq_len, "lora_rank": 16, "lora_alpha": 32, "steps": args.steps}
 
 
 def run_side(side: str, args, trl_job: dict | None) -> dict:
     """One run of one side in its own process: real tokens/s, peak RSS."""
-    if side == "trl-packed":
-        done = subprocess.run([args.trl_python, str(ROOT / "bench" / "trl_step.py")], input=json.dumps(trl_job),
+    if side.startswith("trl-"):
+        job = {**trl_job, "packing": side == "trl-packed"}
+        done = subprocess.run([args.trl_python, str(ROOT / "bench" / "trl_step.py")], input=json.dumps(job),
                               capture_output=True, text=True, cwd=ROOT)
         if done.returncode:
             raise SystemExit(done.stderr[-3000:])
@@ -89,7 +95,8 @@ def run_side(side: str, args, trl_job: dict | None) -> dict:
         return {"tokens_per_second": got["timed_tokens"] / sum(got["step_seconds"]),
                 "peak_rss_mib": got["peak_rss_mib"], "attention": got.get("attention")}
     job = {"model": args.model, "examples": args.examples, "batch": args.batch, "seq_len": args.seq_len,
-           "steps": args.steps, "packed": side == "packed"}
+           "steps": args.steps, "packed": side == "packed",
+           "micro_batch": args.micro_batch or args.batch}
     done = subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)], capture_output=True,
                           text=True, cwd=ROOT)
     if done.returncode:
@@ -103,27 +110,34 @@ def main() -> None:
     p.add_argument("--examples", type=int, default=200)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--micro-batch", type=int,
+                   help="ours: each update of --batch rows in passes of this many rows, their gradients averaged "
+                        "(sft.gradient_accumulation), as bench/train_step.py --micro-batch: less memory at the peak")
     p.add_argument("--steps", type=int, default=6, help="timed steps per run (after the compiling one)")
     p.add_argument("--repeats", type=int, default=2, help="padded, packed, padded, packed, ...")
     p.add_argument("--json", type=Path)
-    p.add_argument("--trl-python", help="python of the torch venv: also run TRL's packed SFT")
+    p.add_argument("--trl-python", help="python of the torch venv: also run TRL's padded and packed SFT")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return
+    if args.micro_batch is not None and (args.micro_batch < 1 or args.batch % args.micro_batch):
+        p.error(f"--micro-batch {args.micro_batch} does not divide --batch {args.batch}")
     trl_job = trl_setup(args) if args.trl_python else None
     runs = []
     for repeat in range(args.repeats):  # interleaved: machine drift falls on every side alike
-        for side in ("padded", "packed") + (("trl-packed",) if trl_job else ()):
+        for side in ("padded", "packed") + (("trl-padded", "trl-packed") if trl_job else ()):
             runs.append({"repeat": repeat, "side": side, **run_side(side, args, trl_job)})
             print(json.dumps(runs[-1]), flush=True)
     rate = {side: [r["tokens_per_second"] for r in runs if r["side"] == side] for side in {r["side"] for r in runs}}
-    result = {"model": args.model, "batch": args.batch, "seq_len": args.seq_len, "steps": args.steps, "runs": runs,
+    result = {"model": args.model, "batch": args.batch, "micro_batch": args.micro_batch or args.batch,
+              "seq_len": args.seq_len, "steps": args.steps, "runs": runs,
               **{f"{side}_tokens_per_second": {"min": min(v), "median": statistics.median(v)} for side, v in rate.items()},
               "packed_over_padded": statistics.median(rate["packed"]) / statistics.median(rate["padded"])}
     if trl_job:
         result["packed_over_trl_packed"] = statistics.median(rate["packed"]) / statistics.median(rate["trl-packed"])
+        result["padded_over_trl_padded"] = statistics.median(rate["padded"]) / statistics.median(rate["trl-padded"])
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=1))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import uuid
 from pathlib import Path
@@ -35,6 +36,25 @@ def pytest_collection_modifyitems(config, items):
     minutes-long tests while there is other work to balance them against; collected last, as the
     alphabetical order left them (tests/recipes, tests/train), one worker ran the last of them alone."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+# Seconds spent in each test file (setup, call and teardown of its tests), for the report's end: where
+# the suite's time goes by file, beside --durations' slowest single tests. Under xdist the controller
+# receives every worker's reports, so it sums the whole run.
+FILE_SECONDS: collections.Counter = collections.Counter()
+
+
+def pytest_runtest_logreport(report):
+    FILE_SECONDS[report.nodeid.split("::", 1)[0]] += report.duration
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    if hasattr(config, "workerinput") or not FILE_SECONDS:  # an xdist worker: the controller reports
+        return
+    total = sum(FILE_SECONDS.values())
+    terminalreporter.section(f"test seconds by file: {total:.0f} s in all")
+    for path, seconds in FILE_SECONDS.most_common(15):
+        terminalreporter.write_line(f"{seconds:8.1f}s {100 * seconds / total:5.1f}% {path}")
 
 
 @pytest.fixture(scope="session")

@@ -236,17 +236,24 @@ def test_accelerator_plan_refuses_an_undocumented_cell():
     assert done.returncode != 0 and "unknown cells ['grpo-baseline@v5e-64']" in done.stderr
 
 
-def test_packing_benchmark_runs_on_tiny_and_counts_real_tokens(tmp_path):
+def test_packing_benchmark_runs_on_tiny_in_passes_and_counts_real_tokens(tmp_path):
     out = tmp_path / "packing.json"
     done = bench("packing.py", "--model", "tiny", "--steps", "1", "--examples", "16",
-                 "--repeats", "1", "--seq-len", "1024",
+                 "--repeats", "1", "--seq-len", "1024", "--batch", "4", "--micro-batch", "2",
                  "--json", str(out))
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(out.read_text())
-    assert [r["side"] for r in summary["runs"]] == ["padded", "packed"]
+    assert [r["side"] for r in summary["runs"]] == ["padded", "packed"] and summary["micro_batch"] == 2
     padded, packed = summary["runs"]
     assert padded["examples"] == packed["examples"] == 16 and packed["rows"] < padded["rows"]
     assert all(r["tokens_per_second"] > 0 for r in summary["runs"]) and summary["packed_over_padded"] > 0
+
+
+def test_packing_benchmark_refuses_a_micro_batch_that_does_not_divide_the_batch(tmp_path):
+    done = bench("packing.py", "--model", "tiny", "--batch", "4", "--micro-batch", "3",
+                 "--json", str(tmp_path / "x.json"))
+    assert done.returncode == 2 and "--micro-batch 3 does not divide --batch 4" in done.stderr
+    assert not (tmp_path / "x.json").exists()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the resident set from /proc")
