@@ -65,11 +65,12 @@ def worker(job: dict) -> dict:
                          gradient_accumulation=job["batch"] // job["micro_batch"], checkpoint_every=10 ** 6,
                          optimizer=OptimizerConfig(learning_rate=1e-5))
     bus = Bus(tempfile.mkdtemp(prefix="showwork-pack-"))
-    final = sft.train(bus, loaded, rows(job["examples"]), settings, job["micro_batch"], "sft", "bench",
-                      log.get("bench"))
+    per_pass = job["micro_batch"]
+    final = sft.train(bus, loaded, rows(job["examples"]), settings, per_pass, "sft", "bench", log.get("bench"))
     timed = bus.read_jsonl("sft/metrics.jsonl")[1:]
     rates = [r["tokens_per_second"] for r in timed]
     return {"tokens_per_second": statistics.median(rates), "rows": final.get("packed_sequences", final["sequences"]),
+            "rows_per_pass": per_pass, "passes": settings.gradient_accumulation,
             "examples": final["sequences"], "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -95,8 +96,7 @@ def run_side(side: str, args, trl_job: dict | None) -> dict:
         return {"tokens_per_second": got["timed_tokens"] / sum(got["step_seconds"]),
                 "peak_rss_mib": got["peak_rss_mib"], "attention": got.get("attention")}
     job = {"model": args.model, "examples": args.examples, "batch": args.batch, "seq_len": args.seq_len,
-           "steps": args.steps, "packed": side == "packed",
-           "micro_batch": args.micro_batch or args.batch}
+           "steps": args.steps, "packed": side == "packed", "micro_batch": args.micro_batch}
     done = subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)], capture_output=True,
                           text=True, cwd=ROOT)
     if done.returncode:
@@ -124,6 +124,7 @@ def main() -> None:
         return
     if args.micro_batch is not None and (args.micro_batch < 1 or args.batch % args.micro_batch):
         p.error(f"--micro-batch {args.micro_batch} does not divide --batch {args.batch}")
+    args.micro_batch = args.micro_batch or args.batch
     trl_job = trl_setup(args) if args.trl_python else None
     runs = []
     for repeat in range(args.repeats):  # interleaved: machine drift falls on every side alike
@@ -131,7 +132,7 @@ def main() -> None:
             runs.append({"repeat": repeat, "side": side, **run_side(side, args, trl_job)})
             print(json.dumps(runs[-1]), flush=True)
     rate = {side: [r["tokens_per_second"] for r in runs if r["side"] == side] for side in {r["side"] for r in runs}}
-    result = {"model": args.model, "batch": args.batch, "micro_batch": args.micro_batch or args.batch,
+    result = {"model": args.model, "batch": args.batch, "micro_batch": args.micro_batch,
               "seq_len": args.seq_len, "steps": args.steps, "runs": runs,
               **{f"{side}_tokens_per_second": {"min": min(v), "median": statistics.median(v)} for side, v in rate.items()},
               "packed_over_padded": statistics.median(rate["packed"]) / statistics.median(rate["padded"])}

@@ -42,10 +42,13 @@ def pytest_collection_modifyitems(config, items):
 # the suite's time goes by file, beside --durations' slowest single tests. Under xdist the controller
 # receives every worker's reports, so it sums the whole run.
 FILE_SECONDS: collections.Counter = collections.Counter()
+FILE_TESTS: collections.Counter = collections.Counter()
 
 
 def pytest_runtest_logreport(report):
-    FILE_SECONDS[report.nodeid.split("::", 1)[0]] += report.duration
+    path = report.nodeid.split("::", 1)[0]
+    FILE_SECONDS[path] += report.duration
+    FILE_TESTS[path] += report.when == "call"
 
 
 def pytest_terminal_summary(terminalreporter, config):
@@ -54,7 +57,7 @@ def pytest_terminal_summary(terminalreporter, config):
     total = sum(FILE_SECONDS.values())
     terminalreporter.section(f"test seconds by file: {total:.0f} s in all")
     for path, seconds in FILE_SECONDS.most_common(15):
-        terminalreporter.write_line(f"{seconds:8.1f}s {100 * seconds / total:5.1f}% {path}")
+        terminalreporter.write_line(f"{seconds:8.1f}s {100 * seconds / total:5.1f}% {FILE_TESTS[path]:5d} tests {path}")
 
 
 @pytest.fixture(scope="session")

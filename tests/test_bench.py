@@ -243,7 +243,9 @@ def test_packing_benchmark_runs_on_tiny_in_passes_and_counts_real_tokens(tmp_pat
                  "--json", str(out))
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(out.read_text())
-    assert [r["side"] for r in summary["runs"]] == ["padded", "packed"] and summary["micro_batch"] == 2
+    assert [r["side"] for r in summary["runs"]] == ["padded", "packed"]
+    # What each run handed sft.train: updates of 4 rows as 2 passes of 2.
+    assert all((r["rows_per_pass"], r["passes"]) == (2, 2) for r in summary["runs"])
     padded, packed = summary["runs"]
     assert padded["examples"] == packed["examples"] == 16 and packed["rows"] < padded["rows"]
     assert all(r["tokens_per_second"] > 0 for r in summary["runs"]) and summary["packed_over_padded"] > 0
